@@ -1,0 +1,20 @@
+"""kwh: intelligence per kilowatt-hour.
+
+Bayesian compression (sparsity priors that prune units and pick bits from the posterior) and
+sigma-delta inference (no work where nothing changed), with the energy they save measured.
+"""
+
+from kwh.bayes import (
+    KLWarmup,
+    bayesify_,
+    free_energy,
+    kl_divergence,
+    sampling,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # the free energy
+    "bayesify_", "free_energy", "kl_divergence", "KLWarmup", "sampling",
+]

@@ -1,0 +1,25 @@
+"""The free-energy hammer: Bayesian layers, sparsity priors, the objective."""
+
+from kwh.bayes.convert import ConversionReport, bayesify_
+from kwh.bayes.layers import BayesConv2d, BayesLayer, BayesLinear, bayes_layers, sampling
+from kwh.bayes.objective import KLWarmup, free_energy, kl_divergence
+from kwh.bayes.priors import (
+    PRIORS,
+    GroupHorseshoe,
+    GroupHorseshoeConfig,
+    GroupNJ,
+    GroupNJConfig,
+    LogUniform,
+    LogUniformConfig,
+    Prior,
+    prior_config,
+)
+
+__all__ = [
+    "bayesify_", "ConversionReport",
+    "BayesLayer", "BayesLinear", "BayesConv2d", "bayes_layers", "sampling",
+    "free_energy", "kl_divergence", "KLWarmup",
+    "Prior", "PRIORS", "prior_config",
+    "LogUniform", "LogUniformConfig", "GroupNJ", "GroupNJConfig",
+    "GroupHorseshoe", "GroupHorseshoeConfig",
+]

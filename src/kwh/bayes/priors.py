@@ -1,0 +1,343 @@
+"""Sparsity-inducing priors with their variational posteriors, one class each, one layer each.
+
+Every prior owns the variational parameters of one layer's weight and answers the same
+questions: ``kl()``, ``log_alpha()``, ``keep_mask()``, ``weight_moments()``, plus what the
+layer needs for the local reparameterization: ``conditional()`` (mean and variance of the
+weights given the group scale) and ``sample_scale(batch)`` (one group scale per example).
+
+Groups: ``group_dim`` is 1 for a Linear weight (out, in) -- z scales input units -- and 0 for a
+Conv2d weight (out, in, kh, kw) -- z scales output filters (Louizos et al. 2017, sec. 3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from kwh.bayes.kl import (
+    LOG_ALPHA_CLIP,
+    kl_log_uniform,
+    kl_lognormal_gamma_half,
+    kl_lognormal_invgamma_half,
+    kl_std_normal,
+)
+
+_EPS = 1e-8
+_LOGVAR_MIN, _LOGVAR_MAX = -30.0, 10.0  # keeps exp() finite and log() away from zero
+
+
+def _logvar(p: Tensor) -> Tensor:
+    """A log-variance parameter as used: clamped so exp() neither overflows nor underflows to 0."""
+    return p.clamp(_LOGVAR_MIN, _LOGVAR_MAX)
+
+
+def expand_group(g: Tensor, shape: torch.Size, group_dim: int) -> Tensor:
+    """Broadcast a per-group vector (G,) against a weight of ``shape`` along ``group_dim``."""
+    view = [1] * len(shape)
+    view[group_dim] = -1
+    return g.reshape(view)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class LogUniformConfig:
+    """Sparse VD (Molchanov et al. 2017): q(w) = N(theta, alpha theta^2), log-uniform prior."""
+
+    threshold: float = 3.0  # prune when log alpha >= 3 (dropout rate > 0.95)
+    init_log_sigma2: float = -10.0
+    name: ClassVar[str] = "log-uniform"
+
+    def __post_init__(self):
+        if not -LOG_ALPHA_CLIP <= self.threshold <= LOG_ALPHA_CLIP:
+            raise ValueError(f"threshold {self.threshold} outside the clip range [-8, 8]")
+
+
+@dataclass(frozen=True)
+class GroupNJConfig:
+    """BC-GNJ (Louizos et al. 2017): group normal-Jeffreys scale z per unit or filter."""
+
+    threshold: float = -3.0  # prune group when log alpha_z >= -3 (reference tutorial)
+    init_log_var: float = -9.0
+    name: ClassVar[str] = "group-nj"
+
+
+@dataclass(frozen=True)
+class GroupHorseshoeConfig:
+    """BC-GHS (Louizos et al. 2017): non-centred group horseshoe, global scale tau0."""
+
+    tau0: float = 1e-5
+    threshold: float = -1.0  # prune group when log(Var z / E[z]^2) >= threshold (see GroupHorseshoe)
+    init_log_var: float = -9.0
+    name: ClassVar[str] = "group-horseshoe"
+
+    def __post_init__(self):
+        if not self.tau0 > 0:
+            raise ValueError(f"tau0 must be positive, got {self.tau0}")
+
+
+PriorConfig = LogUniformConfig | GroupNJConfig | GroupHorseshoeConfig
+
+
+# ----------------------------------------------------------------------------- base
+
+
+class Prior(nn.Module):
+    """Variational posterior and prior of one layer's weight (shape of the weight, groups on a dim)."""
+
+    structured: ClassVar[bool] = True
+
+    def __init__(self, config, weight: Tensor, group_dim: int):
+        super().__init__()
+        self.config = config
+        self.group_dim = group_dim
+        self.weight_shape = weight.shape
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    def kl(self) -> Tensor:
+        """KL(q || p) of this layer, summed, in nats."""
+        raise NotImplementedError
+
+    def log_alpha(self) -> Tensor:
+        """Pruning statistic: per weight (unstructured) or per group (structured)."""
+        raise NotImplementedError
+
+    def keep_mask(self, threshold: float | None = None) -> Tensor:
+        """True where the weight or group is kept: log alpha < threshold."""
+        t = self.threshold if threshold is None else threshold
+        return self.log_alpha() < t
+
+    def weight_mask(self, threshold: float | None = None) -> Tensor:
+        """keep_mask broadcast to the weight's shape (as float)."""
+        m = self.keep_mask(threshold).to(self._dtype())
+        if self.structured:
+            return expand_group(m, self.weight_shape, self.group_dim).expand(self.weight_shape)
+        return m
+
+    def conditional(self) -> tuple[Tensor, Tensor]:
+        """Mean and variance of the weight given the group scale (the local reparameterization)."""
+        raise NotImplementedError
+
+    def sample_scale(self, batch: int) -> Tensor | None:
+        """One draw of the group scale z per example, (B, G); None for unstructured priors."""
+        return None
+
+    def scale_moments(self) -> tuple[Tensor, Tensor] | None:
+        """E[z] and Var[z] per group; None for unstructured priors."""
+        return None
+
+    def weight_moments(self) -> tuple[Tensor, Tensor]:
+        """Mean and variance of the marginal posterior of each weight (shape of the weight).
+
+        With w = z * w~: E[w] = E[z] mu; Var[w] = E[z]^2 s2 + Var[z] mu^2 + Var[z] s2.
+        """
+        mu, s2 = self.conditional()
+        sm = self.scale_moments()
+        if sm is None:
+            return mu, s2
+        ez, vz = (expand_group(t, self.weight_shape, self.group_dim) for t in sm)
+        return ez * mu, ez.pow(2) * s2 + vz * mu.pow(2) + vz * s2
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+# ----------------------------------------------------------------------------- Sparse VD
+
+
+class LogUniform(Prior):
+    """Sparse VD, per weight: additive reparameterization, theta and log sigma^2 trained.
+
+    log alpha = log sigma^2 - log(theta^2 + 1e-8), clipped to [-8, 8];
+    -KL ~ k1 sigmoid(k2 + k3 log alpha) - 0.5 softplus(-log alpha) - k1 (Molchanov et al. 2017).
+    """
+
+    structured = False
+
+    def __init__(self, config: LogUniformConfig, weight: Tensor, group_dim: int):
+        super().__init__(config, weight, group_dim)
+        self.theta = nn.Parameter(weight.detach().clone())
+        self.log_sigma2 = nn.Parameter(torch.full_like(weight, config.init_log_sigma2))
+
+    def log_alpha(self) -> Tensor:
+        la = _logvar(self.log_sigma2) - torch.log(self.theta.pow(2) + _EPS)
+        return la.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+
+    def kl(self) -> Tensor:
+        return kl_log_uniform(self.log_alpha()).sum()
+
+    def conditional(self) -> tuple[Tensor, Tensor]:
+        return self.theta, _logvar(self.log_sigma2).exp()
+
+
+# ----------------------------------------------------------------------------- group priors
+
+
+class _GroupPrior(Prior):
+    """Shared part of the group priors: w~ ~ N(mu, s2) with KL against N(0, 1) per weight."""
+
+    def __init__(self, config, weight: Tensor, group_dim: int):
+        super().__init__(config, weight, group_dim)
+        self.n_groups = weight.shape[group_dim]
+        self.weight_mu = nn.Parameter(weight.detach().clone())
+        self.weight_log_var = nn.Parameter(
+            torch.randn_like(weight) * 0.01 + config.init_log_var)
+
+    def _group_rms(self, weight: Tensor) -> Tensor:
+        dims = [d for d in range(weight.dim()) if d != self.group_dim]
+        return weight.detach().pow(2).mean(dim=dims).sqrt().clamp_min(1e-3)  # (G,)
+
+    def _rescale_weights(self):
+        """Divide the weight means by E[z] so that E[z] * mu reproduces the given weight."""
+        with torch.no_grad():
+            ez, _ = self.scale_moments()
+            self.weight_mu.div_(expand_group(ez, self.weight_shape, self.group_dim))
+
+    def conditional(self) -> tuple[Tensor, Tensor]:
+        return self.weight_mu, _logvar(self.weight_log_var).exp()
+
+    def kl_weights(self) -> Tensor:
+        """KL(N(z mu, z^2 s2) || N(0, z^2)) summed: independent of z (Louizos et al. 2017, eq. 9)."""
+        return kl_std_normal(self.weight_mu, _logvar(self.weight_log_var)).sum()
+
+
+class GroupNJ(_GroupPrior):
+    """BC-GNJ: p(z) ~ 1/|z|, q(z) = N(mu_z, mu_z^2 alpha); p(w|z) = N(0, z^2).
+
+    KL_z: the Sparse VD approximation on log alpha = log s2_z - log(mu_z^2 + 1e-8);
+    KL_W = sum 0.5 (-log s2 + s2 + mu^2 - 1).
+    """
+
+    def __init__(self, config: GroupNJConfig, weight: Tensor, group_dim: int):
+        super().__init__(config, weight, group_dim)
+        g = self.n_groups
+        self.z_mu = nn.Parameter(torch.randn(g, dtype=weight.dtype) * 0.01 + 1.0)  # N(1, 0.01^2)
+        self.z_log_var = nn.Parameter(torch.randn(g, dtype=weight.dtype) * 0.01 + config.init_log_var)
+        self._rescale_weights()
+
+    def log_alpha(self) -> Tensor:
+        la = _logvar(self.z_log_var) - torch.log(self.z_mu.pow(2) + _EPS)
+        return la.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+
+    def kl(self) -> Tensor:
+        return kl_log_uniform(self.log_alpha()).sum() + self.kl_weights()
+
+    def scale_moments(self) -> tuple[Tensor, Tensor]:
+        return self.z_mu, _logvar(self.z_log_var).exp()
+
+    def sample_scale(self, batch: int) -> Tensor:
+        std = (0.5 * _logvar(self.z_log_var)).exp()
+        eps = torch.randn(batch, self.n_groups, dtype=std.dtype, device=std.device)
+        return self.z_mu + std * eps  # (B, G)
+
+
+class GroupHorseshoe(_GroupPrior):
+    """BC-GHS, non-centred: s ~ C+(0, tau0), z~_i ~ C+(0, 1), w~ ~ N(0, 1), w = w~ z~_i s.
+
+    Each half-Cauchy C+(0, b) is sqrt(a * c) with a ~ Gamma(1/2, rate 1/b^2), c ~ InvGamma(1/2, 1)
+    (convention: tau0 is the half-Cauchy scale, entering the Gamma as the rate 1/tau0^2).
+    Log-normal posteriors for s_a, s_b, a_i, b_i give log z_i ~ N(m_i, v_i) with
+    m_i = (mu_sa + mu_sb + mu_ai + mu_bi) / 2 and v_i = (var_sa + var_sb + var_ai + var_bi) / 4.
+
+    Pruning rule (ours; none is published): z_i is log-normal, so Var[z_i] / E[z_i]^2 =
+    exp(v_i) - 1, the exact counterpart of GNJ's alpha. log alpha_i = log(exp(v_i) - 1):
+    a group the data needs has a sharp scale (v_i small); a group it does not need relaxes
+    to the broad prior (v_i of order one). Prune when log alpha_i >= threshold.
+    """
+
+    def __init__(self, config: GroupHorseshoeConfig, weight: Tensor, group_dim: int):
+        super().__init__(config, weight, group_dim)
+        g, dt = self.n_groups, weight.dtype
+        lv = config.init_log_var
+        ln_tau0 = math.log(config.tau0)
+        z0 = self._group_rms(weight)  # start with w~ of unit scale: z_i ~ rms of group i
+        # Global s: s_a near its prior scale tau0^2, s_b near 1, so s ~ tau0.
+        self.sa_mu = nn.Parameter(torch.tensor(2.0 * ln_tau0, dtype=dt))
+        self.sa_log_var = nn.Parameter(torch.tensor(lv, dtype=dt))
+        self.sb_mu = nn.Parameter(torch.tensor(0.0, dtype=dt))
+        self.sb_log_var = nn.Parameter(torch.tensor(lv, dtype=dt))
+        # Local z~_i = z0_i / tau0, carried by the inverse-gamma factor (cheapest under the prior).
+        self.a_mu = nn.Parameter(torch.zeros(g, dtype=dt))
+        self.a_log_var = nn.Parameter(torch.randn(g, dtype=dt) * 0.01 + lv)
+        self.b_mu = nn.Parameter(2.0 * (z0.log() - ln_tau0))
+        self.b_log_var = nn.Parameter(torch.randn(g, dtype=dt) * 0.01 + lv)
+        self._rescale_weights()
+
+    def log_z_moments(self) -> tuple[Tensor, Tensor]:
+        """Mean and variance of log z_i, (G,) each."""
+        m = 0.5 * (self.sa_mu + self.sb_mu + self.a_mu + self.b_mu)
+        v = 0.25 * (_logvar(self.sa_log_var).exp() + _logvar(self.sb_log_var).exp()
+                    + _logvar(self.a_log_var).exp() + _logvar(self.b_log_var).exp())
+        return m, v
+
+    def scale_moments(self) -> tuple[Tensor, Tensor]:
+        m, v = self.log_z_moments()
+        ez = torch.exp(m + 0.5 * v)
+        return ez, ez.pow(2) * torch.expm1(v)
+
+    def log_alpha(self) -> Tensor:
+        _, v = self.log_z_moments()
+        return torch.log(torch.expm1(v) + _EPS).clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+
+    def kl(self) -> Tensor:
+        rate = 1.0 / self.config.tau0 ** 2
+        kl_s = (kl_lognormal_gamma_half(self.sa_mu, _logvar(self.sa_log_var), rate)
+                + kl_lognormal_invgamma_half(self.sb_mu, _logvar(self.sb_log_var)))
+        kl_z = (kl_lognormal_gamma_half(self.a_mu, _logvar(self.a_log_var), 1.0)
+                + kl_lognormal_invgamma_half(self.b_mu, _logvar(self.b_log_var))).sum()
+        return kl_s + kl_z + self.kl_weights()
+
+    def sample_scale(self, batch: int) -> Tensor:
+        dt, dev = self.a_mu.dtype, self.a_mu.device
+        # The global factor s is shared by all groups of one example; each group adds its own.
+        m_s = 0.5 * (self.sa_mu + self.sb_mu)
+        v_s = 0.25 * (_logvar(self.sa_log_var).exp() + _logvar(self.sb_log_var).exp())
+        m_g = 0.5 * (self.a_mu + self.b_mu)
+        v_g = 0.25 * (_logvar(self.a_log_var).exp() + _logvar(self.b_log_var).exp())
+        eps_s = torch.randn(batch, 1, dtype=dt, device=dev)
+        eps_g = torch.randn(batch, self.n_groups, dtype=dt, device=dev)
+        return torch.exp(m_s + v_s.sqrt() * eps_s + m_g + v_g.sqrt() * eps_g)  # (B, G)
+
+
+# ----------------------------------------------------------------------------- registry
+
+PRIORS: dict[str, tuple[type, type[Prior]]] = {
+    "log-uniform": (LogUniformConfig, LogUniform),
+    "group-nj": (GroupNJConfig, GroupNJ),
+    "group-horseshoe": (GroupHorseshoeConfig, GroupHorseshoe),
+}
+_ALIASES = {"sparse-vd": "log-uniform", "bc-gnj": "group-nj", "bc-ghs": "group-horseshoe"}
+
+
+def prior_config(prior: str | PriorConfig, **options) -> PriorConfig:
+    """A prior config from a name (with options) or a config instance."""
+    if not isinstance(prior, str):
+        if options:
+            raise TypeError("pass options either in the config object or as keywords, not both")
+        if type(prior) not in {c for c, _ in PRIORS.values()}:
+            raise TypeError(f"not a prior config: {prior!r}")
+        return prior
+    key = _ALIASES.get(prior, prior)
+    if key not in PRIORS:
+        raise ValueError(f"Unknown prior {prior!r}; choose one of: {', '.join(PRIORS)}")
+    cfg_cls = PRIORS[key][0]
+    try:
+        return cfg_cls(**options)
+    except TypeError as e:
+        raise ValueError(f"bad option for prior {key!r}: {e}") from None
+
+
+def make_prior(config: PriorConfig, weight: Tensor, group_dim: int) -> Prior:
+    """Instantiate the prior module registered for ``config``."""
+    for cfg_cls, prior_cls in PRIORS.values():
+        if type(config) is cfg_cls:
+            return prior_cls(config, weight, group_dim)
+    raise TypeError(f"not a prior config: {config!r}")

@@ -1,0 +1,77 @@
+"""Reference networks of the Bayesian Compression paper, as plain ``nn.Sequential`` chains.
+
+Louizos, Ullrich, Welling 2017, section 5: LeNet-300-100 (784-300-100-10), LeNet-5-Caffe
+(conv 20 5x5, pool, conv 50 5x5, pool, fc 800-500, fc 500-10) and a VGG-like net with
+BatchNorm for CIFAR-10. Chains keep every later stage (pruning propagation, sigma-delta
+conversion, op counting) a walk over a list of modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+__all__ = ["lenet300", "lenet5", "vgg_cifar", "build", "MODELS"]
+
+
+def lenet300(in_features: int = 784, num_classes: int = 10) -> nn.Sequential:
+    """LeNet-300-100: 784-300-100-10 with ReLU."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 300), nn.ReLU(),
+        nn.Linear(300, 100), nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+def lenet5(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    """LeNet-5-Caffe: conv20(5x5) - pool2 - conv50(5x5) - pool2 - fc800-500 - fc500-10."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 20, 5), nn.ReLU(),  # (B, 20, 24, 24)
+        nn.MaxPool2d(2),                           # (B, 20, 12, 12)
+        nn.Conv2d(20, 50, 5), nn.ReLU(),           # (B, 50, 8, 8)
+        nn.MaxPool2d(2),                           # (B, 50, 4, 4)
+        nn.Flatten(),                              # (B, 800)
+        nn.Linear(800, 500), nn.ReLU(),
+        nn.Linear(500, num_classes),
+    )
+
+
+# 13 conv layers and 2 fully connected: the 15-layer VGG-like net of the paper (CIFAR-10).
+_VGG_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+def vgg_cifar(width: float = 1.0, num_classes: int = 10, in_channels: int = 3) -> nn.Sequential:
+    """VGG-like net with BatchNorm for 32x32 inputs; ``width`` scales every layer."""
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    layers: list[nn.Module] = []
+    c = in_channels
+    for v in _VGG_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        out = max(1, int(round(v * width)))
+        layers += [nn.Conv2d(c, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+        c = out
+    hidden = max(1, int(round(512 * width)))
+    layers += [nn.Flatten(), nn.Linear(c, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+               nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
+MODELS: dict[str, Callable[..., nn.Sequential]] = {
+    "lenet300": lenet300,
+    "lenet5": lenet5,
+    "vgg": vgg_cifar,
+}
+
+
+def build(name: str, **kwargs) -> nn.Sequential:
+    """Build a reference model by name; unknown names list the valid ones."""
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
+    return factory(**kwargs)
