@@ -1,9 +1,7 @@
-"""The one exception type for every data problem (missing, corrupt, malformed, bad argument)."""
+"""The one exception type for every data problem: kwh's DataError (a KwhError, a ValueError)."""
 
 from __future__ import annotations
 
+from kwh.errors import DataError
+
 __all__ = ["DataError"]
-
-
-class DataError(ValueError):
-    """A data set could not be found, read or verified; the message says what to do."""

@@ -19,10 +19,6 @@ class IdxFile:
     sha256_gz: str
     sha256_raw: str
 
-    def matches(self, raw_digest: str, content_digest: str | None) -> bool:
-        """True if the bytes on disk are the original .gz, or the content is the original."""
-        return raw_digest == self.sha256_gz or content_digest == self.sha256_raw
-
 
 @dataclass(frozen=True)
 class IdxDataset:
