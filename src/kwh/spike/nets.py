@@ -57,11 +57,19 @@ class SequenceNet:
                                   float(naive_macs(layer, shape)))
         return self._fanouts[key]
 
-    @torch.no_grad()
-    def run(self, x: Tensor) -> SpikeRun:
-        """Outputs and op counts for sequences ``x`` of shape (T, B, *frame)."""
+    def run(self, x: Tensor, batch_size: int | None = None) -> SpikeRun:
+        """Outputs and op counts for sequences ``x`` of shape (T, B, *frame).
+
+        ``batch_size`` splits the B sequences into chunks run one after another (less memory).
+        """
         if x.dim() < 2:
             raise ValueError(f"expected sequences of shape (T, B, *frame), got {tuple(x.shape)}")
+        if batch_size is None or batch_size >= x.shape[1]:
+            return self._run(x)
+        return SpikeRun.cat([self._run(c) for c in x.split(batch_size, dim=1)])
+
+    @torch.no_grad()
+    def _run(self, x: Tensor) -> SpikeRun:
         x = x.to(self.dtype)
         T, B, L = x.shape[0], x.shape[1], len(self.plan.blocks)
         for c in self.coders:

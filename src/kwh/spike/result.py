@@ -31,6 +31,14 @@ class SpikeRun:
     layer_names: list[str]
     op_kind: str
 
+    @staticmethod
+    def cat(runs: list[SpikeRun]) -> SpikeRun:
+        """Join runs over disjoint batches of sequences along the batch axis."""
+        r = runs[0]
+        return SpikeRun(torch.cat([x.outputs for x in runs], 1), torch.cat([x.ops for x in runs], 2),
+                        torch.cat([x.ops_nonzero for x in runs], 2), r.dense_macs,
+                        r.dense_macs_nonzero, r.dense_macs_naive, r.layer_names, r.op_kind)
+
     def per_frame(self, nonzero: bool = False) -> Tensor:
         """Ops per frame, summed over layers, averaged over the batch: (T,)."""
         ops = self.ops_nonzero if nonzero else self.ops
