@@ -20,7 +20,7 @@ __all__ = ["load_mnist", "load_idx_arrays", "normalization", "check_limit", "to_
            "clear_cache"]
 
 MAX_DOWNLOAD = 64 << 20  # the largest original .gz is 9.9 MB
-_CACHE: dict[tuple, np.ndarray] = {}  # verified arrays keyed by (path, size, mtime, inode)
+_CACHE: dict[tuple, np.ndarray] = {}  # verified arrays by (path, size, mtime, inode, digest)
 _CACHE_MAX = 16
 
 
@@ -46,7 +46,7 @@ def _verify(path: Path, spec: IdxFile) -> np.ndarray:
 def _load_verified(path: Path, spec: IdxFile) -> np.ndarray:
     """_verify, remembered per process while the file's size and mtime stay the same."""
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, spec.sha256_raw)
     if key not in _CACHE:
         array = _verify(path, spec)
         array.flags.writeable = False
