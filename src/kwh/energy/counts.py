@@ -1,0 +1,187 @@
+"""What a model does for one input, layer by layer: exact op counts and tensor sizes.
+
+One zero input runs through the model in eval mode with forward hooks on every leaf module;
+the network is then cut into blocks, one per weight layer (Linear or Conv2d, Bayesian ones
+included) with the elementwise and pooling layers that follow it (fused: their output is what
+the block writes). MACs are counted from the actual weight tensors, not from shapes: a
+convolution tap is counted only where it lands inside the input (padding taps multiply known
+zeros), and ``macs_nonzero`` only through nonzero weights -- exactly the work a sparse engine
+does. Op counters that work from shapes (FlopCounterMode, fvcore, thop) count neither.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kwh.errors import ModelError
+
+__all__ = ["LayerCounts", "count_model", "weight_of", "SUPPORTED_LAYERS"]
+
+_FREE = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Unflatten,
+         nn.BatchNorm1d, nn.BatchNorm2d)  # views, identities at inference, folded BatchNorm
+_COMPARE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
+SUPPORTED_LAYERS = ("Linear", "Conv2d", "BayesLinear", "BayesConv2d", "ReLU", "ReLU6",
+                    "LeakyReLU", "Hardtanh", "MaxPool2d", "AvgPool2d", "Flatten", "Unflatten",
+                    "Identity", "Dropout", "BatchNorm1d/2d (folded into the layer before)")
+
+
+@dataclass
+class LayerCounts:
+    """One weight layer and the ops fused after it, for one input example."""
+
+    name: str                       # "0:Conv2d" (module name and type)
+    module: nn.Module = field(repr=False)
+    in_shape: tuple[int, ...]       # per example, no batch dim
+    out_shape: tuple[int, ...]      # output of the block (after fused ReLU / pooling)
+    layer_out_shape: tuple[int, ...]  # output of the weight layer itself (pre-activations)
+    macs: int                       # multiply-accumulates of a dense evaluation
+    macs_nonzero: int               # only through nonzero weights
+    n_weights: int
+    n_nonzero: int
+    fan_in: int                     # largest number of nonzero weights summed into one output
+    rows: int                       # outputs of the weight matrix (Linear out, Conv filters)
+    bias_adds: int                  # one per output element when the layer has a bias
+    n_bias: int
+    compares: int = 0               # ReLU and max-pool comparisons
+    pool_adds: int = 0              # average-pool additions
+    fused: list[str] = field(default_factory=list)  # names of the ops fused into this block
+    weight_bits: int | None = None  # kwh_bits of a kwh-compressed layer, else None (float)
+
+    @property
+    def in_elems(self) -> int:
+        """Activation elements the block reads."""
+        return math.prod(self.in_shape)
+
+    @property
+    def out_elems(self) -> int:
+        """Activation elements the block writes."""
+        return math.prod(self.out_shape)
+
+    @property
+    def label(self) -> str:
+        """Row label: the weight layer and what is fused into it."""
+        return self.name + (f" (+{', '.join(self.fused)})" if self.fused else "")
+
+
+def weight_of(m: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """The weight and bias the layer computes with in eval mode (Bayesian: masked posterior mean)."""
+    if hasattr(m, "eval_weight_bias"):
+        w, b = m.eval_weight_bias()
+    else:
+        w, b = m.weight, m.bias
+    return w.detach(), None if b is None else b.detach()
+
+
+def _is_conv(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) or type(m).__name__ == "BayesConv2d"
+
+
+def _is_weight(m: nn.Module) -> bool:
+    return isinstance(m, (nn.Linear, nn.Conv2d)) or type(m).__name__ in ("BayesLinear",
+                                                                        "BayesConv2d")
+
+
+def _conv_taps(m: nn.Module, in_shape: tuple[int, ...], mask: Tensor) -> int:
+    """Sum over outputs of the taps that hit the input: conv(ones, 0/1 mask), exact in float64."""
+    x = torch.ones((1, *in_shape), dtype=torch.float64)                 # (1, C, H, W)
+    y = F.conv2d(x, mask.to(torch.float64), None, m.stride, m.padding,
+                 m.dilation, m.groups)                                  # (1, O, Ho, Wo)
+    return int(round(y.sum().item()))
+
+
+def _weight_counts(name: str, m: nn.Module, in_shape: tuple[int, ...],
+                   out_shape: tuple[int, ...]) -> LayerCounts:
+    w, b = weight_of(m)
+    nz = w != 0
+    rows = w.shape[0]
+    if _is_conv(m):
+        if getattr(m, "padding_mode", "zeros") != "zeros":
+            raise ModelError(f"layer {name}: padding_mode={m.padding_mode!r} is not supported; "
+                             "only 'zeros'")
+        macs = _conv_taps(m, in_shape, torch.ones_like(w))
+        macs_nz = _conv_taps(m, in_shape, nz)
+        fan_in = int(nz.flatten(1).sum(1).max().item()) if w.numel() else 0
+    else:
+        positions = math.prod(in_shape[:-1])  # Linear applies to the last dim
+        macs, macs_nz = positions * w.numel(), positions * int(nz.sum().item())
+        fan_in = int(nz.sum(1).max().item()) if w.numel() else 0
+    bits = getattr(m, "kwh_bits", None)
+    if bits is not None and (not isinstance(bits, int) or isinstance(bits, bool) or bits < 1):
+        raise ModelError(f"layer {name}: kwh_bits must be a positive integer, got {bits!r}")
+    return LayerCounts(
+        name=name, module=m, in_shape=in_shape, out_shape=out_shape,
+        layer_out_shape=out_shape, macs=macs,
+        macs_nonzero=macs_nz, n_weights=w.numel(), n_nonzero=int(nz.sum().item()),
+        fan_in=max(fan_in, 1), rows=rows,
+        bias_adds=math.prod(out_shape) if b is not None else 0,
+        n_bias=0 if b is None else b.numel(), weight_bits=bits)
+
+
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, nn.Module, tuple, tuple]]:
+    """(name, module, in shape, out shape) of every leaf call, in call order, batch dim dropped."""
+    calls: list[tuple[str, nn.Module, tuple, tuple]] = []
+    handles = []
+    leaves = [(n, m) for n, m in model.named_modules()
+              if _is_weight(m) or not any(True for _ in m.children())]
+    inside_weight = {id(c) for _, m in leaves if _is_weight(m) for c in m.modules() if c is not m}
+
+    def hook(name):
+        def fn(mod, inp, out):
+            calls.append((name, mod, tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
+        return fn
+
+    for n, m in leaves:
+        if id(m) not in inside_weight:
+            handles.append(m.register_forward_hook(hook(n)))
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        device = param.device if param is not None else "cpu"
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), dtype=dtype, device=device))
+    except RuntimeError as e:
+        raise ModelError(f"model does not accept inputs of shape {tuple(input_shape)} "
+                         f"(per example): {e}") from None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return calls
+
+
+def count_model(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCounts]:
+    """Per-block op counts of ``model`` for one example of shape ``input_shape`` (no batch dim)."""
+    blocks: list[LayerCounts] = []
+    for name, m, ins, outs in _trace(model, tuple(input_shape)):
+        label = f"{name}:{type(m).__name__}"
+        if _is_weight(m):
+            blocks.append(_weight_counts(label, m, ins, outs))
+            continue
+        if isinstance(m, _FREE):
+            cost = (0, 0)
+        elif isinstance(m, _COMPARE):
+            cost = (math.prod(ins), 0)
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
+            per_out = math.prod(outs) * (math.prod(k) - 1)  # k*k inputs -> k*k - 1 ops
+            cost = (per_out, 0) if isinstance(m, nn.MaxPool2d) else (0, per_out)
+        else:
+            raise ModelError(f"layer {label} ({m!r}) is not supported by the energy model; "
+                             f"supported: {', '.join(SUPPORTED_LAYERS)}")
+        if blocks:  # ops before the first weight layer (e.g. Flatten) belong to no block
+            blk = blocks[-1]
+            blk.compares += cost[0]
+            blk.pool_adds += cost[1]
+            blk.out_shape = outs
+            if not isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)):
+                blk.fused.append(type(m).__name__)
+    if not blocks:
+        raise ModelError("model has no Linear or Conv2d layer; nothing to price")
+    return blocks

@@ -1,0 +1,153 @@
+"""Price a model's operations and memory traffic: energy per inference, layer by layer.
+
+E = sum_layers [ mults * E_mult(w x a) + adds * E_add(acc) + compares * E_add(a)
+                 + weight bits * E_mem(weights) / batch + activation bits * E_mem(acts) ]
+
+with the prices of an :class:`~kwh.energy.table.EnergyTable` (Horowitz 2014 by default) and the
+number formats and memory system of an :class:`~kwh.energy.config.EnergyConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from .config import EnergyConfig
+from .counts import LayerCounts, count_model
+from .result import EnergyEstimate, LayerEnergy
+from .table import HOROWITZ_45NM, EnergyTable
+
+__all__ = ["estimate_energy", "Arith", "layer_arith", "weight_storage_bits", "Placement",
+           "place", "block_compute"]
+
+
+@dataclass(frozen=True)
+class Arith:
+    """Number formats of one layer: float, or integer weight x activation -> accumulator."""
+
+    kind: str        # "fp" or "int"
+    w_bits: int
+    a_bits: int
+    acc_bits: int
+
+    def __str__(self) -> str:
+        if self.kind == "fp":
+            return f"fp{self.w_bits}"
+        return f"int {self.w_bits}x{self.a_bits} -> {self.acc_bits}"
+
+
+def layer_arith(c: LayerCounts, cfg: EnergyConfig) -> Arith:
+    """Plain layers: float; kwh layers: kwh_bits x act_bits, exact-width accumulator."""
+    if c.weight_bits is None:
+        return Arith("fp", cfg.float_bits, cfg.float_bits, cfg.float_bits)
+    # A sum of n products of w- and a-bit integers needs w + a + ceil(log2 n) bits.
+    acc = cfg.acc_bits or c.weight_bits + cfg.act_bits + math.ceil(math.log2(c.fan_in))
+    return Arith("int", c.weight_bits, cfg.act_bits, acc)
+
+
+def weight_storage_bits(c: LayerCounts, ar: Arith, fmt: str) -> int:
+    """Bits of one layer's weights and biases as stored (packed, at their real bit width).
+
+    Float layers: dense. kwh layers: "dense" packs every weight of the (pruned) layer at w
+    bits; "sparse" is CSR, per nonzero w bits plus a column index of ceil(log2 cols) bits,
+    plus (rows + 1) row pointers of ceil(log2(nnz + 1)) bits; "auto" takes the smaller.
+    Biases are stored at the accumulator width (they are added into it).
+    """
+    bias = c.n_bias * ar.acc_bits
+    dense = c.n_weights * ar.w_bits
+    if ar.kind == "fp" or fmt == "dense":
+        return dense + bias
+    cols = max(c.n_weights // max(c.rows, 1), 1)
+    sparse = (c.n_nonzero * (ar.w_bits + math.ceil(math.log2(max(cols, 2))))
+              + (c.rows + 1) * math.ceil(math.log2(c.n_nonzero + 1) or 1))
+    return (sparse if fmt == "sparse" else min(dense, sparse)) + bias
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where weights and activations live, and the price of a bit there."""
+
+    weight_mem: str
+    act_mem: str
+    weight_j_per_bit: float
+    act_j_per_bit: float
+    sram_bits: float
+    weight_bits: float
+    act_peak_bits: float
+
+
+def place(weight_bits: float, act_peak_bits: float, table: EnergyTable,
+          cfg: EnergyConfig) -> Placement:
+    """Weights + the largest layer's in/out activations in SRAM if they fit together; else
+    weights from DRAM, activations in SRAM if they fit alone (else DRAM too)."""
+    sram = cfg.sram_kb * 1024 * 8
+    s_j = table.sram_j_per_bit(cfg.sram_kb) if cfg.sram_kb > 0 else math.inf
+    d_j = table.dram_j_per_bit()
+    s_name = f"SRAM {cfg.sram_kb:g} KB"
+    if weight_bits + act_peak_bits <= sram:
+        return Placement(s_name, s_name, s_j, s_j, sram, weight_bits, act_peak_bits)
+    if act_peak_bits <= sram:
+        return Placement("DRAM", s_name, d_j, s_j, sram, weight_bits, act_peak_bits)
+    return Placement("DRAM", "DRAM", d_j, d_j, sram, weight_bits, act_peak_bits)
+
+
+def _act_io(c: LayerCounts, ar: Arith) -> tuple[int, int]:
+    """Bits read (input) and written (block output) per inference."""
+    return c.in_elems * ar.a_bits, c.out_elems * ar.a_bits
+
+
+def block_compute(c: LayerCounts, ar: Arith, table: EnergyTable, mults: float, acc_adds: float,
+                  act_adds: float = 0.0, bias_share: float = 1.0) -> dict:
+    """Energy and result bits of one block's arithmetic.
+
+    ``mults`` products (w x a bits), ``acc_adds`` additions into the accumulator, plus the
+    bias additions (times ``bias_share``), pooling additions and ``act_adds`` at activation
+    width, and the ReLU / max-pool comparisons.
+    """
+    acc = acc_adds + c.bias_adds * bias_share
+    narrow = c.pool_adds + act_adds
+    if ar.kind == "fp":
+        e_mult = mults * table.mult_j(ar.w_bits, kind="fp")
+        e_add = (acc + narrow) * table.add_j(ar.acc_bits, kind="fp")
+        product_bits = ar.w_bits
+    else:
+        e_mult = mults * table.mult_j(ar.w_bits, ar.a_bits)
+        e_add = acc * table.add_j(ar.acc_bits) + narrow * table.add_j(ar.a_bits)
+        product_bits = ar.w_bits + ar.a_bits
+    # A float comparison is an integer comparison of the bit patterns (sign aside).
+    e_cmp = c.compares * table.add_j(ar.a_bits)
+    bits = mults * product_bits + acc * ar.acc_bits + (narrow + c.compares) * ar.a_bits
+    return dict(mults=mults, adds=acc + narrow, compares=c.compares, e_mult=e_mult,
+                e_add=e_add, e_compare=e_cmp, landauer_bits=bits)
+
+
+def estimate_energy(model: nn.Module, input_shape: tuple[int, ...],
+                    table: EnergyTable | None = None,
+                    config: EnergyConfig | None = None) -> EnergyEstimate:
+    """Modelled energy of one inference of ``model`` on one input of ``input_shape`` (C, H, W).
+
+    Plain layers cost dense float MACs; kwh-compressed layers (``kwh_bits``) cost integer
+    multiplies only for nonzero weights, counted from the tensors (see :mod:`.counts`).
+    """
+    table = table or HOROWITZ_45NM
+    cfg = config or EnergyConfig()
+    counts = count_model(model, input_shape)
+    ariths = [layer_arith(c, cfg) for c in counts]
+    wbits = [weight_storage_bits(c, a, cfg.weight_format) for c, a in zip(counts, ariths)]
+    io = [_act_io(c, a) for c, a in zip(counts, ariths)]
+    where = place(sum(wbits), max(r + w for r, w in io), table, cfg)
+    layers = []
+    for c, ar, wb, (rd, wr) in zip(counts, ariths, wbits, io):
+        macs = c.macs if ar.kind == "fp" else c.macs_nonzero  # dense engine vs zero-skipping
+        layers.append(LayerEnergy(
+            name=c.label, arith=str(ar), **block_compute(c, ar, table, macs, macs),
+            weight_bits=wb / cfg.batch_size, act_bits=rd + wr,
+            weight_mem=where.weight_mem, act_mem=where.act_mem,
+            e_weight_mem=wb * where.weight_j_per_bit / cfg.batch_size,
+            e_act_mem=(rd + wr) * where.act_j_per_bit, macs_dense=c.macs))
+    notes = [f"weights: {where.weight_bits / 8 / 1024:.1f} KB in {where.weight_mem}; "
+             f"largest layer's activations: {where.act_peak_bits / 8 / 1024:.1f} KB in "
+             f"{where.act_mem}"]
+    return EnergyEstimate(layers, table.name, asdict(cfg), tuple(input_shape), notes=notes)
