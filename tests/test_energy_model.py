@@ -113,13 +113,23 @@ def test_sparse_storage_is_chosen_when_smaller():
     with torch.no_grad():
         lin.weight.zero_()
         lin.weight[0, 5] = 1.0
-    lin.kwh_bits = 8
+    lin.kwh_bits, lin.kwh_frac_bits = 8, 4
     (l,) = estimate_energy(nn.Sequential(lin), (64,)).layers
     # CSR: 1 nonzero x (8 value + 6 index bits) + 3 row pointers x 1 bit
     assert l.weight_bits == 1 * (8 + 6) + 3 * 1
     (d,) = estimate_energy(nn.Sequential(lin), (64,),
                            config=EnergyConfig(weight_format="dense")).layers
     assert d.weight_bits == 128 * 8
+
+
+def test_unquantized_kwh_layer_is_sparse_float():
+    lin = nn.Linear(4, 2)
+    with torch.no_grad():
+        lin.weight[0] = 0.0
+    lin.kwh_bits, lin.kwh_frac_bits = 32, None  # kwh.compress without quantization
+    (l,) = estimate_energy(nn.Sequential(lin), (4,)).layers
+    assert l.arith == "fp32 sparse" and l.mults == 4
+    assert l.e_mult == pytest.approx(4 * 3.7 * PJ)
 
 
 def test_weights_stream_from_dram_when_sram_too_small():

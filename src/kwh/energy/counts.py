@@ -50,7 +50,8 @@ class LayerCounts:
     compares: int = 0               # ReLU and max-pool comparisons
     pool_adds: int = 0              # average-pool additions
     fused: list[str] = field(default_factory=list)  # names of the ops fused into this block
-    weight_bits: int | None = None  # kwh_bits of a kwh-compressed layer, else None (float)
+    weight_bits: int | None = None  # kwh_bits of a kwh-compressed layer, else None (plain)
+    frac_bits: int | None = None    # kwh_frac_bits; None on a kwh layer: weights left float32
 
     @property
     def in_elems(self) -> int:
@@ -119,7 +120,8 @@ def _weight_counts(name: str, m: nn.Module, in_shape: tuple[int, ...],
         macs_nonzero=macs_nz, n_weights=w.numel(), n_nonzero=int(nz.sum().item()),
         fan_in=max(fan_in, 1), rows=rows,
         bias_adds=math.prod(out_shape) if b is not None else 0,
-        n_bias=0 if b is None else b.numel(), weight_bits=bits)
+        n_bias=0 if b is None else b.numel(), weight_bits=bits,
+        frac_bits=getattr(m, "kwh_frac_bits", None))
 
 
 def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, nn.Module, tuple, tuple]]:

@@ -31,33 +31,39 @@ class Arith:
     w_bits: int
     a_bits: int
     acc_bits: int
+    sparse: bool     # skips zero weights (kwh layers) or not (plain dense layers)
 
     def __str__(self) -> str:
         if self.kind == "fp":
-            return f"fp{self.w_bits}"
+            return f"fp{self.w_bits}" + (" sparse" if self.sparse else "")
         return f"int {self.w_bits}x{self.a_bits} -> {self.acc_bits}"
 
 
 def layer_arith(c: LayerCounts, cfg: EnergyConfig) -> Arith:
-    """Plain layers: float; kwh layers: kwh_bits x act_bits, exact-width accumulator."""
+    """Plain layers: dense float. kwh layers: kwh_bits x act_bits integers with an exact-width
+    accumulator, zeros skipped (float, zeros skipped, where compression left them unquantized:
+    ``kwh_frac_bits`` None)."""
+    fp = cfg.float_bits
     if c.weight_bits is None:
-        return Arith("fp", cfg.float_bits, cfg.float_bits, cfg.float_bits)
+        return Arith("fp", fp, fp, fp, sparse=False)
+    if c.frac_bits is None:
+        return Arith("fp", fp, fp, fp, sparse=True)
     # A sum of n products of w- and a-bit integers needs w + a + ceil(log2 n) bits.
     acc = cfg.acc_bits or c.weight_bits + cfg.act_bits + math.ceil(math.log2(c.fan_in))
-    return Arith("int", c.weight_bits, cfg.act_bits, acc)
+    return Arith("int", c.weight_bits, cfg.act_bits, acc, sparse=True)
 
 
 def weight_storage_bits(c: LayerCounts, ar: Arith, fmt: str) -> int:
     """Bits of one layer's weights and biases as stored (packed, at their real bit width).
 
-    Float layers: dense. kwh layers: "dense" packs every weight of the (pruned) layer at w
+    Plain layers: dense. kwh layers: "dense" packs every weight of the (pruned) layer at w
     bits; "sparse" is CSR, per nonzero w bits plus a column index of ceil(log2 cols) bits,
     plus (rows + 1) row pointers of ceil(log2(nnz + 1)) bits; "auto" takes the smaller.
-    Biases are stored at the accumulator width (they are added into it).
+    Biases: float32 in kwh files (kwh.compress leaves them unquantized), float_bits otherwise.
     """
-    bias = c.n_bias * ar.acc_bits
+    bias = c.n_bias * (32 if c.weight_bits is not None else ar.w_bits)
     dense = c.n_weights * ar.w_bits
-    if ar.kind == "fp" or fmt == "dense":
+    if not ar.sparse or fmt == "dense":
         return dense + bias
     cols = max(c.n_weights // max(c.rows, 1), 1)
     sparse = (c.n_nonzero * (ar.w_bits + math.ceil(math.log2(max(cols, 2))))
@@ -140,7 +146,7 @@ def estimate_energy(model: nn.Module, input_shape: tuple[int, ...],
     where = place(sum(wbits), max(r + w for r, w in io), table, cfg)
     layers = []
     for c, ar, wb, (rd, wr) in zip(counts, ariths, wbits, io):
-        macs = c.macs if ar.kind == "fp" else c.macs_nonzero  # dense engine vs zero-skipping
+        macs = c.macs_nonzero if ar.sparse else c.macs  # zero-skipping vs dense engine
         layers.append(LayerEnergy(
             name=c.label, arith=str(ar), **block_compute(c, ar, table, macs, macs),
             weight_bits=wb / cfg.batch_size, act_bits=rd + wr,

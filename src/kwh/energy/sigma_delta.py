@@ -57,7 +57,7 @@ def estimate_sigma_delta(model: nn.Module, run, input_shape: tuple[int, ...],
     where = place(sum(wbits), max(io), table, cfg)
     layers = []
     for l, (c, ar, wb, act) in enumerate(zip(counts, ariths, wbits, io)):
-        ops = run.ops[l] if ar.kind == "fp" else run.ops_nonzero[l]   # (T, B)
+        ops = run.ops_nonzero[l] if ar.sparse else run.ops[l]   # (T, B)
         n = float(ops.double().mean())
         mults = n if run.op_kind == "mac" else 0.0
         comp = block_compute(c, ar, table, mults, n, act_adds=2.0 * c.in_elems,
