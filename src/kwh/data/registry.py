@@ -35,7 +35,8 @@ class IdxDataset:
         """The (images, labels) files of a split."""
         if split not in SPLITS:
             raise DataError(f"Unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-        return (self.files[0], self.files[1]) if split == "train" else (self.files[2], self.files[3])
+        first = 0 if split == "train" else 2
+        return self.files[first], self.files[first + 1]
 
 
 def _files(digests: dict[str, tuple[str, str]]) -> tuple[IdxFile, IdxFile, IdxFile, IdxFile]:

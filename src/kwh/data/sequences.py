@@ -23,21 +23,30 @@ SEQUENCE_KINDS = ("moving", "temporal")
 _CHUNK = 256  # sequences rendered per grid_sample call
 
 
-def _unit_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Images (N, H, W) or (N, 1, H, W), uint8 or float in [0, 1] -> new float32 (N, H, W)."""
+def _images(images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Check images are (N, H, W) or (N, 1, H, W); return them as (N, H, W), not copied."""
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3 or len(images) == 0:
+        raise DataError(f"images must have shape (N, H, W) or (N, 1, H, W), got "
+                        f"{tuple(images.shape)}")
+    return images
+
+
+def _pick(images: np.ndarray | torch.Tensor, index: np.ndarray) -> torch.Tensor:
+    """Rows `index` of uint8 or [0, 1] float images (N, H, W) as new float32 (K, H, W)."""
     if isinstance(images, np.ndarray):
-        x = to_unit_float(images) if images.dtype == np.uint8 else torch.tensor(images).float()
-    else:
-        x = images.float().div(255) if images.dtype == torch.uint8 else images.float().clone()
-    if x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3 or len(x) == 0:
-        raise DataError(f"images must have shape (N, H, W) or (N, 1, H, W), got {tuple(x.shape)}")
-    return x
+        rows = images[index]
+        return to_unit_float(rows) if rows.dtype == np.uint8 else torch.tensor(rows).float()
+    rows = images[torch.from_numpy(index)]
+    return rows.float().div(255) if rows.dtype == torch.uint8 else rows.float()
 
 
 def _labels(labels: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)  # (N,)
+    if isinstance(labels, torch.Tensor):
+        y = labels.to(torch.int64)  # (N,)
+    else:
+        y = torch.from_numpy(np.array(labels, dtype=np.int64))  # (N,), a writable copy
     if y.shape != (n,):
         raise DataError(f"labels must have shape ({n},) to match the images, got {tuple(y.shape)}")
     return y
@@ -106,11 +115,11 @@ def moving_digits(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.
     (noise included). `zoom` lets the scale drift within 1 +- zoom; `noise` is the std of
     Gaussian pixel noise (clipped to [0, 1]) drawn afresh for every frame that moves.
     """
-    x = _unit_images(images)  # (N, H, W)
-    y = _labels(labels, len(x))
+    images = _images(images)  # (N, H, W)
+    y = _labels(labels, len(images))
     max_shift = (canvas - 20) / 2 if max_shift is None else max_shift
     checks = {"n_sequences": n_sequences >= 1, "n_frames": n_frames >= 1,
-              "canvas": canvas >= max(x.shape[1:]), "hold": 0 <= hold <= 1,
+              "canvas": canvas >= max(images.shape[1:]), "hold": 0 <= hold <= 1,
               "zoom": 0 <= zoom < 1, "noise": noise >= 0,
               "speed": speed > 0, "max_shift": max_shift >= 0}
     if bad := [k for k, ok in checks.items() if not ok]:
@@ -118,12 +127,13 @@ def moving_digits(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.
                         f"canvas >= image size; 0 <= hold <= 1; 0 <= zoom < 1; noise >= 0; "
                         f"speed > 0; max_shift >= 0)")
     rng = np.random.default_rng(seed)
-    idx = rng.choice(len(x), size=n_sequences, replace=n_sequences > len(x))
+    idx = rng.choice(len(images), size=n_sequences, replace=n_sequences > len(images))
+    x = _pick(images, idx)  # (S, H, W)
     trajectories = [_trajectory(rng, n_frames, max_shift, speed, hold, zoom)
                     for _ in range(n_sequences)]
     params = np.stack([p for p, _ in trajectories])  # (S, T, 3)
     held = torch.from_numpy(np.stack([h for _, h in trajectories]))  # (S, T)
-    frames = torch.cat([_render(x[idx[i:i + _CHUNK]], params[i:i + _CHUNK], canvas)
+    frames = torch.cat([_render(x[i:i + _CHUNK], params[i:i + _CHUNK], canvas)
                         for i in range(0, n_sequences, _CHUNK)])  # (S, T, 1, C, C)
     if noise > 0:
         frames += noise * torch.from_numpy(rng.standard_normal(tuple(frames.shape), np.float32))
@@ -139,33 +149,37 @@ def temporal_mnist(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch
     """Temporal MNIST (O'Connor & Welling 2016): frames float32 (T, 1, H, W), labels (T,).
 
     Start from a random image; each next frame is the candidate with the smallest L1 distance
-    (on 8-bit pixel levels, so ties break the same everywhere) to the current frame among a random buffer of `buffer` not-yet-used images (the chosen one
-    is replaced by the next unused image of a random order), so no image appears twice.
+    (on 8-bit pixel levels, so ties break the same everywhere) to the current frame among a
+    random buffer of `buffer` not-yet-used images (the chosen one is replaced by the next
+    unused image of a random order), so no image appears twice.
     With return_index, also return the source indices (T,).
     """
-    x = _unit_images(images)  # (N, H, W)
-    y = _labels(labels, len(x))
-    n = len(x)
+    images = _images(images)  # (N, H, W)
+    y = _labels(labels, len(images))
+    n = len(images)
     if not 1 <= n_frames <= n or buffer < 1:
         raise DataError(f"temporal_mnist: need 1 <= n_frames <= {n} (images available) and "
                         f"buffer >= 1, got n_frames={n_frames}, buffer={buffer}")
-    levels = torch.round(x.reshape(n, -1) * 255).to(torch.int32)  # (N, H*W)
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
-    chosen = [int(order[0])]
-    pool = order[1:1 + buffer].clone()  # (B,) candidate indices
+    # The walk starts at order[0] and takes new candidates in this order, one per frame, so
+    # only the first n_frames + buffer images of it can ever be reached.
+    order = np.random.default_rng(seed).permutation(n)[:n_frames + buffer]  # (K,)
+    x = _pick(images, order)  # (K, H, W)
+    levels = torch.round(x.reshape(len(x), -1) * 255).to(torch.int32)  # (K, H*W)
+    chosen = [0]  # positions in order
+    pool = torch.arange(1, min(1 + buffer, len(x)))  # (B,) candidate positions
     alive = torch.ones(len(pool), dtype=torch.bool)
     cursor = 1 + len(pool)
     for _ in range(1, n_frames):
         dist = (levels[pool] - levels[chosen[-1]]).abs().sum(1)  # (B,)
         j = int(torch.where(alive, dist, torch.iinfo(torch.int32).max).argmin())
         chosen.append(int(pool[j]))
-        if cursor < n:
-            pool[j], cursor = order[cursor], cursor + 1
+        if cursor < len(x):
+            pool[j], cursor = cursor, cursor + 1
         else:
             alive[j] = False
-    index = torch.tensor(chosen)  # (T,)
-    frames, frame_labels = x[index, None].clone(), y[index]  # (T, 1, H, W), (T,)
-    return (frames, frame_labels, index) if return_index else (frames, frame_labels)
+    frames = x[chosen, None]  # (T, 1, H, W), a copy
+    index = torch.from_numpy(order[chosen])  # (T,)
+    return (frames, y[index], index) if return_index else (frames, y[index])
 
 
 def sequence_dataset(name: str = "mnist", split: str = "test", kind: str = "moving", *,
@@ -179,7 +193,8 @@ def sequence_dataset(name: str = "mnist", split: str = "test", kind: str = "movi
     options go to temporal_mnist (n_sequences is unused).
     """
     if kind not in SEQUENCE_KINDS:
-        raise DataError(f"Unknown sequence kind {kind!r}; choose one of: {', '.join(SEQUENCE_KINDS)}")
+        raise DataError(f"Unknown sequence kind {kind!r}; choose one of: "
+                        f"{', '.join(SEQUENCE_KINDS)}")
     images, labels = load_idx_arrays(name, split, root, download)
     if kind == "moving":
         frames, y = moving_digits(images, labels, n_sequences, n_frames, seed=seed, **options)
