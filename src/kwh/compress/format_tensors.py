@@ -1,0 +1,209 @@
+"""Tensor encodings of the .kwh format: float32, and fixed-point integers dense or sparse.
+
+A quantized weight holds exactly q * 2**-t with q a ``bits``-bit two's-complement integer. Its
+integers are stored in whichever of three layouts is smallest before entropy coding:
+
+- ``dense``:  all n integers, ``bits`` bits each.
+- ``bitmap``: an n-bit occupancy bitmap (1 = non-zero), then the non-zero integers.
+- ``rindex``: relative-index sparse storage (Han et al. 2016, Deep Compression, sec. 3): one
+  entry per non-zero (in row-major order), each a k-bit run of zeros skipped before it and
+  its integer; a run longer than 2**k - 1 is split by filler entries (run 2**k - 1, value
+  0), each covering 2**k positions. k (1..16) is chosen to minimise the size.
+
+Every blob is packed by ``kwh.compress.bitpack`` and starts on a byte boundary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from kwh.compress import bitpack
+from kwh.compress import format_schema as fs
+from kwh.errors import FormatError, ModelError
+
+__all__ = ["QUANT_ENCODINGS", "MAX_BITS", "MAX_FRAC_BITS", "MAX_INDEX_BITS", "raw_size",
+           "encode_float", "quantize_exact", "encode_quantized", "check_meta", "decode"]
+
+QUANT_ENCODINGS = ("dense", "bitmap", "rindex")
+MAX_BITS = 25        # a float32 holds every integer of up to 24 magnitude bits exactly
+MAX_FRAC_BITS = 64   # q * 2**-t stays an exact, normal float32 for any t up to here
+MAX_INDEX_BITS = 16
+
+
+def raw_size(meta: dict, bits: int | None) -> int:
+    """Bytes of a tensor's blob before entropy coding, from its (checked) description."""
+    n = math.prod(meta["shape"])
+    enc = meta["encoding"]
+    if enc == "float32":
+        return 4 * n
+    if enc == "dense":
+        return bitpack.packed_size(n, bits)
+    if enc == "bitmap":
+        return bitpack.packed_size(n, 1) + bitpack.packed_size(meta["nnz"], bits)
+    m, k = meta["entries"], meta["index_bits"]
+    return bitpack.packed_size(m, k) + bitpack.packed_size(m, bits)
+
+
+# ------------------------------------------------------------------ encoding (save)
+
+def encode_float(name: str, tensor: torch.Tensor, where: str) -> tuple[dict, bytes]:
+    """A tensor as little-endian IEEE float32."""
+    values = tensor.detach().to("cpu", torch.float32).contiguous().numpy().reshape(-1)
+    if not np.isfinite(values).all():
+        raise ModelError(f"{where}: {name} holds NaN or infinite values; a .kwh file stores "
+                         "finite numbers only")
+    meta = {"name": name, "shape": list(tensor.shape), "encoding": "float32"}
+    return meta, values.astype("<f4").tobytes()
+
+
+def quantize_exact(tensor: torch.Tensor, bits: int, frac_bits: int, where: str) -> np.ndarray:
+    """The integers q with tensor == q * 2**-frac_bits, checked to fit ``bits`` bits."""
+    scaled = tensor.detach().to("cpu", torch.float64).numpy().reshape(-1) * 2.0**frac_bits
+    bad = ~np.isfinite(scaled) | (scaled != np.round(scaled))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ModelError(f"{where}: weight[{i}]={scaled[i] / 2.0**frac_bits!r} is not an integer "
+                         f"multiple of 2**-{frac_bits} (kwh_frac_bits={frac_bits}); quantize the "
+                         "weights to this fixed point first, or fix kwh_frac_bits")
+    q = scaled.astype(np.int64)
+    lo, hi = bitpack.int_range(bits)
+    out = (q < lo) | (q > hi)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise ModelError(f"{where}: weight[{i}] = {int(q[i])} * 2**-{frac_bits} needs more than "
+                         f"kwh_bits={bits} bits (two's complement range [{lo}, {hi}]); raise "
+                         "kwh_bits or lower kwh_frac_bits")
+    return q
+
+
+def _rindex_entries(nnz: int, gaps: np.ndarray, k: int) -> int:
+    return nnz + int((gaps >> k).sum())
+
+
+def encode_quantized(name: str, shape: tuple[int, ...], q: np.ndarray,
+                     bits: int) -> tuple[dict, bytes]:
+    """Integers in the smallest of the dense, bitmap and relative-index layouts."""
+    n = q.size
+    idx = np.flatnonzero(q)  # positions of the non-zeros, increasing
+    nnz = idx.size
+    gaps = np.diff(idx, prepend=-1) - 1  # zeros skipped before each non-zero
+    best_k = min(range(1, MAX_INDEX_BITS + 1), key=lambda k: (_size_rindex(
+        _rindex_entries(nnz, gaps, k), k, bits), k))
+    m = _rindex_entries(nnz, gaps, best_k)
+    sizes = {"dense": bitpack.packed_size(n, bits),
+             "bitmap": bitpack.packed_size(n, 1) + bitpack.packed_size(nnz, bits),
+             "rindex": _size_rindex(m, best_k, bits)}
+    enc = min(QUANT_ENCODINGS, key=lambda e: sizes[e])  # ties go to the earlier layout
+    meta: dict = {"name": name, "shape": list(shape), "encoding": enc}
+    if enc == "dense":
+        return meta, bitpack.pack_uint(bitpack.to_twos(q, bits), bits)
+    values = bitpack.to_twos(q[idx], bits)
+    meta["nnz"] = nnz
+    if enc == "bitmap":
+        mask = np.zeros(n, dtype=np.uint32)
+        mask[idx] = 1
+        return meta, bitpack.pack_uint(mask, 1) + bitpack.pack_uint(values, bits)
+    full = (1 << best_k) - 1
+    counts = (gaps >> best_k) + 1  # fillers + the entry itself, per non-zero
+    last = np.cumsum(counts) - 1  # position of each real entry among all entries
+    runs = np.full(m, full, dtype=np.uint32)
+    runs[last] = (gaps & full).astype(np.uint32)
+    codes = np.zeros(m, dtype=np.uint32)
+    codes[last] = values
+    meta["entries"], meta["index_bits"] = m, best_k
+    return meta, bitpack.pack_uint(runs, best_k) + bitpack.pack_uint(codes, bits)
+
+
+def _size_rindex(m: int, k: int, bits: int) -> int:
+    return bitpack.packed_size(m, k) + bitpack.packed_size(m, bits)
+
+
+# ------------------------------------------------------------------ checking and decoding (load)
+
+def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
+               where: str) -> dict:
+    """Check one tensor description against the tensor its layer must carry."""
+    fs.fields(meta, where, ["name", "shape", "encoding"], ["nnz", "entries", "index_bits"])
+    if meta["name"] != name:
+        raise FormatError(f"{where}.name={str(meta['name'])[:40]!r}; expected {name!r}")
+    if meta["shape"] != list(shape) or any(type(d) is not int for d in meta["shape"]):
+        raise FormatError(f"{where}.shape does not match the layer's arguments "
+                          f"(expected {list(shape)})")
+    encodings = QUANT_ENCODINGS if quantized else ("float32",)
+    enc = fs.get_choice(meta, "encoding", where, encodings)
+    extra = {"dense": [], "float32": [], "bitmap": ["nnz"],
+             "rindex": ["nnz", "entries", "index_bits"]}[enc]
+    fs.fields(meta, where, ["name", "shape", "encoding", *extra])
+    n = math.prod(shape)
+    out = {"name": name, "shape": tuple(shape), "encoding": enc}
+    if enc in ("bitmap", "rindex"):
+        out["nnz"] = fs.get_int(meta, "nnz", where, 0, n)
+    if enc == "rindex":
+        out["entries"] = fs.get_int(meta, "entries", where, out["nnz"], n)
+        out["index_bits"] = fs.get_int(meta, "index_bits", where, 1, MAX_INDEX_BITS)
+        if (out["entries"] == 0) != (out["nnz"] == 0):
+            raise FormatError(f"{where}: entries={out['entries']} with nnz={out['nnz']}; "
+                              "the last entry must hold a non-zero")
+    return out
+
+
+def decode(meta: dict, blob: memoryview, quant: tuple[int, int] | None,
+           where: str) -> torch.Tensor:
+    """A checked tensor description and its blob -> a float32 tensor (FormatError if invalid)."""
+    try:
+        if meta["encoding"] == "float32":
+            values = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+            if not np.isfinite(values).all():
+                raise FormatError(f"{where}: {meta['name']} holds NaN or infinite values")
+        else:
+            bits, frac_bits = quant
+            q = _decode_ints(meta, blob, bits, where)
+            values = q.astype(np.float32) * np.float32(2.0**-frac_bits)  # exact: a power of 2
+    except ValueError as err:
+        if isinstance(err, FormatError):
+            raise
+        raise FormatError(f"{where}: {meta['name']}: {err}") from None
+    return torch.from_numpy(values.reshape(meta["shape"]))
+
+
+def _decode_ints(meta: dict, blob: memoryview, bits: int, where: str) -> np.ndarray:
+    n = math.prod(meta["shape"])
+    enc = meta["encoding"]
+    if enc == "dense":
+        return bitpack.from_twos(bitpack.unpack_uint(blob, n, bits), bits)
+    out = np.zeros(n, dtype=np.int64)
+    if enc == "bitmap":
+        head = bitpack.packed_size(n, 1)
+        octets = np.frombuffer(blob[:head], np.uint8)
+        if n % 8 and int(octets[-1]) >> (n % 8):
+            raise FormatError(f"{where}: non-zero padding bits after the bitmap")
+        mask = np.unpackbits(octets, count=n, bitorder="little").astype(bool)
+        if int(mask.sum()) != meta["nnz"]:
+            raise FormatError(f"{where}: bitmap marks {int(mask.sum())} non-zeros, header says "
+                              f"nnz={meta['nnz']}")
+        values = bitpack.from_twos(bitpack.unpack_uint(blob[head:], meta["nnz"], bits), bits)
+        if (values == 0).any():
+            raise FormatError(f"{where}: bitmap marks a position whose value is zero")
+        out[mask] = values
+        return out
+    m, k = meta["entries"], meta["index_bits"]
+    head = bitpack.packed_size(m, k)
+    runs = bitpack.unpack_uint(blob[:head], m, k).astype(np.int64)
+    values = bitpack.from_twos(bitpack.unpack_uint(blob[head:], m, bits), bits)
+    if m == 0:
+        return out
+    positions = np.cumsum(runs + 1) - 1  # strictly increasing
+    if positions[-1] >= n:
+        raise FormatError(f"{where}: relative indices run to position {int(positions[-1])} "
+                          f"past the tensor's {n} elements")
+    zero = values == 0
+    if zero[-1] or (runs[zero] != (1 << k) - 1).any():
+        raise FormatError(f"{where}: a zero-valued entry is not a filler (run {(1 << k) - 1})")
+    if m - int(zero.sum()) != meta["nnz"]:
+        raise FormatError(f"{where}: {m - int(zero.sum())} non-zero entries, header says "
+                          f"nnz={meta['nnz']}")
+    out[positions] = values
+    return out
