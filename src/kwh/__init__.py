@@ -11,10 +11,13 @@ from kwh.bayes import (
     kl_divergence,
     sampling,
 )
+from kwh.data import get_dataset, load_mnist, make_loaders, sequence_dataset
 
 __version__ = "0.1.0"
 
 __all__ = [
     # the free energy
     "bayesify_", "free_energy", "kl_divergence", "KLWarmup", "sampling",
+    # data
+    "load_mnist", "get_dataset", "make_loaders", "sequence_dataset",
 ]
