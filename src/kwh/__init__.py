@@ -9,6 +9,7 @@ from kwh.bayes import (
     bayesify_,
     free_energy,
     kl_divergence,
+    predict,
     sampling,
 )
 from kwh.data import get_dataset, load_mnist, make_loaders, sequence_dataset
@@ -18,6 +19,8 @@ __version__ = "0.1.0"
 __all__ = [
     # the free energy
     "bayesify_", "free_energy", "kl_divergence", "KLWarmup", "sampling",
+    # uncertainty
+    "predict",
     # data
     "load_mnist", "get_dataset", "make_loaders", "sequence_dataset",
 ]

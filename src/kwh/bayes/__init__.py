@@ -14,6 +14,7 @@ from kwh.bayes.priors import (
     Prior,
     prior_config,
 )
+from kwh.bayes.uncertainty import Prediction, evaluate_uncertainty, predict
 
 __all__ = [
     "bayesify_", "ConversionReport",
@@ -22,4 +23,5 @@ __all__ = [
     "Prior", "PRIORS", "prior_config",
     "LogUniform", "LogUniformConfig", "GroupNJ", "GroupNJConfig",
     "GroupHorseshoe", "GroupHorseshoeConfig",
+    "predict", "Prediction", "evaluate_uncertainty",
 ]
