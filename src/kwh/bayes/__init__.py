@@ -3,6 +3,7 @@
 from kwh.bayes.convert import ConversionReport, bayesify_
 from kwh.bayes.layers import BayesConv2d, BayesLayer, BayesLinear, bayes_layers, sampling
 from kwh.bayes.objective import KLWarmup, free_energy, kl_divergence
+from kwh.bayes.optim import param_groups
 from kwh.bayes.priors import (
     PRIORS,
     GroupHorseshoe,
@@ -19,7 +20,7 @@ from kwh.bayes.uncertainty import Prediction, evaluate_uncertainty, predict
 __all__ = [
     "bayesify_", "ConversionReport",
     "BayesLayer", "BayesLinear", "BayesConv2d", "bayes_layers", "sampling",
-    "free_energy", "kl_divergence", "KLWarmup",
+    "free_energy", "kl_divergence", "KLWarmup", "param_groups",
     "Prior", "PRIORS", "prior_config",
     "LogUniform", "LogUniformConfig", "GroupNJ", "GroupNJConfig",
     "GroupHorseshoe", "GroupHorseshoeConfig",

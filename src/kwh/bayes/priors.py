@@ -27,7 +27,7 @@ from kwh.bayes.kl import (
 )
 
 _EPS = 1e-8
-_LOGVAR_MIN, _LOGVAR_MAX = -30.0, 10.0  # keeps exp() finite and log() away from zero
+_LOGVAR_MIN, _LOGVAR_MAX = -30.0, 4.0  # keeps exp() finite and log() away from zero
 
 
 def _logvar(p: Tensor) -> Tensor:
