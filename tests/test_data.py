@@ -228,6 +228,20 @@ def test_wrong_magic_is_refused(offline, tmp_path, data_root):
         load_mnist("test", root=tmp_path)
 
 
+def test_a_bad_copy_is_passed_over_for_a_good_one(offline, monkeypatch, tmp_path, data_root):
+    bad = copy_t10k(data_root / "mnist", tmp_path / "bad")
+    (bad / "t10k-labels-idx1-ubyte.gz").unlink()
+    (bad / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b junk")
+    good = copy_t10k(data_root / "mnist", tmp_path / "good")
+    (good / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv("KWH_DATA", str(good))
+    with pytest.raises(DataError, match="missing t10k-labels-idx1-ubyte.gz") as e:
+        load_mnist("test", root=bad, download=False)  # images found in good: not reported
+    assert "junk" not in str(e.value) and "corrupt" not in str(e.value)
+    shutil.copyfile(data_root / "mnist" / T10K[1], good / T10K[1])
+    assert load_mnist("test", root=bad, limit=3).tensors[1].tolist() == [7, 2, 1]
+
+
 def test_missing_file_says_where_it_looked_and_where_to_put_it(offline, tmp_path, data_root):
     copy_t10k(data_root / "mnist", tmp_path / "d")
     (tmp_path / "d" / "t10k-images-idx3-ubyte.gz").unlink()

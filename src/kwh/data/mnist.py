@@ -75,13 +75,13 @@ def load_idx_arrays(name: str = "mnist", split: str = "train",
     ds = idx_dataset(name)
     specs = ds.split_files(split)
     dirs = search_dirs(ds.folder, root)
-    problems: list[str] = []
-    found = [_find(s, dirs, problems) for s in specs]
+    problems: dict[str, list[str]] = {s.name: [] for s in specs}
+    found = [_find(s, dirs, problems[s.name]) for s in specs]
     missing = [s for s, a in zip(specs, found) if a is None]
     what = f"{name} {split} set"
-    if missing and problems:
-        raise DataError(f"{what}: no valid copy of {', '.join(s.name for s in missing)}: "
-                        + " | ".join(problems))
+    if bad := [s.name for s in missing if problems[s.name]]:  # found, but every copy was bad
+        raise DataError(f"{what}: no valid copy of {', '.join(bad)}: "
+                        + " | ".join(p for n in bad for p in problems[n]))
     if missing and not download:
         raise missing_error(what, [f"{s.name}.gz" for s in missing], dirs, ds.folder,
                             "downloads are off")
