@@ -12,6 +12,9 @@ from kwh.bayes import (
     predict,
     sampling,
 )
+from kwh.compress import codec
+from kwh.compress.codec import load, save
+from kwh.compress.format_onnx import export_onnx
 from kwh.data import get_dataset, load_mnist, make_loaders, sequence_dataset
 
 __version__ = "0.1.0"
@@ -23,4 +26,6 @@ __all__ = [
     "predict",
     # data
     "load_mnist", "get_dataset", "make_loaders", "sequence_dataset",
+    # the .kwh file
+    "save", "load", "export_onnx", "codec",
 ]

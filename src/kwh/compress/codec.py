@@ -42,6 +42,7 @@ MAX_INPUT_RANK = 8
 DEFAULT_MAX_ELEMENTS = 1 << 28  # tensor elements in a whole file (1 GiB as float32)
 DEFAULT_LEVEL = 19
 CODECS = {"raw": 0, "zstd": 1}
+FLOAT_BITS = 32  # kwh_bits of a layer marked as kept in float32 (kwh_frac_bits None)
 
 
 # ------------------------------------------------------------------ entropy coding
@@ -84,7 +85,7 @@ class _Layer:
     kind: str
     spec: fm.ModuleSpec
     args: dict
-    quant: tuple[int, int] | None
+    quant: tuple[int, int | None] | None  # (bits, frac_bits); (32, None): marked float32
     codec: str | None = None
     raw_bytes: int = 0
     stored_bytes: int = 0
@@ -111,12 +112,19 @@ def _check_input_shape(value: Any, where: str) -> tuple[int, ...] | None:
     return tuple(fs.get_int({"d": d}, "d", where, 1, fs.INT_MAX) for d in value)
 
 
-def _check_quant(value: Any, quantizable: bool, where: str) -> tuple[int, int] | None:
+def _fixed(quant: tuple[int, int | None] | None) -> bool:
+    """Whether a layer's weight is stored as fixed-point integers (not float32)."""
+    return quant is not None and quant[1] is not None
+
+
+def _check_quant(value: Any, quantizable: bool, where: str) -> tuple[int, int | None] | None:
     if value is None:
         return None
     if not quantizable:
         raise FormatError(f"{where}.quant must be null for a layer without quantized weights")
     fs.fields(value, f"{where}.quant", ["bits", "frac_bits"])
+    if value["frac_bits"] is None:
+        return fs.get_choice(value, "bits", f"{where}.quant", [FLOAT_BITS]), None
     return (fs.get_int(value, "bits", f"{where}.quant", 1, ft.MAX_BITS),
             fs.get_int(value, "frac_bits", f"{where}.quant", 0, ft.MAX_FRAC_BITS))
 
@@ -141,13 +149,13 @@ def _check_section(value: Any, layer: _Layer, slots: list[fm.TensorSlot], where:
                               f"than the limit of {max_elements} (load(..., max_elements=) "
                               "raises it)")
         meta = ft.check_meta(meta, slot.name, slot.shape,
-                             slot.quantizable and layer.quant is not None,
+                             slot.quantizable and _fixed(layer.quant),
                              f"{where}.tensors[{j}]")
-        meta["raw_bytes"] = ft.raw_size(meta, layer.quant[0] if layer.quant else None)
+        meta["raw_bytes"] = ft.raw_size(meta, layer.quant[0] if _fixed(layer.quant) else None)
         layer.tensors.append(meta)
     layer.codec = fs.get_choice(value, "codec", where, list(CODECS))
-    layer.raw_bytes = fs.get_int(value, "raw_bytes", where, 1, 1 << 62)
-    layer.stored_bytes = fs.get_int(value, "stored_bytes", where, 1, 1 << 62)
+    layer.raw_bytes = fs.get_int(value, "raw_bytes", where, 0, 1 << 62)
+    layer.stored_bytes = fs.get_int(value, "stored_bytes", where, 0, 1 << 62)
     layer.crc32 = fs.get_int(value, "crc32", where, 0, 0xFFFFFFFF)
     total = sum(t["raw_bytes"] for t in layer.tensors)
     if layer.raw_bytes != total:
@@ -155,7 +163,7 @@ def _check_section(value: Any, layer: _Layer, slots: list[fm.TensorSlot], where:
     if layer.codec == "raw" and layer.stored_bytes != layer.raw_bytes:
         raise FormatError(f"{where}: a raw section stores its {layer.raw_bytes} bytes as they "
                           f"are, not {layer.stored_bytes}")
-    if layer.codec == "zstd" and layer.stored_bytes >= layer.raw_bytes:
+    if layer.codec == "zstd" and not 0 < layer.stored_bytes < layer.raw_bytes:
         raise FormatError(f"{where}: a zstd section must be smaller than its {layer.raw_bytes} "
                           f"raw bytes, not {layer.stored_bytes}")
     return used
@@ -186,7 +194,7 @@ def _check_header(header: dict, max_elements: int) -> _Plan:
 
 # ------------------------------------------------------------------ save
 
-def _quant_of(module: nn.Module, quantizable: bool, where: str) -> tuple[int, int] | None:
+def _quant_of(module: nn.Module, quantizable: bool, where: str) -> tuple[int, int | None] | None:
     bits = getattr(module, "kwh_bits", None)
     frac = getattr(module, "kwh_frac_bits", None)
     if bits is None and frac is None:
@@ -194,12 +202,15 @@ def _quant_of(module: nn.Module, quantizable: bool, where: str) -> tuple[int, in
     if not quantizable:
         raise ModelError(f"{where} has kwh_bits/kwh_frac_bits but no weight to quantize; "
                          "remove the attributes")
+    if frac is None and type(bits) is int and bits == FLOAT_BITS:
+        return FLOAT_BITS, None  # marked float32: the weight is stored as it is
     for name, value, hi in (("kwh_bits", bits, ft.MAX_BITS),
                             ("kwh_frac_bits", frac, ft.MAX_FRAC_BITS)):
         lo = 1 if name == "kwh_bits" else 0
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise ModelError(f"{where}: {name}={value!r} is invalid; give an integer in "
-                             f"[{lo}, {hi}] (or delete both attributes to store float32)")
+                             f"[{lo}, {hi}] (or kwh_bits=32 with kwh_frac_bits=None, or no "
+                             "attributes, to store float32)")
     return int(bits), int(frac)
 
 
@@ -287,7 +298,7 @@ def encode(model: nn.Module, input_shape: Any = None, level: int = DEFAULT_LEVEL
     return body + hashlib.sha256(body).digest()
 
 
-def _encode_tensor(module: nn.Module, slot: fm.TensorSlot, quant: tuple[int, int] | None,
+def _encode_tensor(module: nn.Module, slot: fm.TensorSlot, quant: tuple[int, int | None] | None,
                    where: str) -> tuple[dict, bytes]:
     tensor = getattr(module, slot.name, None)
     if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != slot.shape:
@@ -297,7 +308,7 @@ def _encode_tensor(module: nn.Module, slot: fm.TensorSlot, quant: tuple[int, int
         raise ModelError(f"{where}: {slot.name} has dtype {tensor.dtype}; expected floating point")
     if tensor.is_meta:
         raise ModelError(f"{where}: {slot.name} is on the meta device and holds no values")
-    if slot.quantizable and quant is not None:
+    if slot.quantizable and _fixed(quant):
         q = ft.quantize_exact(tensor, quant[0], quant[1], where)
         return ft.encode_quantized(slot.name, slot.shape, q, quant[0])
     return ft.encode_float(slot.name, tensor, where)
@@ -428,8 +439,9 @@ def _build(read: _Read) -> nn.Sequential:
             for meta in layer.tensors:
                 part = blob[offset:offset + meta["raw_bytes"]]
                 offset += meta["raw_bytes"]
-                tensor = ft.decode(meta, part, layer.quant if slots[meta["name"]].quantizable
-                                   else None, f"module {i} ({layer.kind})")
+                fixed = slots[meta["name"]].quantizable and _fixed(layer.quant)
+                tensor = ft.decode(meta, part, layer.quant if fixed else None,
+                                   f"module {i} ({layer.kind})")
                 if slots[meta["name"]].buffer:
                     setattr(module, meta["name"], tensor)
                 else:
