@@ -1,0 +1,13 @@
+"""The training engine: pretraining, bayesify_, free-energy training, checkpoints and resume."""
+
+from kwh.train.build import load_checkpoint
+from kwh.train.checkpoint import checkpoint_path, read_checkpoint, read_checkpoint_meta
+from kwh.train.config import TrainConfig
+from kwh.train.engine import TrainResult, run_training
+
+__all__ = [
+    # running
+    "TrainConfig", "run_training", "TrainResult",
+    # checkpoints
+    "load_checkpoint", "checkpoint_path", "read_checkpoint", "read_checkpoint_meta",
+]

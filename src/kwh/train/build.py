@@ -1,0 +1,70 @@
+"""Models and optimizers from a TrainConfig, and load_checkpoint, which rebuilds a trained model."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from kwh.bayes import bayesify_
+from kwh.bayes.optim import param_groups
+from kwh.errors import FormatError, KwhError
+from kwh.models import build
+from kwh.train.checkpoint import checkpoint_path, read_checkpoint
+from kwh.train.config import TrainConfig
+from kwh.train.state import derive_seed, load_model_tensors
+
+PLAIN, BAYESIAN = "plain", "bayes"
+
+__all__ = ["PLAIN", "BAYESIAN", "build_model", "to_bayesian", "make_optimizer", "load_checkpoint"]
+
+
+def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """bayesify_ in place with the config's prior, its random initial variances seeded by config."""
+    torch.manual_seed(derive_seed(config.seed, "bayesify"))
+    bayesify_(model, config.prior, **config.prior_options)
+    return model
+
+
+def build_model(config: TrainConfig, kind: str) -> nn.Module:
+    """The config's model on the CPU, freshly initialised from the seed; Bayesian if kind says so."""
+    if kind not in (PLAIN, BAYESIAN):
+        raise FormatError(f"unknown model kind {kind!r}; expected {PLAIN!r} or {BAYESIAN!r}")
+    torch.manual_seed(derive_seed(config.seed, "init"))
+    model = build(config.model)
+    return to_bayesian(model, config) if kind == BAYESIAN else model
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, kind: str) -> torch.optim.Adam:
+    """Adam; Bayesian models put log-variances in their own group at lr * variance_lr_mult.
+
+    Every group remembers its ``base_lr``: the schedule sets lr = base_lr * factor each step.
+    """
+    if kind == BAYESIAN:
+        groups = param_groups(model, config.lr, config.variance_lr_mult)
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+                   "lr": config.lr, "name": "weights"}]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return torch.optim.Adam(groups, lr=config.lr)
+
+
+def load_checkpoint(path: str | os.PathLike,
+                    device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """(Bayesian model in eval mode, its TrainConfig) from a checkpoint file or run directory."""
+    path = checkpoint_path(path)
+    tensors, meta = read_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+        kind, pos = meta["kind"], meta["position"]
+    except (KeyError, TypeError, KwhError) as e:
+        raise FormatError(f"{path}: malformed training metadata ({e})") from None
+    if kind != BAYESIAN:
+        raise KwhError(f"{path} was written during pretraining (epoch {pos.get('epoch')} of "
+                       f"{config.pretrain_epochs} plain epochs): it holds no Bayesian model yet; "
+                       f"continue the run with `kwh train --resume --out-dir {path.parent}`")
+    model = build_model(config, BAYESIAN)
+    load_model_tensors(model, tensors, str(path))
+    return model.to(device).eval(), config

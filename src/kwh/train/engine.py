@@ -1,0 +1,376 @@
+"""run_training: pretraining, bayesify_, free-energy training; checkpoints, resume, rollback.
+
+Everything random is a function of the position: model init and bayesify_ draw from seeds
+derived from the run's seed; each epoch reseeds every RNG from (seed, rank, epoch) and takes
+its batches from a DistributedSampler seeded with (seed, epoch). A checkpoint holds the model,
+Adam's state, the position (epoch, step), the lr back-off, the epoch's running sums and the RNG
+states of every rank, so a resumed run retraces the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import kwh
+from kwh.bayes import free_energy
+from kwh.data import get_dataset
+from kwh.errors import FormatError, KwhError, ModelError
+from kwh.train.batches import BatchOrder
+from kwh.train.build import BAYESIAN, PLAIN, build_model, make_optimizer, to_bayesian
+from kwh.train.checkpoint import FILENAME, atomic_write_bytes, read_checkpoint, write_checkpoint
+from kwh.train.config import TrainConfig
+from kwh.train.distributed import DistContext, setup_distributed
+from kwh.train.evaluate import layer_stats, test_metrics
+from kwh.train.runlog import RunLog
+from kwh.train.schedule import Schedule
+from kwh.train.state import (
+    derive_seed,
+    load_model_tensors,
+    load_optimizer,
+    model_tensors,
+    optimizer_payload,
+    restore_rng,
+    rng_payload,
+    seed_all,
+)
+
+log = logging.getLogger("kwh.train")
+
+Fault = Callable[[int], bool]  # global step -> poison this step's loss with NaN (tests)
+
+__all__ = ["TrainResult", "run_training"]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the model (eval mode), per-epoch history, checkpoint path."""
+
+    model: nn.Module
+    history: list[dict]
+    checkpoint: Path | None
+    config: TrainConfig | None = None
+    log: list[dict] = field(default_factory=list)
+
+
+def run_training(config: TrainConfig, resume: bool = False, progress: bool = True,
+                 fault: Fault | None = None) -> TrainResult:
+    """Train as ``config`` says; with ``resume``, continue from out_dir's checkpoint if any.
+
+    Under torchrun (RANK and WORLD_SIZE set) each process trains its shard with
+    DistributedDataParallel; rank 0 evaluates, logs and writes checkpoints. ``fault`` is a
+    test hook: when it returns True for a global step, that step's loss becomes NaN.
+    """
+    with _runtime(config) as ctx:
+        return _Trainer(config, ctx, progress, fault).run(resume)
+
+
+@contextlib.contextmanager
+def _runtime(config: TrainConfig):
+    """Threads, deterministic algorithms and the process group for the run, restored after."""
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    ctx = setup_distributed(config.device)
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        if config.deterministic:
+            if ctx.device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.backends.cudnn.benchmark = False
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        yield ctx
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+        ctx.close()
+
+
+class _Trainer:
+    """One run's mutable state; the model is kept unwrapped, ``net`` is it or its DDP wrapper."""
+
+    def __init__(self, config: TrainConfig, ctx: DistContext, progress: bool, fault: Fault | None):
+        self.c, self.ctx, self.fault = config, ctx, fault
+        self.progress = progress and ctx.is_main
+        self.out = Path(config.out_dir)
+        self.ckpt = self.out / FILENAME
+        train = get_dataset(config.data, "train", config.data_dir, limit=config.limit_train)
+        test = get_dataset(config.data, "test", config.data_dir, limit=config.limit_test)
+        self.n_data = len(train)  # N of the free energy: the global training set
+        self.order = BatchOrder(train, config.batch_size, derive_seed(config.seed, "data"),
+                                ctx.rank, ctx.world_size)
+        self.sched = Schedule(config, self.order.steps_per_epoch)
+        self.test_x, self.test_y = test.tensors[:2]
+        self.log = RunLog(self.out / "log.jsonl" if ctx.is_main else None)
+        self.failures = 0
+        self.snapshot: tuple[dict, dict] | None = None
+
+    # ------------------------------------------------------------------ state
+
+    def _fresh(self) -> None:
+        self.model, self.kind = build_model(self.c, PLAIN), PLAIN
+        self._check_input()
+        self.model.to(self.ctx.device)
+        self._new_optimizer()
+        self.epoch = self.step = self.global_step = 0
+        self.lr_scale = 1.0
+        self.stats = _new_stats()
+
+    def _check_input(self) -> None:
+        x = self.order.x[:2]
+        try:
+            with torch.no_grad():
+                self.model.eval()(x)
+        except RuntimeError as e:
+            raise ModelError(f"model {self.c.model!r} does not accept {self.c.data!r} inputs of "
+                             f"shape {tuple(x.shape[1:])}: {e}") from None
+        self.model.train()
+
+    def _new_optimizer(self) -> None:
+        self.opt = make_optimizer(self.model, self.c, self.kind)
+        if self.ctx.distributed:
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.net = self.model
+
+    def _capture(self) -> tuple[dict, dict]:
+        """This process's full state as (tensors, JSON meta): a snapshot or a checkpoint body."""
+        tensors = model_tensors(self.model)
+        opt_tensors, opt_meta = optimizer_payload(self.opt)
+        rng_tensors, rng_meta = rng_payload(self.ctx.rank, self.ctx.device)
+        tensors.update(opt_tensors)
+        tensors.update(rng_tensors)
+        meta = {"config": self.c.to_dict(), "kind": self.kind,
+                "position": {"epoch": self.epoch, "step": self.step,
+                             "global_step": self.global_step},
+                "lr_scale": self.lr_scale, "stats": dict(self.stats), "optimizer": opt_meta,
+                "rng": rng_meta, "world_size": self.ctx.world_size,
+                "log": list(self.log.records), "kwh_version": kwh.__version__,
+                "torch_version": torch.__version__}
+        return tensors, meta
+
+    def _apply(self, tensors: dict, meta: dict, where: str) -> None:
+        """Become the state in (tensors, meta): the path of both resume and rollback."""
+        try:
+            kind, pos = meta["kind"], meta["position"]
+            epoch, step, global_step = pos["epoch"], pos["step"], pos["global_step"]
+            lr_scale, stats, records = float(meta["lr_scale"]), dict(meta["stats"]), meta["log"]
+            opt_meta, rng_meta, world = meta["optimizer"], meta["rng"], meta["world_size"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"{where}: malformed training state ({e})") from None
+        if not (0 <= epoch <= self.c.total_epochs and 0 <= step < self.order.steps_per_epoch):
+            raise FormatError(f"{where}: position epoch {epoch} step {step} lies outside this run")
+        self.model, self.kind = build_model(self.c, kind), kind
+        load_model_tensors(self.model, tensors, where)
+        self.model.to(self.ctx.device)
+        self._new_optimizer()
+        load_optimizer(self.opt, tensors, opt_meta, where)
+        self.epoch, self.step, self.global_step = epoch, step, global_step
+        self.lr_scale, self.stats = lr_scale, stats
+        self.log.reset(records)
+        exact = world == self.ctx.world_size and restore_rng(tensors, rng_meta, self.ctx.rank,
+                                                             self.ctx.device)
+        if not exact:
+            seed_all(derive_seed(self.c.seed, self.ctx.rank, epoch, step, "resume"))
+            log.warning("%s was written by %s process(es), this run has %s: random streams are "
+                        "reseeded, so the run continues but not bit for bit", where, world,
+                        self.ctx.world_size)
+        self.snapshot = (tensors, meta)
+
+    def _checkpoint(self) -> None:
+        """Snapshot in memory on every rank; rank 0 writes it (with every rank's RNG) atomically."""
+        tensors, meta = self._capture()
+        self.snapshot, self.failures = (tensors, meta), 0
+        disk = dict(tensors)
+        if self.ctx.distributed:
+            for r, s in enumerate(self.ctx.gather(torch.get_rng_state())):
+                disk[f"rng/torch/{r}"] = s
+            if self.ctx.device.type == "cuda":
+                for r, s in enumerate(self.ctx.gather(torch.cuda.get_rng_state(self.ctx.device))):
+                    disk[f"rng/cuda/{r}"] = s
+        if self.ctx.is_main:
+            write_checkpoint(self.ckpt, disk, meta)
+        self.ctx.barrier()
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, resume: bool) -> TrainResult:
+        self._start(resume)
+        while self.epoch < self.c.total_epochs:
+            self._run_epoch()
+        self.model.eval()
+        return TrainResult(self.model, self.log.epochs(), self.ckpt, self.c, self.log.records)
+
+    def _start(self, resume: bool) -> None:
+        exists = self.ckpt.is_file()
+        if exists and not resume:
+            raise KwhError(f"{self.out} already holds a checkpoint; pass --resume to continue "
+                           f"that run, or choose another --out-dir")
+        if exists:
+            tensors, meta = read_checkpoint(self.ckpt)
+            try:
+                saved = TrainConfig.from_dict(meta["config"])
+            except (KeyError, KwhError) as e:
+                raise FormatError(f"{self.ckpt}: malformed config ({e})") from None
+            diffs = saved.differences(self.c)
+            if diffs:
+                raise KwhError(f"cannot resume {self.ckpt}: settings differ from the run that "
+                               f"wrote it ({'; '.join(diffs)}); use the same settings or "
+                               f"another --out-dir")
+            self._apply(tensors, meta, str(self.ckpt))
+            log.info("resuming %s at epoch %d step %d", self.ckpt, self.epoch + 1, self.step)
+            return
+        if resume:
+            log.info("no checkpoint in %s yet: starting a new run", self.out)
+        self._fresh()
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out / "config.json",
+                               (json.dumps(self.c.to_dict(), indent=2) + "\n").encode())
+            self.log.reset([])
+        self.ctx.barrier()
+        self.snapshot = self._capture()
+
+    def _run_epoch(self) -> None:
+        """Train from the current position to the end of its epoch, or roll back on a fault."""
+        e, c = self.epoch, self.c
+        if self.sched.phase(e) == "bayes" and self.kind == PLAIN:
+            self.model = to_bayesian(self.model.cpu(), c).to(self.ctx.device)
+            self.kind = BAYESIAN
+            self._new_optimizer()
+        if self.step == 0:
+            seed_all(derive_seed(c.seed, self.ctx.rank, e))
+            self.stats = _new_stats()
+        started = time.perf_counter() - self.stats["seconds"]
+        steps = self.order.steps_per_epoch
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, leave=False,
+                   desc=f"epoch {e + 1}/{c.total_epochs} {self.sched.phase(e)}", unit="step",
+                   dynamic_ncols=True, mininterval=0.5)
+        self.net.train()
+        with bar:
+            for k in range(self.step, steps):
+                beta = self.sched.kl_weight(e, k)
+                factor = self.sched.lr_factor(e, k) * self.lr_scale
+                for g in self.opt.param_groups:
+                    g["lr"] = g["base_lr"] * factor
+                x, y = (t.to(self.ctx.device) for t in self.order.batch(e, k))
+                nll = F.cross_entropy(self.net(x), y)  # mean over this rank's batch
+                # Each rank adds beta KL / N to its local mean NLL; DDP averages gradients over
+                # ranks, so the KL gradient arrives once per global step, not world_size times.
+                loss = free_energy(self.model, nll, self.n_data, beta) if self.kind == BAYESIAN \
+                    else nll
+                if self.fault is not None and self.fault(self.global_step):
+                    loss = loss * float("nan")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                problem = self._nonfinite(loss)
+                if problem:
+                    return self._rollback(problem, e, k)
+                self.opt.step()
+                self.step, self.global_step = k + 1, self.global_step + 1
+                self.stats["nll_sum"] += nll.item() * len(y)
+                self.stats["loss_sum"] += loss.item() * len(y)
+                self.stats["n"] += len(y)
+                self.stats["seconds"] = time.perf_counter() - started
+                bar.update()
+                if k % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.4f}", kl_w=f"{beta:.2f}", refresh=False)
+                if (c.checkpoint_every and self.global_step % c.checkpoint_every == 0
+                        and k + 1 < steps):
+                    self._checkpoint()
+        self._end_epoch(e, beta, factor, started)
+
+    def _end_epoch(self, e: int, beta: float, factor: float, started: float) -> None:
+        sums = [self.stats["nll_sum"], self.stats["loss_sum"], float(self.stats["n"])]
+        if self.ctx.distributed:
+            t = torch.tensor(sums, dtype=torch.float64, device=self.ctx.device)
+            torch.distributed.all_reduce(t)
+            sums = t.tolist()
+        if self.ctx.is_main:
+            rec = {"event": "epoch", "epoch": e + 1, "phase": self.sched.phase(e),
+                   "global_step": self.global_step, "train_nll": sums[0] / sums[2],
+                   "train_loss": sums[1] / sums[2]}
+            rec.update(test_metrics(self.model, self.test_x, self.test_y, self.c.eval_batch_size,
+                                    self.ctx.device))
+            rec.update({"kl_weight": beta, "lr": self.c.lr * factor, "lr_scale": self.lr_scale})
+            if self.kind == BAYESIAN:
+                rec.update(layer_stats(self.model))
+            rec["seconds"] = round(time.perf_counter() - started, 3)
+            self.log.append(rec)
+            log.info("%s", _summary(rec))
+        self.epoch, self.step = e + 1, 0
+        self._checkpoint()
+
+    # ------------------------------------------------------------------ divergence guard
+
+    def _nonfinite(self, loss: torch.Tensor) -> str | None:
+        """'loss' or 'gradient' when this step is not finite on any rank, else None."""
+        problem = None
+        if not torch.isfinite(loss.detach()).all():
+            problem = "loss"
+        else:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+                problem = "gradient"
+        if self.ctx.any(problem is not None) and problem is None:
+            problem = "loss or gradient on another process"
+        return problem
+
+    def _rollback(self, problem: str, e: int, k: int) -> None:
+        """Return to the last good state with a lower lr, or stop after max_failures in a row."""
+        self.failures += 1
+        failures, (tensors, meta) = self.failures, self.snapshot
+        pos = meta["position"]
+        rec = {"event": "rollback", "epoch": e + 1, "step": k, "global_step": self.global_step,
+               "reason": f"non-finite {problem}", "failures": failures,
+               "to_epoch": pos["epoch"] + 1, "to_step": pos["step"]}
+        if failures >= self.c.max_failures:
+            rec["event"] = "stopped"
+            self.log.append(rec)
+            where = (f"the last good checkpoint is {self.ckpt} (epoch {pos['epoch'] + 1}, "
+                     f"step {pos['step']})" if self.ckpt.is_file()
+                     else "no checkpoint had been written yet")
+            raise KwhError(f"training diverged: non-finite {problem} at epoch {e + 1} step {k}, "
+                           f"{failures} times in a row even after lowering the learning rate to "
+                           f"{self.c.lr_backoff ** (failures - 1):g}x; {where}. Lower --lr and "
+                           f"resume with --resume")
+        since = self.log.records[len(meta["log"]):]  # earlier rollbacks since the snapshot
+        self._apply(tensors, meta, "last good state")
+        self.failures = failures
+        for r in since:
+            self.log.append(r)
+        self.lr_scale = float(meta["lr_scale"]) * self.c.lr_backoff ** failures
+        rec["lr_scale"] = self.lr_scale
+        self.log.append(rec)
+        log.warning("non-finite %s at epoch %d step %d: rolled back to epoch %d step %d, "
+                    "lr x%g", problem, e + 1, k, pos["epoch"] + 1, pos["step"], self.lr_scale)
+
+
+def _new_stats() -> dict:
+    return {"nll_sum": 0.0, "loss_sum": 0.0, "n": 0, "seconds": 0.0}
+
+
+def _summary(rec: dict) -> str:
+    """One line per epoch: error, NLL, KL weight and what each layer keeps."""
+    s = (f"epoch {rec['epoch']} ({rec['phase']}): test error {rec['test_error']:.2f}%, "
+         f"NLL {rec['test_nll']:.4f}, kl_weight {rec['kl_weight']:.2f}, lr {rec['lr']:.2e}")
+    if "alive" in rec:
+        s += ", alive " + " ".join(f"{rec['alive'][n]}/{rec['total'][n]}" for n in rec["alive"])
+    if math.isfinite(rec.get("seconds", 0)):
+        s += f", {rec['seconds']:.1f} s"
+    return s

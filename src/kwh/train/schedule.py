@@ -1,0 +1,39 @@
+"""Where a run is (epoch, step) and what that position implies: phase, lr factor, KL weight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kwh.bayes import KLWarmup
+from kwh.train.config import TrainConfig
+
+PRETRAIN, BAYES = "pretrain", "bayes"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Pure functions of the position: no state to save beyond (epoch, step)."""
+
+    config: TrainConfig
+    steps_per_epoch: int
+
+    def phase(self, epoch: int) -> str:
+        return PRETRAIN if epoch < self.config.pretrain_epochs else BAYES
+
+    def bayes_progress(self, epoch: int, step: int) -> float:
+        """Bayesian epochs completed at (epoch, step), fractional; negative during pretraining."""
+        return epoch - self.config.pretrain_epochs + step / self.steps_per_epoch
+
+    def lr_factor(self, epoch: int, step: int) -> float:
+        """Multiplier of each group's base lr for the update at (epoch, step)."""
+        if self.phase(epoch) == PRETRAIN or self.config.lr_decay == "constant":
+            return 1.0
+        return 1.0 - self.bayes_progress(epoch, step) / self.config.epochs  # linear to 0
+
+    def kl_weight(self, epoch: int, step: int) -> float:
+        """beta of the free energy at (epoch, step); 0 during pretraining."""
+        if self.phase(epoch) == PRETRAIN:
+            return 0.0
+        c = self.config
+        warm = KLWarmup(c.kl_warmup_start * c.epochs, c.kl_warmup_end * c.epochs)
+        return float(warm(self.bayes_progress(epoch, step)))
