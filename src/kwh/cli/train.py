@@ -1,0 +1,160 @@
+"""`kwh train`: pretrain, bayesify and train a reference net on the free energy, with checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["register", "run", "config_from_args"]
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return v
+
+
+def _prior_option(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key:
+            raise ValueError
+        return key.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=NUMBER (e.g. tau0=1e-5 or threshold=-1), got {text!r}") from None
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that map onto TrainConfig (shared with commands that train first)."""
+    from kwh.bayes import PRIORS
+    from kwh.data import DATASETS
+    from kwh.models import MODELS
+    from kwh.train.config import DEVICES, LR_DECAYS, TrainConfig
+
+    d = TrainConfig.__dataclass_fields__
+    p.add_argument("--model", choices=list(MODELS), default=d["model"].default,
+                   help="reference network (default: %(default)s)")
+    p.add_argument("--data", choices=list(DATASETS), default=d["data"].default,
+                   help="data set (default: %(default)s)")
+    p.add_argument("--data-dir", default=None, help="folder holding the data set files "
+                   "(default: $KWH_DATA, standard places, then download)")
+    p.add_argument("--prior", choices=list(PRIORS), default=d["prior"].default,
+                   help="sparsity prior (default: %(default)s)")
+    p.add_argument("--prior-option", action="append", type=_prior_option, default=[],
+                   metavar="KEY=VALUE", help="prior setting, e.g. tau0=1e-5 or threshold=-1; "
+                   "repeatable")
+    p.add_argument("--epochs", type=_int_at_least(1), default=d["epochs"].default,
+                   help="Bayesian epochs (default: %(default)s)")
+    p.add_argument("--pretrain-epochs", type=_int_at_least(0),
+                   default=d["pretrain_epochs"].default,
+                   help="plain cross-entropy epochs first (default: %(default)s)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=d["batch_size"].default,
+                   help="global batch size (default: %(default)s)")
+    p.add_argument("--lr", type=_positive_float, default=d["lr"].default,
+                   help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--variance-lr-mult", type=_positive_float,
+                   default=d["variance_lr_mult"].default,
+                   help="lr multiplier of the posterior log-variances (default: %(default)s)")
+    p.add_argument("--lr-decay", choices=LR_DECAYS, default=d["lr_decay"].default,
+                   help="lr schedule over the Bayesian epochs (default: %(default)s)")
+    p.add_argument("--kl-warmup", nargs=2, type=_fraction, metavar=("START", "END"),
+                   default=[d["kl_warmup_start"].default, d["kl_warmup_end"].default],
+                   help="KL weight 0 until START, 1 from END, fractions of the Bayesian epochs "
+                   "(default: %(default)s)")
+    p.add_argument("--seed", type=_int_at_least(0), default=d["seed"].default,
+                   help="random seed (default: %(default)s)")
+    p.add_argument("--limit-train", type=_int_at_least(1), default=None,
+                   help="use only the first N training examples")
+    p.add_argument("--limit-test", type=_int_at_least(1), default=None,
+                   help="use only the first N test examples")
+    p.add_argument("--out-dir", default=None,
+                   help="run folder for log.jsonl and checkpoints (default: runs/MODEL-DATA-PRIOR)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="CPU threads per process (default: PyTorch's choice)")
+    p.add_argument("--checkpoint-every", type=_int_at_least(1), default=None, metavar="STEPS",
+                   help="also checkpoint every STEPS optimizer steps (default: each epoch)")
+    p.add_argument("--max-failures", type=_int_at_least(1), default=d["max_failures"].default,
+                   help="non-finite steps in a row (each rolled back, lr halved) before giving "
+                   "up (default: %(default)s)")
+    p.add_argument("--device", default=d["device"].default,
+                   help=f"one of {', '.join(DEVICES)} or cuda:N (default: %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace):
+    """A TrainConfig from parsed options (validated by the config itself)."""
+    from kwh.train import TrainConfig
+
+    return TrainConfig(
+        model=args.model, data=args.data, data_dir=args.data_dir, prior=args.prior,
+        prior_options=dict(args.prior_option), pretrain_epochs=args.pretrain_epochs,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        variance_lr_mult=args.variance_lr_mult, lr_decay=args.lr_decay,
+        kl_warmup_start=args.kl_warmup[0], kl_warmup_end=args.kl_warmup[1], seed=args.seed,
+        limit_train=args.limit_train, limit_test=args.limit_test, out_dir=args.out_dir,
+        threads=args.threads, checkpoint_every=args.checkpoint_every,
+        max_failures=args.max_failures, device=args.device)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a net with a sparsity prior (free energy), with checkpoints",
+        description="Optional plain pretraining, then bayesify_ and Bayesian training on the "
+                    "free energy. Writes OUT_DIR/log.jsonl and OUT_DIR/checkpoint.safetensors "
+                    "every epoch; --resume continues exactly where the last checkpoint left off. "
+                    "Runs distributed under torchrun (see docs/distributed.md).")
+    add_training_arguments(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out-dir from its last checkpoint (starts a new "
+                   "run when there is none)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="show a progress bar (default: when stderr is a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kwh.train import run_training
+
+    config = config_from_args(args)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    result = run_training(config, resume=args.resume, progress=progress)
+    if int(os.environ.get("RANK", "0")) == 0 and result.history:
+        print(final_line(result.history[-1], result.checkpoint))
+    return 0
+
+
+def final_line(rec: dict, checkpoint) -> str:
+    """'test error X%; alive per layer: name kept/total, ...; checkpoint: path'."""
+    alive = ", ".join(f"{n}: {rec['alive'][n]}/{rec['total'][n]}" for n in rec.get("alive", {}))
+    return (f"test error {rec['test_error']:.2f}%; alive per layer: {alive or 'n/a'}; "
+            f"checkpoint: {checkpoint}")
