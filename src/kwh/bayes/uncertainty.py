@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from kwh import metrics
 from kwh.bayes.layers import bayes_layers, sampling
 
 __all__ = ["Prediction", "predict", "predict_loader", "evaluate_uncertainty",
-           "format_uncertainty", "METHODS", "DETERMINISTIC_NOTE"]
+           "format_uncertainty", "load_ood", "METHODS", "DETERMINISTIC_NOTE"]
 
 METHODS = ("auto", "bayes", "mc-dropout", "deterministic")
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -102,7 +103,7 @@ def _device(model: nn.Module) -> torch.device | None:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, samples: int = 20, *, method: str = "auto",
-            max_rows: int = 2048) -> Prediction:
+            max_rows: int = 256) -> Prediction:
     """Posterior predictive of ``x`` (B, ...) averaged over ``samples`` stochastic forward passes.
 
     ``method``: "auto" (Bayesian layers if any, else dropout layers if any, else deterministic),
@@ -153,7 +154,7 @@ def _sample_block(model: nn.Module, x: Tensor, samples: int, max_rows: int) -> t
 
 
 def predict_loader(model: nn.Module, loader: Iterable, samples: int = 20, *, method: str = "auto",
-                   max_rows: int = 2048) -> tuple[Prediction, Tensor | None]:
+                   max_rows: int = 256) -> tuple[Prediction, Tensor | None]:
     """predict() over every batch of a loader of (x, y) or x; returns the joined prediction and labels."""
     preds: list[Prediction] = []
     labels: list[Tensor] = []
@@ -173,9 +174,23 @@ def predict_loader(model: nn.Module, loader: Iterable, samples: int = 20, *, met
     return joined, (torch.cat(labels) if labels else None)
 
 
+def load_ood(name: str, like: str, root=None, limit: int | None = None) -> TensorDataset:
+    """Test split of data set ``name`` normalized with the pixel statistics of ``like`` (the
+    training data), as the model's own input pipeline sees it; labels kept but not used."""
+    from kwh.data import get_dataset, normalization
+
+    idx_sets = ("mnist", "fashion-mnist")
+    if name not in idx_sets or like not in idx_sets:
+        raise ValueError(f"OOD pairs are MNIST-format data sets ({', '.join(idx_sets)}); "
+                         f"got OOD {name!r} for a model trained on {like!r}")
+    x, y = get_dataset(name, "test", root, normalize=False, limit=limit).tensors
+    mean, std = normalization(like)
+    return TensorDataset((x - mean) / std, y)  # (N, 1, 28, 28), (N,)
+
+
 def evaluate_uncertainty(model: nn.Module, test_loader: Iterable, ood_loader: Iterable | None = None,
                          samples: int = 20, *, method: str = "auto", bins: int = 15,
-                         max_rows: int = 2048) -> dict:
+                         max_rows: int = 256) -> dict:
     """Test error, NLL, Brier, ECE and reliability data; with ``ood_loader``, OOD AUROC.
 
     AUROC scores: predictive entropy and mutual information (the latter is None for a
