@@ -1,0 +1,1 @@
+"""Pieces of the paper-table benchmark: shared training helpers and the baseline methods."""

@@ -1,0 +1,152 @@
+"""Shared helpers of the paper-table benchmark: data, plain training, evaluation, MACs, timing."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from kwh.data import get_dataset
+from kwh.models import build
+
+# Which data sets each net can read (LeNets take 1x28x28, the VGG-like net 3x32x32).
+NET_DATA = {"lenet300": ("mnist", "fashion-mnist"), "lenet5": ("mnist", "fashion-mnist"),
+            "vgg": ("cifar10",)}
+INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+@dataclass
+class Data:
+    """Train and test tensors of one data set."""
+
+    name: str
+    x_train: torch.Tensor  # (N, C, H, W)
+    y_train: torch.Tensor  # (N,)
+    x_test: torch.Tensor  # (M, C, H, W)
+    y_test: torch.Tensor  # (M,)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def check_net_data(net: str, data: str) -> None:
+    """Raise a clear ValueError when the net cannot read the data set."""
+    if net not in NET_DATA:
+        raise ValueError(f"unknown net {net!r}; choose one of: {', '.join(NET_DATA)}")
+    if data not in NET_DATA[net]:
+        raise ValueError(f"net {net!r} reads {' or '.join(NET_DATA[net])}, not {data!r}")
+
+
+def load_data(name: str, root: str | None, limit_train: int | None,
+              limit_test: int | None) -> Data:
+    """The data set as tensors (first ``limit`` examples of each split when limits are set)."""
+    train = get_dataset(name, "train", root, limit=limit_train, download=False)
+    test = get_dataset(name, "test", root, limit=limit_test, download=False)
+    return Data(name, *train.tensors, *test.tensors)
+
+
+def make_net(net: str, width: float = 1.0) -> nn.Sequential:
+    """The reference net by name; ``width`` scales the VGG-like net only."""
+    return build("vgg", width=width) if net == "vgg" else build(net)
+
+
+def batches(data: Data, batch_size: int, gen: torch.Generator):
+    """One shuffled epoch of (x, y) training batches."""
+    perm = torch.randperm(len(data.y_train), generator=gen)
+    for i in range(0, len(perm), batch_size):
+        idx = perm[i:i + batch_size]
+        yield data.x_train[idx], data.y_train[idx]
+
+
+def train_plain(model: nn.Module, data: Data, epochs: float, lr: float, seed: int,
+                batch_size: int = 100, decay: bool = False, after_step=None) -> None:
+    """Adam on the cross-entropy for ``epochs`` (fractions allowed); lr constant or linear to 0."""
+    if epochs <= 0:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    step = 0
+    model.train()
+    while step < total:
+        for x, y in batches(data, batch_size, gen):
+            if decay:
+                for g in opt.param_groups:
+                    g["lr"] = lr * (1 - step / total)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step()
+            step += 1
+            if step >= total:
+                break
+    model.eval()
+
+
+@torch.no_grad()
+def test_error(model: nn.Module, data: Data, batch_size: int = 1000) -> float:
+    """Test error (fraction in [0, 1]) of ``model`` in eval mode."""
+    model.eval()
+    wrong = 0
+    for i in range(0, len(data.y_test), batch_size):
+        out = model(data.x_test[i:i + batch_size])
+        wrong += int((out.argmax(1) != data.y_test[i:i + batch_size]).sum())
+    return wrong / max(1, len(data.y_test))
+
+
+def weighted_layers(model: nn.Module) -> list[nn.Module]:
+    """The Linear and Conv2d layers of a model, in order."""
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(MACs of the dense layers, MACs with nonzero weights) for one example."""
+    totals = [0, 0]
+
+    def hook(m, inp, out):
+        positions = out[0, 0].numel() if isinstance(m, nn.Conv2d) else 1  # output pixels
+        totals[0] += m.weight.numel() * positions
+        totals[1] += int(torch.count_nonzero(m.weight)) * positions
+
+    handles = [m.register_forward_hook(hook) for m in weighted_layers(model)]
+    try:
+        model.eval()
+        model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return totals[0], totals[1]
+
+
+@torch.no_grad()
+def throughput(model: nn.Module, x: torch.Tensor, repeats: int = 5) -> float:
+    """Images per second on the CPU: median over ``repeats`` timed passes of the batch ``x``."""
+    model.eval()
+    model(x)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        rates.append(len(x) / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+class Clock:
+    """Wall-clock seconds since construction."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.t0

@@ -1,0 +1,85 @@
+"""Deep Compression baseline (Han, Mao, Dally 2016): prune + retrain, k-means sharing, Huffman.
+
+1. Iterative magnitude pruning: ``rounds`` rounds of global L1 unstructured pruning
+   (torch.nn.utils.prune) to a kept fraction that shrinks geometrically to ``keep``, each
+   followed by retraining with the mask fixed.
+2. Weight sharing: per layer, 1-D k-means (sklearn, linear initialisation as in the paper)
+   of the kept weights into 2**bits centroids; conv layers get ``conv_bits``, fully connected
+   ``fc_bits`` (Han et al.'s LeNet settings: 8 bits conv, 5-6 bits fc; we use 8 and 5).
+   The shared centroids are not fine-tuned afterwards.
+3. Huffman coding of the cluster indices and of the relative sparse indices (8-bit gaps for
+   conv, 5-bit for fc, Han et al. sec. 3), written to a real file (sparse_file.py).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from torch import nn
+from torch.nn.utils import prune
+
+from benchmarks.baselines import sparse_file
+from benchmarks.baselines.common import Data, train_plain, weighted_layers
+
+KMEANS_FIT_MAX = 20000  # weights used to fit the centroids of a big layer (all are assigned)
+
+
+def prune_retrain(dense: nn.Module, data: Data, keep: float, rounds: int,
+                  epochs: float, lr: float, seed: int) -> nn.Module:
+    """Iterative global magnitude pruning to ``keep`` with retraining; masks made permanent."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep={keep} must be the kept weight fraction in (0, 1]")
+    model = copy.deepcopy(dense)
+    params = [(m, "weight") for m in weighted_layers(model)]
+    total = sum(m.weight.numel() for m, _ in params)
+    kept = total
+    for r in range(1, rounds + 1):
+        target = int(round(total * keep ** (r / rounds)))  # geometric schedule to keep
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured,
+                                  amount=kept - target)  # amount: of the still unpruned ones
+        kept = target
+        train_plain(model, data, epochs / rounds, lr, seed + r)
+    for m, name in params:
+        prune.remove(m, name)
+    return model.eval()
+
+
+def share_weights(model: nn.Module, conv_bits: int, fc_bits: int, seed: int) -> list[dict]:
+    """k-means each layer's nonzero weights in place; returns per-layer symbols and codebooks."""
+    out = []
+    for i, m in enumerate(weighted_layers(model)):
+        conv = isinstance(m, nn.Conv2d)
+        bits = conv_bits if conv else fc_bits
+        w = m.weight.detach().numpy().reshape(-1)
+        nz = np.flatnonzero(w)
+        vals = w[nz].astype(np.float64).reshape(-1, 1)  # (nnz, 1)
+        k = min(1 << bits, len(np.unique(vals))) if len(vals) else 0
+        symbols = np.zeros(w.size, dtype=np.int64)
+        codebook = np.zeros(0, dtype=np.float32)
+        if k:
+            init = np.linspace(vals.min(), vals.max(), k).reshape(-1, 1)  # linear init
+            fit = vals
+            if len(vals) > KMEANS_FIT_MAX:
+                pick = np.random.default_rng(seed + i).choice(len(vals), KMEANS_FIT_MAX, replace=False)
+                fit = vals[pick]
+            km = KMeans(n_clusters=k, init=init, n_init=1, random_state=seed).fit(fit)
+            codebook = km.cluster_centers_.reshape(-1).astype(np.float32)
+            labels = km.predict(vals)
+            symbols[nz] = labels + 1  # 0 stays "pruned"
+            shared = np.zeros(w.size, dtype=np.float32)
+            shared[nz] = codebook[labels]
+            with torch.no_grad():
+                m.weight.copy_(torch.from_numpy(shared).view_as(m.weight))
+        out.append({"name": f"layer{i}", "shape": list(m.weight.shape), "symbols": symbols,
+                    "codebook": codebook, "bits": bits, "index_bits": 8 if conv else 5,
+                    "bias": None if m.bias is None else m.bias.detach().numpy()})
+    return out
+
+
+def write_file(path, layers: list[dict]) -> dict:
+    """The real compressed file; returns its byte counts."""
+    return sparse_file.write(path, [{k: v for k, v in d.items() if v is not None and k != "bits"}
+                                    for d in layers])

@@ -1,0 +1,283 @@
+"""Bayesian Compression's Table 1 side by side with the baselines, from one shared dense start.
+
+    python -m benchmarks.paper_table --net lenet300 --data mnist --budget quick
+
+Per seed: plain pretraining of the net (the shared start), then from copies of it: kwh with
+each prior (log-uniform = Sparse VD, group-nj = BC-GNJ, group-horseshoe = BC-GHS: bayesify_,
+free energy, kwh.compress, kwh.save), Deep Compression (prune + retrain, k-means, Huffman),
+Torch-Pruning structured L1 pruning at kwh's best error, and the dense net. Writes
+benchmarks/results/paper_table_<net>_<data>.{md,csv,json} and three PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.baselines import deep_compression, plots, sparse_file, structured, table
+from benchmarks.baselines.common import (INPUT_SHAPES, Clock, check_net_data, count_macs, load_data,
+                                         make_net, test_error, throughput, train_plain,
+                                         weighted_layers)
+from benchmarks.baselines.kwh_rows import compress_and_save, log_alphas, train_bayes
+
+PRIORS = {"log-uniform": "kwh Sparse VD (log-uniform)", "group-nj": "kwh BC-GNJ (group-nj)",
+          "group-horseshoe": "kwh BC-GHS (group-horseshoe)"}
+
+# pretrain / Bayesian epochs, data limits, Deep Compression rounds, Torch-Pruning fine-tune
+# epochs per candidate, timing repeats. "full" is the paper's 200 epochs (Louizos et al. 2017).
+BUDGETS = {
+    "quick": dict(pretrain_epochs=1, epochs=2, limit_train=2000, limit_test=1000, dc_rounds=2,
+                  tp_epochs=0.5, repeats=3),
+    "full": dict(pretrain_epochs=20, epochs=200, limit_train=None, limit_test=None, dc_rounds=5,
+                 tp_epochs=5, repeats=5),
+}
+DC_KEEP = 0.08  # Han et al. 2016 keep 8% of LeNet's weights
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.paper_table", description=__doc__.split("\n")[0])
+    p.add_argument("--net", choices=["lenet5", "lenet300", "vgg"], required=True)
+    p.add_argument("--data", choices=["mnist", "fashion-mnist", "cifar10"], required=True)
+    p.add_argument("--budget", choices=list(BUDGETS), default="quick")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--data-dir", default=None, help="folder with the data (else KWH_DATA, ...)")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--epochs", type=int, help="Bayesian epochs (overrides the budget)")
+    p.add_argument("--pretrain-epochs", type=int, help="dense pretraining epochs (overrides)")
+    p.add_argument("--limit-train", type=int, help="first N training examples (overrides)")
+    p.add_argument("--limit-test", type=int, help="first N test examples (overrides)")
+    p.add_argument("--width", type=float, default=1.0, help="width factor of the VGG-like net")
+    p.add_argument("--dc-keep", type=float, default=DC_KEEP, help="Deep Compression kept fraction")
+    p.add_argument("--tp-ratios", type=float, nargs="+", default=list(structured.RATIOS))
+    p.add_argument("--threads", type=int, default=1, help="torch threads (training and timing)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    a = p.parse_args(argv)
+    check_net_data(a.net, a.data)
+    cfg = dict(BUDGETS[a.budget])
+    for k in ("epochs", "pretrain_epochs", "limit_train", "limit_test"):
+        if getattr(a, k) is not None:
+            if getattr(a, k) < (1 if k != "pretrain_epochs" else 0):
+                p.error(f"--{k.replace('_', '-')} must be positive, got {getattr(a, k)}")
+            cfg[k] = getattr(a, k)
+    a.cfg = cfg
+    return a
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "commit": commit, "python": platform.python_version()}
+
+
+def measure(model, data, w_orig: int, x_bench, repeats: int) -> dict:
+    macs, macs_nz = count_macs(model, data.input_shape)
+    return {"error_pct": 100 * test_error(model, data), "arch": table.arch_of(model),
+            "macs": macs, "macs_nonzero": macs_nz,
+            "images_per_s": throughput(model, x_bench, repeats)}
+
+
+def fixed_point_symbols(small) -> list[torch.Tensor]:
+    """The integers kwh stores: weight * 2**frac_bits per layer (float32 layers: none)."""
+    out = []
+    for m in weighted_layers(small):
+        t = getattr(m, "kwh_frac_bits", None)
+        out.append(torch.round(m.weight.detach() * 2.0 ** t).to(torch.int64) if t is not None else None)
+    return out
+
+
+def huffman_file(path, model, symbols: list[torch.Tensor], codebooks=None, frac=None) -> dict:
+    """Relative-index CSR + Huffman file of the integer weights (Deep Compression's coding)."""
+    layers = []
+    for i, (m, s) in enumerate(zip(weighted_layers(model), symbols)):
+        d = {"name": f"layer{i}", "shape": list(m.weight.shape), "symbols": s.numpy(),
+             "index_bits": 8 if isinstance(m, torch.nn.Conv2d) else 5}
+        if codebooks is not None:
+            d["codebook"] = codebooks[i]
+        if frac is not None:
+            d["frac_bits"] = frac[i]
+        if m.bias is not None:
+            d["bias"] = m.bias.detach().numpy()
+        layers.append(d)
+    return sparse_file.write(path, layers)
+
+
+def hist_of(alphas: list[dict]) -> list[dict]:
+    out = []
+    for d in alphas:
+        v = np.asarray(d["log_alpha"])
+        counts, edges = np.histogram(v, bins=60)
+        out.append({"layer": d["layer"], "threshold": d["threshold"], "counts": counts.tolist(),
+                    "edges": edges.tolist(), "kept": int((v < d["threshold"]).sum()), "n": int(v.size)})
+    return out
+
+
+def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, dict]:
+    cfg = a.cfg
+    torch.manual_seed(seed)
+    clock = Clock()
+    dense = make_net(a.net, a.width).eval()
+    train_plain(dense, data, cfg["pretrain_epochs"], a.lr, seed)
+    pre_s = clock()
+    w_orig = sum(m.weight.numel() for m in weighted_layers(dense))
+    x_bench = data.x_test[:1000]
+    if len(x_bench) < 1000:  # batch 1000 always: repeat the test images when there are fewer
+        x_bench = x_bench.repeat(1000 // len(x_bench) + 1, 1, 1, 1)[:1000]
+    reps = cfg["repeats"]
+    base = {"seed": seed}
+    rows = []
+    nbytes = _save_plain(dense, files / f"seed{seed}_dense.kwh", data)
+    r = {**base, "method": "dense (pretrained start)", "bits": "-".join(["32"] * len(weighted_layers(dense))),
+         **measure(dense, data, w_orig, x_bench, reps), **table.rates(dense, w_orig, [32] * len(weighted_layers(dense)), True, None),
+         "max_compression_huffman": None, "file_bytes": nbytes, "wall_s": pre_s,
+         "epochs": f"{cfg['pretrain_epochs']} pretrain"}
+    rows.append(r)
+    log(f"seed {seed}: dense error {r['error_pct']:.2f}% after {cfg['pretrain_epochs']} epochs ({pre_s:.0f} s)")
+
+    histories, alphas = {}, {}
+    for prior, label in PRIORS.items():
+        clock = Clock()
+        model, hist = train_bayes(dense, prior, data, cfg["epochs"], a.lr, seed, log=log)
+        small, nbytes = compress_and_save(model, data, files / f"seed{seed}_{prior}.kwh")
+        s = small.kwh_summary
+        syms = fixed_point_symbols(small)
+        frac = [getattr(m, "kwh_frac_bits", None) for m in weighted_layers(small)]
+        hf = huffman_file(files / f"seed{seed}_{prior}.sphf", small, syms, frac=frac)
+        rt = s["rates"]
+        r = {**base, "method": label, **measure(small, data, w_orig, x_bench, reps),
+             "arch": s["architecture"], "bits": s["bits"], "nonzero_pct": 100 * s["density"],
+             "pruning": rt["pruning"], "fast_prediction": rt["fast_prediction"],
+             "max_compression": rt["max_compression"],
+             "max_compression_huffman": 32 * w_orig / (8 * hf["payload_bytes"]),
+             "file_bytes": nbytes, "huffman_file_bytes": hf["file_bytes"], "wall_s": clock(),
+             "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} bayes",
+             "bayes_eval_error_pct": 100 * hist[-1]["error"]}
+        rows.append(r)
+        histories[prior] = hist
+        alphas[prior] = hist_of(log_alphas(model))
+        log(f"seed {seed}: {label}: error {r['error_pct']:.2f}% arch {r['arch']} bits {r['bits']} "
+            f"max compression {r['max_compression']:.1f}x file {nbytes} B")
+
+    clock = Clock()
+    dc = deep_compression.prune_retrain(dense, data, a.dc_keep, cfg["dc_rounds"], cfg["epochs"], a.lr, seed)
+    dc_pruned_err = 100 * test_error(dc, data)
+    shared = deep_compression.share_weights(dc, 8, 5, seed)
+    dcf = deep_compression.write_file(files / f"seed{seed}_deep_compression.sphf", shared)
+    syms = [torch.from_numpy(d["symbols"]).view(d["shape"]) for d in shared]
+    bits = [d["bits"] for d in shared]
+    r = {**base, "method": "Deep Compression (prune+k-means+Huffman)", **measure(dc, data, w_orig, x_bench, reps),
+         "bits": "-".join(map(str, bits)), **table.rates(dc, w_orig, bits, False, syms),
+         "max_compression_huffman": 32 * w_orig / (8 * dcf["payload_bytes"]),
+         "file_bytes": dcf["file_bytes"], "wall_s": clock(),
+         "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} retrain ({cfg['dc_rounds']} rounds)",
+         "error_before_sharing_pct": dc_pruned_err}
+    rows.append(r)
+    log(f"seed {seed}: Deep Compression: error {r['error_pct']:.2f}% (pruned, before sharing "
+        f"{dc_pruned_err:.2f}%) max compression {r['max_compression_huffman']:.1f}x (Huffman)")
+
+    clock = Clock()
+    target = min(x["error_pct"] for x in rows if x["method"] in PRIORS.values()) / 100
+    tpm, ratio, tried = structured.search(dense, data, target, cfg["tp_epochs"], a.lr, seed, a.tp_ratios)
+    nl = len(weighted_layers(tpm))
+    r = {**base, "method": f"Torch-Pruning L1 structured (ratio {ratio})", **measure(tpm, data, w_orig, x_bench, reps),
+         "bits": "-".join(["32"] * nl), **table.rates(tpm, w_orig, [32] * nl, True, None),
+         "max_compression_huffman": None, "file_bytes": _save_plain(tpm, files / f"seed{seed}_torch_pruning.kwh", data),
+         "wall_s": clock(), "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['tp_epochs']} x {len(tried)} fine-tune",
+         "tp_tried": tried, "tp_target_error_pct": 100 * target}
+    rows.append(r)
+    log(f"seed {seed}: Torch-Pruning ratio {ratio}: error {r['error_pct']:.2f}% (target "
+        f"{100 * target:.2f}%) pruning {r['pruning']:.1f}x")
+    return rows, histories, alphas
+
+
+def _save_plain(model, path: Path, data) -> int:
+    from kwh.compress.codec import save
+    return int(save(model, path, input_shape=data.input_shape))
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    cfg = a.cfg
+    out = Path(a.out)
+    stem = f"paper_table_{a.net}_{a.data}"
+    files = out / f"{stem}_files"
+    files.mkdir(parents=True, exist_ok=True)
+    log_path = out / f"{stem}.log"
+    logf = open(log_path, "w")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        logf.write(msg + "\n")
+        logf.flush()
+
+    total = Clock()
+    data = load_data(a.data, a.data_dir, cfg["limit_train"], cfg["limit_test"])
+    if data.input_shape != INPUT_SHAPES[a.data]:
+        raise ValueError(f"{a.data} images have shape {data.input_shape}, expected {INPUT_SHAPES[a.data]}")
+    log(f"{a.net} on {a.data}: {len(data.y_train)} train / {len(data.y_test)} test, budget {a.budget} {cfg}")
+    rows, histories, alphas = [], {}, {}
+    for seed in a.seeds:
+        r, h, al = run_seed(a, seed, data, files, log)
+        rows += r
+        histories[seed], alphas[seed] = h, al
+    info = machine_info()
+    first = a.seeds[0]
+    layer_names = [d["layer"] for d in alphas[first]["log-uniform"]]
+    plots.error_vs_compression(rows, a.net, out / f"{stem}_error_vs_compression.png")
+    plots.alive_units(histories[first], layer_names, out / f"{stem}_alive_units.png")
+    plots.log_alpha_histograms(alphas[first], out / f"{stem}_log_alpha.png")
+    command = "python -m benchmarks.paper_table " + " ".join(sys.argv[1:] if argv is None else argv)
+    spread = table.spread(rows)
+    md = [f"# Bayesian Compression table: {a.net} on {a.data}", "",
+          f"Command: `{command}`", "",
+          f"Budget `{a.budget}`: {cfg}; {len(data.y_train)} train / {len(data.y_test)} test examples; "
+          f"total wall clock {total():.0f} s.", "",
+          f"Machine: {info}", "", "## This run", "", table.markdown(rows), ""]
+    if spread:
+        md += ["## Spread over seeds (mean ± sd)", "",
+               table.markdown(spread, ["method", "seeds"] + table.SPREAD,
+                              ["method", "seeds"] + table.SPREAD), ""]
+    md += ["## Published (Louizos, Ullrich, Welling 2017, Table 1)", "", table.paper_markdown(a.net), "",
+           "Rates: pruning = |W| / pruned dense weights (structured) or 1 / (2 density) (unstructured CSR);",
+           "fast pred. = 32 |W| / bits of the stored weights; max compr. (zstd CSR) = 32 |W| / bits of",
+           "kwh's stand-in payload (zstd-19 of relative-index CSR of the integer weights, weights only);",
+           "max compr. (Huffman CSR) = the same over the Huffman-coded relative-index CSR streams with",
+           "codebooks and code tables of a real file (8-bit gaps conv, 5-bit fc), weights only.",
+           "File bytes: the whole real file (.kwh for kwh, dense and Torch-Pruning rows; the",
+           "relative-index Huffman file for Deep Compression), headers and float32 biases included.",
+           "Deep Compression: 8-bit k-means codebooks for conv, 5-bit for fc, centroids not fine-tuned.",
+           "Throughput: batch 1000, median of repeats, torch threads as in Machine.", ""]
+    (out / f"{stem}.md").write_text("\n".join(md))
+    (out / f"{stem}.csv").write_text(table.csv_text(rows))
+    (out / f"{stem}.json").write_text(json.dumps(
+        {"command": command, "budget": a.budget, "config": cfg, "machine": info, "rows": rows,
+         "spread": spread, "histories": {str(k): v for k, v in histories.items()},
+         "log_alpha_histograms": {str(k): v for k, v in alphas.items()}}, indent=1))
+    log(f"wrote {out / stem}.md/.csv/.json and plots in {total():.0f} s")
+    logf.close()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"paper_table: error: {e}", file=sys.stderr)
+        sys.exit(2)
