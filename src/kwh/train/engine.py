@@ -50,7 +50,9 @@ from kwh.train.state import (
 
 log = logging.getLogger("kwh.train")
 
-Fault = Callable[[int], bool]  # global step -> poison this step's loss with NaN (tests)
+# Test hook: global step -> False, or poison that step: True / "loss" makes the loss NaN,
+# "gradient" keeps the loss finite but makes a gradient NaN.
+Fault = Callable[[int], "bool | str"]
 
 __all__ = ["TrainResult", "run_training"]
 
@@ -274,8 +276,8 @@ class _Trainer:
                 # ranks, so the KL gradient arrives once per global step, not world_size times.
                 loss = free_energy(self.model, nll, self.n_data, beta) if self.kind == BAYESIAN \
                     else nll
-                if self.fault is not None and self.fault(self.global_step):
-                    loss = loss * float("nan")
+                if self.fault is not None:
+                    loss = _poison(loss, self.fault(self.global_step), self.model)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 problem = self._nonfinite(loss)
@@ -359,6 +361,16 @@ class _Trainer:
         self.log.append(rec)
         log.warning("non-finite %s at epoch %d step %d: rolled back to epoch %d step %d, "
                     "lr x%g", problem, e + 1, k, pos["epoch"] + 1, pos["step"], self.lr_scale)
+
+
+def _poison(loss: torch.Tensor, kind, model: nn.Module) -> torch.Tensor:
+    """The fault hook's injection: a NaN loss, or a finite loss whose gradient is NaN."""
+    if not kind:
+        return loss
+    if kind == "gradient":
+        p = next(model.parameters())
+        return loss + (0.0 * p.sum()).sqrt()  # value 0, d/dp = inf * 0 = NaN
+    return loss * float("nan")
 
 
 def _new_stats() -> dict:

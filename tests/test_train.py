@@ -1,0 +1,226 @@
+"""The training engine: config checks, schedules, log and checkpoint, exact resume, rollback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kwh.bayes import BayesLayer
+from kwh.errors import KwhError
+from kwh.train import TrainConfig, load_checkpoint, read_checkpoint, run_training
+from kwh.train.schedule import Schedule
+
+# LeNet-300-100 on 500 MNIST examples: 5 steps per epoch, 1 plain + 2 Bayesian epochs.
+TINY = dict(model="lenet300", prior="group-horseshoe", pretrain_epochs=1, epochs=2,
+            limit_train=500, limit_test=200, threads=1, checkpoint_every=3)
+
+
+def tiny(tmp_path, data_root, name="run", **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, **kw}, data_dir=str(data_root), out_dir=str(tmp_path / name))
+
+
+class Crash(Exception):
+    """Stands in for a process dying at a given step (the SIGKILL tests do it for real)."""
+
+
+def crash_at(step: int):
+    def fault(s: int):
+        if s == step:
+            raise Crash(step)
+        return False
+    return fault
+
+
+def model_tensors(path) -> dict[str, torch.Tensor]:
+    tensors, _ = read_checkpoint(path)
+    return {k: v for k, v in tensors.items() if k.startswith(("model/", "optim/"))}
+
+
+def read_log(out_dir) -> list[dict]:
+    with open(f"{out_dir}/log.jsonl", encoding="utf-8") as f:
+        return [json.loads(x) for x in f]
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def assert_bit_equal(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"tensors differ: {diff[:5]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_root):
+    """One uninterrupted tiny run, shared by the tests that compare against it."""
+    cfg = tiny(tmp_path_factory.mktemp("ref"), data_root)
+    return cfg, run_training(cfg, progress=False)
+
+
+# ------------------------------------------------------------------ config and schedule
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(model="lenet6"), "Unknown model 'lenet6'; choose one of: lenet300, lenet5, vgg"),
+    (dict(prior="horshoe"), "Unknown prior 'horshoe'; choose one of: log-uniform"),
+    (dict(epochs=0), "epochs must be an integer >= 1, got 0"),
+    (dict(batch_size=2.5), "batch_size must be an integer"),
+    (dict(lr=float("nan")), "lr must be a positive finite number"),
+    (dict(kl_warmup_start=0.6, kl_warmup_end=0.5), "0 <= kl_warmup_start <= kl_warmup_end <= 1"),
+    (dict(limit_train=50), "limit_train=50 is smaller than batch_size=100"),
+    (dict(lr_decay="cosine"), "choose one of: linear, constant"),
+    (dict(prior_options={"tau0": -1.0}), "tau0 must be positive"),
+    (dict(lr_backoff=1.0), "lr_backoff must lie in"),
+])
+def test_config_rejects_bad_values_with_a_clear_message(kw, match):
+    with pytest.raises(KwhError, match=match.replace("(", r"\(").replace("[", r"\[")):
+        TrainConfig(**kw)
+
+
+def test_config_round_trips_and_names_differences():
+    c = TrainConfig(prior="bc-ghs", prior_options={"tau0": 1e-4})
+    assert c.prior == "group-horseshoe" and c.out_dir == "runs/lenet5-mnist-group-horseshoe"
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert c.differences(TrainConfig(prior="bc-ghs", prior_options={"tau0": 1e-4},
+                                     threads=4, out_dir="elsewhere")) == []
+    assert c.differences(TrainConfig(lr=2e-3, prior_options={"tau0": 1e-4})) == [
+        "lr: 0.001 != 0.002"]
+    with pytest.raises(KwhError, match="unknown training config keys: colour"):
+        TrainConfig.from_dict({"colour": "red"})
+
+
+def test_schedule_lr_decays_linearly_and_kl_warms_up():
+    s = Schedule(TrainConfig(pretrain_epochs=2, epochs=10, kl_warmup_start=0.2,
+                             kl_warmup_end=0.5), steps_per_epoch=4)
+    assert [s.phase(e) for e in (0, 1, 2, 11)] == ["pretrain", "pretrain", "bayes", "bayes"]
+    assert s.lr_factor(1, 3) == 1.0 and s.kl_weight(1, 3) == 0.0  # pretraining
+    assert s.lr_factor(2, 0) == 1.0
+    assert s.lr_factor(7, 0) == pytest.approx(0.5)
+    assert s.lr_factor(11, 3) == pytest.approx(1 / 40)  # last step: 1 - 39/40
+    assert s.kl_weight(3, 3) == 0.0  # 1.75 Bayesian epochs < 2
+    assert s.kl_weight(4, 2) == pytest.approx(0.5 / 3)  # 2.5 of the 2 -> 5 ramp
+    assert s.kl_weight(7, 0) == 1.0
+    assert Schedule(TrainConfig(kl_warmup_start=0, kl_warmup_end=0), 4).kl_weight(0, 0) == 1.0
+
+
+# ------------------------------------------------------------------ a run, its log and checkpoint
+
+
+def test_run_logs_every_epoch_and_checkpoint_rebuilds_the_model(reference, data_root):
+    cfg, result = reference
+    lines = read_log(cfg.out_dir)
+    assert lines == result.history and [r["epoch"] for r in lines] == [1, 2, 3]
+    assert [r["phase"] for r in lines] == ["pretrain", "bayes", "bayes"]
+    last = lines[-1]
+    for key in ("test_error", "test_nll", "train_nll", "kl", "kl_weight", "lr", "alive", "total",
+                "log_alpha", "seconds"):
+        assert key in last, key
+    assert set(last["alive"]) == {"1", "3", "5"} and last["total"] == {"1": 784, "3": 300, "5": 100}
+    assert set(last["log_alpha"]["3"]) == {"min", "q10", "median", "q90", "max"}
+    assert last["kl_weight"] == 1.0 and last["lr"] == pytest.approx(1e-3 / 10)  # last of 10 steps
+    assert last["test_error"] < 60  # 500 examples, 15 steps: well above chance (90%)
+
+    model, cfg2 = load_checkpoint(cfg.out_dir)
+    assert cfg2 == cfg and not model.training
+    assert sum(isinstance(m, BayesLayer) for m in model.modules()) == 3
+    x = torch.randn(7, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model(x))
+
+
+def test_same_seed_same_bits_other_seed_other_bits(reference, tmp_path, data_root):
+    cfg, _ = reference
+    again = tiny(tmp_path, data_root, "again")
+    run_training(again, progress=False)
+    assert_bit_equal(model_tensors(again.out_dir), model_tensors(cfg.out_dir))
+    other = tiny(tmp_path, data_root, "other", seed=1)
+    run_training(other, progress=False)
+    a, b = model_tensors(other.out_dir), model_tensors(cfg.out_dir)
+    assert not torch.equal(a["model/1.prior.weight_mu"], b["model/1.prior.weight_mu"])
+
+
+# Crash points: in pretraining, right after the pretraining->Bayesian checkpoint (step 5),
+# just after a mid-epoch checkpoint, mid-way between checkpoints, on the last step.
+@pytest.mark.parametrize("step", [2, 5, 7, 10, 14])
+def test_resume_after_a_crash_retraces_the_uninterrupted_run_bit_for_bit(reference, tmp_path,
+                                                                         data_root, step):
+    ref_cfg, ref = reference
+    cfg = tiny(tmp_path, data_root)
+    with pytest.raises(Crash):
+        run_training(cfg, progress=False, fault=crash_at(step))
+    resumed = run_training(cfg, resume=True, progress=False)
+    assert_bit_equal(model_tensors(cfg.out_dir), model_tensors(ref_cfg.out_dir))
+    assert untimed(resumed.history) == untimed(ref.history)
+
+
+def test_resume_of_a_finished_run_returns_it(reference):
+    cfg, ref = reference
+    again = run_training(cfg, resume=True, progress=False)
+    assert again.history == ref.history and not again.model.training
+
+
+def test_resume_refuses_other_settings_and_new_run_refuses_to_overwrite(reference):
+    cfg, _ = reference
+    changed = TrainConfig(**{**cfg.to_dict(), "lr": 5e-4})
+    with pytest.raises(KwhError, match=r"settings differ .*lr: 0.001 != 0.0005"):
+        run_training(changed, resume=True, progress=False)
+    with pytest.raises(KwhError, match="already holds a checkpoint; pass --resume"):
+        run_training(cfg, progress=False)
+
+
+def test_pretraining_checkpoint_is_not_a_bayesian_model(tmp_path, data_root):
+    cfg = tiny(tmp_path, data_root, pretrain_epochs=2, epochs=1)
+    with pytest.raises(Crash):
+        run_training(cfg, progress=False, fault=crash_at(7))
+    with pytest.raises(KwhError, match="written during pretraining"):
+        load_checkpoint(cfg.out_dir)
+
+
+# ------------------------------------------------------------------ divergence guard
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_one_non_finite_step_is_rolled_back_with_half_the_lr(reference, tmp_path, data_root,
+                                                              kind):
+    ref_cfg, ref = reference
+    fired = []
+
+    def fault(step):
+        if step == 8 and not fired:
+            fired.append(step)
+            return kind
+        return False
+
+    cfg = tiny(tmp_path, data_root)
+    result = run_training(cfg, progress=False, fault=fault)
+    events = [r for r in result.log if r["event"] == "rollback"]
+    assert len(events) == 1
+    ev = events[0]
+    assert ev["reason"] == f"non-finite {kind}" and ev["global_step"] == 8
+    assert (ev["to_epoch"], ev["to_step"]) == (2, 1)  # the checkpoint after global step 6
+    assert ev["lr_scale"] == 0.5
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert untimed(result.history[:1]) == untimed(ref.history[:1])  # before the fault
+    assert [r["lr_scale"] for r in result.history] == [1.0, 0.5, 0.5]
+    assert result.history[-1]["lr"] == pytest.approx(0.5 * ref.history[-1]["lr"])
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    lines = read_log(cfg.out_dir)
+    assert [r["event"] for r in lines] == ["epoch", "rollback", "epoch", "epoch"]
+
+
+def test_repeated_non_finite_steps_stop_with_the_last_checkpoint_intact(tmp_path, data_root):
+    cfg = tiny(tmp_path, data_root, max_failures=3)
+    with pytest.raises(KwhError, match=r"diverged: .* 3 times in a row .*epoch 2, step 1"):
+        run_training(cfg, progress=False, fault=lambda step: step >= 7)
+    tensors, meta = read_checkpoint(cfg.out_dir + "/checkpoint.safetensors")
+    assert meta["position"] == {"epoch": 1, "step": 1, "global_step": 6}
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if t.is_floating_point())
+    lines = read_log(cfg.out_dir)
+    assert [r["event"] for r in lines] == ["epoch", "rollback", "rollback", "stopped"]
+    assert [r.get("lr_scale") for r in lines[1:3]] == [0.5, 0.25]
+    # The stopped run resumes from that checkpoint once the fault is gone.
+    result = run_training(cfg, resume=True, progress=False)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
