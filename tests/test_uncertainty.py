@@ -208,3 +208,27 @@ def test_bayes_layers_left_in_their_mode():
     m = _mlp("log-uniform").train()
     kwh.predict(m, torch.randn(3, 2), samples=4)
     assert m.training and all(layer.training and not layer.sample for _, layer in bayes_layers(m))
+
+
+def test_evaluate_model_file_checkpoint_and_kwh(data_root, tmp_path):
+    """`kwh evaluate MODEL --uncertainty`: a training checkpoint samples, a .kwh file cannot."""
+    from kwh.bayes.uncertainty import evaluate_model_file
+    from kwh.train import TrainConfig, run_training
+
+    cfg = TrainConfig(model="lenet300", data="mnist", data_dir=str(data_root), prior="group-nj",
+                      epochs=1, limit_train=200, limit_test=100, out_dir=str(tmp_path / "run"),
+                      threads=1)
+    res = run_training(cfg, progress=False)
+    r = evaluate_model_file(res.checkpoint, "mnist", "fashion-mnist", 4, data_dir=data_root,
+                            limit_test=50)
+    assert r["method"] == "bayes" and r["samples"] == 4 and r["model_kind"] == "checkpoint"
+    assert r["n_test"] == 50 and r["ood"]["n"] == 50
+    assert isinstance(r["ood"]["auroc_mutual_information"], float)
+    kwh.save(kwh.compress(res.model), tmp_path / "m.kwh")
+    d = evaluate_model_file(tmp_path / "m.kwh", "mnist", "fashion-mnist", 4, data_dir=data_root,
+                            limit_test=50)
+    assert d["method"] == "deterministic" and d["model_kind"] == "kwh"
+    assert d["ood"]["auroc_mutual_information"] is None and "Bayesian checkpoint" in d["note"]
+    assert "deterministic" in format_uncertainty(d)
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        evaluate_model_file(tmp_path / "missing", "mnist")

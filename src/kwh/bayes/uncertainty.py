@@ -24,7 +24,8 @@ from kwh import metrics
 from kwh.bayes.layers import bayes_layers, sampling
 
 __all__ = ["Prediction", "predict", "predict_loader", "evaluate_uncertainty",
-           "format_uncertainty", "load_ood", "METHODS", "DETERMINISTIC_NOTE"]
+           "format_uncertainty", "load_ood", "load_model_file", "evaluate_model_file", "METHODS",
+           "DETERMINISTIC_NOTE"]
 
 METHODS = ("auto", "bayes", "mc-dropout", "deterministic")
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -222,11 +223,53 @@ def evaluate_uncertainty(model: nn.Module, test_loader: Iterable, ood_loader: It
     return out
 
 
+def load_model_file(path) -> tuple[nn.Module, str, str | None]:
+    """(model, kind, training data name) from a .kwh file (kind "kwh", deterministic) or a
+    Bayesian checkpoint / run directory of `kwh train` (kind "checkpoint", sampled)."""
+    import os
+
+    if str(path).endswith(".kwh"):
+        from kwh.compress.codec import load
+
+        return load(path), "kwh", None
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such model file or run directory: {path}")
+    from kwh.train import load_checkpoint
+
+    model, config = load_checkpoint(path)
+    return model, "checkpoint", config.data
+
+
+def evaluate_model_file(path, data: str = "mnist", ood: str | None = None, samples: int = 20, *,
+                        data_dir=None, limit_test: int | None = None, batch_size: int = 500,
+                        method: str = "auto") -> dict:
+    """evaluate_uncertainty for `kwh evaluate MODEL --data D --uncertainty [--ood O]`."""
+    from kwh.data import batch_loader, get_dataset
+
+    model, kind, trained_on = load_model_file(path)
+    test = batch_loader(get_dataset(data, "test", data_dir, limit=limit_test), batch_size)
+    ood_loader = None
+    if ood is not None:
+        ood_loader = batch_loader(load_ood(ood, data, data_dir, limit=limit_test), batch_size)
+    out = evaluate_uncertainty(model, test, ood_loader, samples, method=method)
+    out.update(model_file=str(path), model_kind=kind, data=data, ood_data=ood)
+    if kind == "kwh" and out["method"] == "deterministic":
+        out["note"] = ("a .kwh file holds the compressed deterministic model (posterior mean, "
+                       "pruned and quantized): one forward pass, mutual information 0; for "
+                       "posterior samples evaluate the Bayesian checkpoint from `kwh train`")
+    if trained_on is not None and trained_on != data:
+        out["note"] = (out["note"] + "; " if out["note"] else "") + (
+            f"the model was trained on {trained_on}, evaluated on {data}")
+    return out
+
+
 def format_uncertainty(result: dict) -> str:
     """Human-readable lines for a result of evaluate_uncertainty."""
     how = (f"{result['method']}, {result['samples']} samples" if result["method"] != "deterministic"
            else "deterministic, 1 forward pass")
-    lines = [
+    lines = [f"model             {result['model_file']} ({result.get('model_kind', '')})"
+             ] if "model_file" in result else []
+    lines += [
         f"predictive distribution: {how}",
         f"test examples     {result['n_test']}",
         f"test error        {100 * result['error']:.2f} %",
