@@ -60,6 +60,8 @@ def _inflate(data: memoryview | bytes, raw_size: int, where: str) -> bytes:
     """Decompress exactly one zstd frame of exactly ``raw_size`` bytes, nothing more."""
     try:
         params = zstandard.get_frame_parameters(data)
+        if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
+            raise FormatError(f"{where}: zstd frame does not declare its size")
         if params.content_size != raw_size or params.dict_id != 0:
             raise FormatError(f"{where}: zstd frame declares {params.content_size} bytes, "
                               f"header says {raw_size}")

@@ -1,0 +1,410 @@
+"""Hostile .kwh files: every flipped byte, every truncation, extensions, huge claims, and fuzzing.
+
+The fuzzer knows the format: besides blind byte damage (caught by the checksums) it edits the
+JSON header, the decompressed section blobs and the zstd frames and then re-seals the file
+with valid checksums, as an attacker would, so that the parser and every field check are
+exercised, not only the checksums. Oracle: ``decode`` either returns a model that runs on the
+input shape it declares, or raises FormatError with one of its own messages (never the
+"unexpected" safety net, never another exception type), within a per-case time bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import random
+import resource
+import signal
+import time
+import tracemalloc
+import zlib
+
+import pytest
+import torch
+import zstandard
+from torch import nn
+
+from kwh.compress import bitpack, codec
+from kwh.compress import format_modules as fm
+from kwh.errors import FormatError
+
+PRE = codec.PREAMBLE
+CASE_SECONDS = 5.0  # a case slower than this counts as a hang
+MAX_FORWARD_ELEMENTS = 10**6  # run a loaded model only when its activations are this small
+
+
+# ------------------------------------------------------------------ seed files
+
+def _quantize(layer: nn.Module, bits: int, frac_bits: int, sparsity: float, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = bitpack.int_range(bits)
+    q = torch.randint(lo, hi + 1, layer.weight.shape, generator=gen)
+    q[torch.rand(layer.weight.shape, generator=gen) < sparsity] = 0
+    with torch.no_grad():
+        layer.weight.copy_(q * 2.0**-frac_bits)
+    layer.kwh_bits, layer.kwh_frac_bits = bits, frac_bits
+
+
+def mlp_seed() -> bytes:
+    """Bitmap, relative-index and marked-float32 weights; LeakyReLU; a summary."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8),
+                      nn.LeakyReLU(0.1), nn.Linear(8, 3))
+    _quantize(m[1], 6, 4, 0.5, 1)
+    _quantize(m[3], 4, 3, 0.97, 2)
+    m[5].kwh_bits, m[5].kwh_frac_bits = 32, None
+    m.kwh_summary = {"input_shape": [12], "arch": "12-16-8-3", "rates": [1.5, 2.0]}
+    return codec.encode(m.eval())
+
+
+def cnn_seed() -> bytes:
+    """Dense low-bit conv, BatchNorm, max-pool, a second conv, Flatten, Linear, Softmax."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                      nn.MaxPool2d(2), nn.Conv2d(3, 4, 2, bias=False), nn.Flatten(),
+                      nn.Linear(4, 5), nn.Softmax(dim=1))
+    _quantize(m[0], 5, 3, 0.0, 3)
+    _quantize(m[4], 3, 2, 0.3, 4)
+    _quantize(m[6], 2, 1, 0.0, 5)
+    return codec.encode(m.eval(), input_shape=(1, 10, 10))
+
+
+def sparse_seed() -> bytes:
+    """A relative-index layer whose last non-zero is near the end, and an all-zero layer."""
+    m = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4, bias=False))
+    q = torch.zeros(16 * 64)
+    q[[0, 5, 100, 101, 500, 777, 900, 1000, 1020]] = torch.tensor(
+        [3.0, -4, 15, -16, 1, 2, -1, 7, 9])
+    with torch.no_grad():
+        m[0].weight.copy_(q.reshape(16, 64) / 4)
+        m[2].weight.zero_()
+    m[0].kwh_bits, m[0].kwh_frac_bits = 5, 2
+    m[2].kwh_bits, m[2].kwh_frac_bits = 2, 0
+    return codec.encode(m.eval(), input_shape=(64,))
+
+
+SEEDS = {"mlp": mlp_seed(), "cnn": cnn_seed(), "sparse": sparse_seed()}
+
+
+# ------------------------------------------------------------------ taking files apart and re-sealing them
+
+def split(data: bytes) -> tuple[dict, list[bytes]]:
+    """A valid file -> its JSON header and its stored sections."""
+    _, _, hcodec, _, hstored, _, _ = PRE.unpack_from(data)
+    raw = data[PRE.size:PRE.size + hstored]
+    header = json.loads(zstandard.ZstdDecompressor().decompress(raw) if hcodec else raw)
+    sections, pos = [], PRE.size + hstored
+    for entry in header["modules"]:
+        if entry["section"]:
+            sections.append(data[pos:pos + entry["section"]["stored_bytes"]])
+            pos += entry["section"]["stored_bytes"]
+    return header, sections
+
+
+def seal(header_raw: bytes, sections: list[bytes], compress_header: bool = True) -> bytes:
+    """A file with valid header CRC and whole-file SHA-256 around any header and sections."""
+    stored, hcodec = header_raw, 0
+    if compress_header:
+        packed = zstandard.ZstdCompressor(level=3).compress(header_raw)
+        if len(packed) < len(header_raw):
+            stored, hcodec = packed, 1
+    body = PRE.pack(codec.MAGIC, codec.VERSION, hcodec, 0, len(stored), len(header_raw),
+                    zlib.crc32(stored)) + stored + b"".join(sections)
+    return body + hashlib.sha256(body).digest()
+
+
+def reseal(header: object, sections: list[bytes]) -> bytes:
+    return seal(json.dumps(header).encode(), sections)
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+POOL = [None, True, False, 0, 1, -1, 2, 3, 7, 8, 16, 17, 23, 24, 25, 26, 31, 32, 33, 64, 65, 255,
+        2**16, 2**16 + 1, 2**31 - 1, 2**31, 2**32, 2**53, 2**63, 10**12, -2**31, 0.5, -0.0,
+        1e308, 1e-308, "", "zstd", "raw", "dense", "bitmap", "rindex", "float32", "Linear",
+        "Conv2d", "BatchNorm2d", "ReLU", "weight", "bias", "running_mean", "same", "valid",
+        [], [1], [1, 1], [0, 0], [2, 2], [2**31, 1], [1, 28, 28], [12], {},
+        {"bits": 8, "frac_bits": 2}, {"bits": 32, "frac_bits": None}, "x" * 300]
+
+
+def mutate_json(header: dict, rng: random.Random) -> object:
+    """One random edit anywhere in the header tree."""
+    header = copy.deepcopy(header)
+    path = rng.choice(list(_paths(header)))
+    if not path:
+        return rng.choice(POOL)
+    parent = header
+    for key in path[:-1]:
+        parent = parent[key]
+    key, value = path[-1], parent[path[-1]]
+    op = rng.random()
+    if op < 0.45:
+        parent[key] = rng.choice(POOL)
+    elif op < 0.7 and type(value) is int:
+        parent[key] = rng.choice([value + 1, value - 1, value * 2, -value, value // 2,
+                                  value + 8, value * 1000])
+    elif op < 0.8:
+        if isinstance(parent, dict):
+            del parent[key]
+        else:
+            parent.pop(key)
+    elif op < 0.9 and isinstance(parent, dict):
+        parent[rng.choice(["extra", "pickle", "__class__"])] = rng.choice(POOL)
+    elif isinstance(parent, list) and len(parent) > 1:
+        i, j = rng.randrange(len(parent)), rng.randrange(len(parent))
+        parent[i], parent[j] = parent[j], parent[i]
+    else:
+        parent[key] = copy.deepcopy(rng.choice(POOL))
+    return header
+
+
+def _damage(blob: bytes, rng: random.Random) -> bytes:
+    data = bytearray(blob)
+    op = rng.random()
+    if op < 0.5 and data:
+        for _ in range(rng.randint(1, 3)):  # skewed to the front, where the packed weights are
+            data[int(len(data) * rng.random() ** 3)] ^= 1 << rng.randrange(8)
+    elif op < 0.7 and data:
+        del data[rng.randrange(len(data)):]
+    elif op < 0.85:
+        data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+    else:
+        data[rng.randrange(len(data) + 1):] = bytes([0xFF]) * rng.randint(0, 8)
+    return bytes(data)
+
+
+def mutate_section(data: bytes, rng: random.Random, recount: bool) -> bytes:
+    """Damage one section's decompressed blob, re-compress it and fix its sizes and CRC."""
+    header, sections = split(data)
+    carriers = [e for e in header["modules"] if e["section"]]
+    k = rng.randrange(len(carriers))
+    sec = carriers[k]["section"]
+    raw = sections[k]
+    if sec["codec"] == "zstd":
+        raw = zstandard.ZstdDecompressor().decompress(raw)
+    raw = _damage(raw, rng)
+    stored = zstandard.ZstdCompressor(level=1).compress(raw) if raw else raw
+    codec_name = "zstd" if len(stored) < len(raw) else "raw"
+    stored = stored if codec_name == "zstd" else raw
+    if recount:  # keep the header consistent with the new blob, so only the decoder can object
+        sec["raw_bytes"] = len(raw)
+    sec.update(codec=codec_name, stored_bytes=len(stored), crc32=zlib.crc32(stored))
+    sections[k] = stored
+    return reseal(header, sections)
+
+
+def mutate_stored(data: bytes, rng: random.Random) -> bytes:
+    """Damage one section's stored (zstd) bytes and fix its CRC: hostile input for zstd."""
+    header, sections = split(data)
+    carriers = [e for e in header["modules"] if e["section"]]
+    k = rng.randrange(len(carriers))
+    stored = _damage(sections[k], rng)
+    carriers[k]["section"].update(stored_bytes=len(stored), crc32=zlib.crc32(stored))
+    sections[k] = stored
+    return reseal(header, sections)
+
+
+def mutate(rng: random.Random) -> bytes:
+    """One hostile file derived from a seed (or from nothing)."""
+    name = rng.choice(sorted(SEEDS))
+    data = SEEDS[name]
+    kind = rng.random()
+    if kind < 0.1:
+        return _damage(data, rng)
+    if kind < 0.15:
+        n = rng.randint(0, 600)
+        prefix = data[:rng.choice([0, 8, 10, PRE.size])]
+        return prefix + bytes(rng.randrange(256) for _ in range(n))
+    if kind < 0.55:
+        header, sections = split(data)
+        for _ in range(rng.choice([1, 1, 1, 2, 3])):
+            header = mutate_json(header, rng) if isinstance(header, dict) else header
+        return reseal(header, sections)
+    if kind < 0.8:
+        return mutate_section(data, rng, recount=rng.random() < 0.8)
+    if kind < 0.9:
+        return mutate_stored(data, rng)
+    header, _ = split(data)  # one seed's header over another seed's sections
+    other = SEEDS[rng.choice([n for n in sorted(SEEDS) if n != name])]
+    return reseal(header, split(other)[1])
+
+
+# ------------------------------------------------------------------ the oracle
+
+class CaseTimeout(Exception):
+    """A single case ran past CASE_SECONDS."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    def on_alarm(signum, frame):
+        raise CaseTimeout(f"case ran past {seconds} s")
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _activation_peak(model: nn.Sequential, shape: tuple[int, ...]) -> int:
+    peak = math.prod(shape)
+    for i, m in enumerate(model):
+        _, spec = fm.spec_for(m, str(i))
+        shape = spec.shape(fm.module_args(m, spec, str(i))[1], shape, str(i))
+        peak = max(peak, math.prod(shape))
+    return peak
+
+
+def check_case(data: bytes) -> str:
+    """Decode hostile bytes; returns 'refused' or 'loaded', failing the test on anything else."""
+    with time_limit(CASE_SECONDS):
+        try:
+            model = codec.decode(data, max_elements=10**6)
+        except FormatError as err:
+            assert "unexpected" not in str(err), str(err)
+            return "refused"
+        shape = getattr(model, "kwh_input_shape", None)  # any error from here on fails
+        if shape and _activation_peak(model, shape) <= MAX_FORWARD_ELEMENTS:
+            with torch.no_grad():
+                model(torch.randn(2, *shape))  # a model the loader accepts must run
+    return "loaded"
+
+
+def run_fuzz(cases: int, seed: int) -> dict[str, int]:
+    rng = random.Random(seed)
+    counts = {"refused": 0, "loaded": 0}
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    slowest = 0.0
+    for _ in range(cases):
+        data = mutate(rng)
+        start = time.perf_counter()
+        counts[check_case(data)] += 1
+        slowest = max(slowest, time.perf_counter() - start)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert grown < 256 * 1024, f"peak memory grew by {grown} KiB during the fuzz run"
+    assert slowest < CASE_SECONDS
+    return counts
+
+
+# ------------------------------------------------------------------ the tests
+
+@pytest.fixture
+def one_thread():
+    """Tiny forward passes run ~10x faster on one thread than with a contended pool."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", sorted(SEEDS))
+def test_seeds_load_and_the_resealer_makes_valid_files(name):
+    assert len(SEEDS[name]) < 1000
+    assert check_case(SEEDS[name]) == "loaded"
+    header, sections = split(SEEDS[name])
+    assert check_case(reseal(header, sections)) == "loaded"
+
+
+@pytest.mark.parametrize("name", sorted(SEEDS))
+def test_every_flipped_byte_is_refused(name):
+    data = SEEDS[name]
+    for pos in range(len(data)):
+        for mask in (1 << (pos % 8), 0xFF):
+            bad = bytearray(data)
+            bad[pos] ^= mask
+            with pytest.raises(FormatError):
+                codec.decode(bytes(bad))
+
+
+@pytest.mark.parametrize("name", sorted(SEEDS))
+def test_every_truncation_and_extension_is_refused(name):
+    data = SEEDS[name]
+    for n in range(len(data)):
+        with pytest.raises(FormatError, match="truncated|too short|magic|header"):
+            codec.decode(data[:n])
+    for tail in (b"\x00", b"\x00" * 31, b"\xff" * 32, b"\x00" * 33, data, bytes(range(256))):
+        with pytest.raises(FormatError, match="extra bytes|SHA-256"):
+            codec.decode(data + tail)
+
+
+def _huge(header: dict) -> dict:
+    """The MLP seed's header claiming a 10^6 x 10^6 Linear layer (10^12 weights)."""
+    header = copy.deepcopy(header)
+    header["input_shape"] = None
+    first, second = header["modules"][1], header["modules"][3]
+    first["args"].update(in_features=10**6, out_features=10**6)
+    first["section"]["tensors"][0]["shape"] = [10**6, 10**6]
+    first["section"]["tensors"][1]["shape"] = [10**6]
+    second["args"]["in_features"] = 10**6
+    second["section"]["tensors"][0]["shape"] = [8, 10**6]
+    return header
+
+
+def test_a_huge_tensor_claim_is_refused_before_allocation():
+    header, sections = split(SEEDS["mlp"])
+    data = reseal(_huge(header), sections)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(FormatError, match=r"claims at least 1000000000000 tensor elements.*limit"):
+        codec.decode(data)  # the default limit, 2**28 elements
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert elapsed < 1.0 and peak < 2**20  # refused from the header alone: < 1 MiB traced
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 64 * 1024
+
+
+def test_decompression_bombs_and_oversized_claims_are_refused():
+    header, sections = split(SEEDS["mlp"])
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(2**22))  # 4 MiB of zeros
+    bad = copy.deepcopy(header)
+    sec = bad["modules"][1]["section"]  # a 157-byte section, in a 145-byte frame
+    assert len(bomb) < sec["raw_bytes"]
+    sec.update(codec="zstd", stored_bytes=len(bomb), crc32=zlib.crc32(bomb))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(FormatError, match="zstd frame declares 4194304 bytes, header says 157"):
+        codec.decode(reseal(bad, [bomb] + sections[1:]))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 2 * 1024
+    unsized = zstandard.ZstdCompressor(level=1, write_content_size=False)
+    chunker = unsized.compressobj()
+    frame = chunker.compress(bytes(sec["raw_bytes"])) + chunker.flush()
+    sec.update(stored_bytes=len(frame), crc32=zlib.crc32(frame))
+    with pytest.raises(FormatError, match="zstd frame does not declare its size"):
+        codec.decode(reseal(bad, [frame] + sections[1:]))
+    huge_header = PRE.pack(codec.MAGIC, codec.VERSION, 1, 0, 10, 2**32 - 1, 0) + bytes(200)
+    with pytest.raises(FormatError, match="header of 4294967295 bytes"):
+        codec.decode(huge_header)
+    deep = b"[" * 100_000 + b"]" * 100_000  # deeper than Python's recursion limit
+    with pytest.raises(FormatError, match="not valid UTF-8 JSON"):
+        codec.decode(seal(deep, []))
+    with pytest.raises(FormatError, match="repeats the key"):
+        codec.decode(seal(b'{"modules": [], "modules": []}', []))
+    with pytest.raises(FormatError, match="NaN"):
+        codec.decode(seal(b'{"summary": NaN}', []))
+
+
+def test_fuzz_1000_hostile_files(one_thread):
+    """1,000 structure-aware mutations (the full 10,000 run is test_fuzz_10000_hostile_files)."""
+    counts = run_fuzz(1000, seed=1)
+    assert counts["refused"] > 500 and counts["loaded"] > 10  # both paths are exercised
+
+
+@pytest.mark.slow
+def test_fuzz_10000_hostile_files(one_thread):
+    """Slow: 10,000 further mutated / truncated / random files (about a minute on 2 cores)."""
+    counts = run_fuzz(10_000, seed=2)
+    assert counts["refused"] > 5000 and counts["loaded"] > 100
