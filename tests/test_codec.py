@@ -354,3 +354,41 @@ def test_load_names_what_is_wrong(tmp_path):
     (tmp_path / "ok.kwh").write_bytes(good)
     assert json.dumps(header(tmp_path / "ok.kwh")["summary"]) == json.dumps(
         lenet5_compressed().kwh_summary, sort_keys=True)
+
+
+# ------------------------------------------------------------------ decoders refuse bad blobs
+
+def _rindex(runs: list[int], values: list[int], k: int, bits: int) -> bytes:
+    return (bitpack.pack_uint(np.array(runs), k)
+            + bitpack.pack_uint(bitpack.to_twos(np.array(values), bits), bits))
+
+
+@pytest.mark.parametrize("meta, blob, match", [
+    ({"encoding": "rindex", "nnz": 2, "entries": 2, "index_bits": 3},
+     _rindex([5, 7], [1, 1], 3, 4), "past the tensor's 12 elements"),
+    ({"encoding": "rindex", "nnz": 1, "entries": 2, "index_bits": 3},
+     _rindex([2, 1], [0, 1], 3, 4), "not a filler"),
+    ({"encoding": "rindex", "nnz": 1, "entries": 2, "index_bits": 3},
+     _rindex([1, 7], [1, 0], 3, 4), "not a filler"),
+    ({"encoding": "rindex", "nnz": 1, "entries": 2, "index_bits": 3},
+     _rindex([1, 1], [1, 1], 3, 4), "2 non-zero entries, header says nnz=1"),
+    ({"encoding": "bitmap", "nnz": 2},
+     bitpack.pack_uint(np.array([1, 1, 1] + [0] * 9), 1) + bitpack.pack_uint(np.array([1, 2]), 4),
+     "marks 3 non-zeros"),
+    ({"encoding": "bitmap", "nnz": 2},
+     bitpack.pack_uint(np.array([1, 1] + [0] * 10), 1) + bitpack.pack_uint(np.array([1, 0]), 4),
+     "value is zero"),
+    ({"encoding": "bitmap", "nnz": 1}, bytes([1, 0b10000]) + bytes([1]), "padding bits"),
+])
+def test_decoders_refuse_bad_blobs(meta, blob, match):
+    meta = ft.check_meta({"name": "weight", "shape": [3, 4], **meta}, "weight", (3, 4), True, "t")
+    assert ft.raw_size(meta, 4) == len(blob)
+    with pytest.raises(FormatError, match=match):
+        ft.decode(meta, memoryview(blob), (4, 0), "t")
+    dense = ft.check_meta({"name": "w", "shape": [3, 4], "encoding": "dense"}, "w", (3, 4),
+                          True, "t")
+    with pytest.raises(FormatError, match="padding bits"):  # 12 values x 3 bits = 4.5 bytes
+        ft.decode(dense, memoryview(bytes(4) + bytes([0x10])), (3, 0), "t")
+    with pytest.raises(FormatError, match="NaN"):
+        ft.decode({"name": "bias", "shape": (2,), "encoding": "float32"},
+                  memoryview(np.array([1.0, np.nan], "<f4").tobytes()), None, "t")
