@@ -223,6 +223,9 @@ class _Trainer:
         if exists and not resume:
             raise KwhError(f"{self.out} already holds a checkpoint; pass --resume to continue "
                            f"that run, or choose another --out-dir")
+        if exists and self.ctx.is_main:
+            for stale in self.out.glob(f".{FILENAME}.*.tmp"):  # left by a kill during a write
+                stale.unlink(missing_ok=True)
         if exists:
             tensors, meta = read_checkpoint(self.ckpt)
             try:
