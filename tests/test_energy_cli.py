@@ -1,0 +1,118 @@
+"""`kwh energy`: dense vs compressed from a .kwh file, tables, JSON, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from kwh.cli import energy as energy_cli
+from kwh.energy.sources import dense_reference
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kwh")
+    energy_cli.register(p.add_subparsers())
+    return p.parse_args(["energy", *argv])
+
+
+@pytest.fixture(scope="module")
+def kwh_file(tmp_path_factory):
+    """A real .kwh file: LeNet-5 made Bayesian, three conv filters pruned, compressed, saved."""
+    codec = pytest.importorskip("kwh.compress.codec", reason="the .kwh codec is not in this "
+                                "checkout")
+    import kwh
+    from kwh.bayes import bayes_layers
+    from kwh.compress import compress
+    from kwh.models import lenet5
+    torch.manual_seed(0)
+    m = lenet5()
+    kwh.bayesify_(m, "group-nj")
+    _, conv1 = next(bayes_layers(m))
+    with torch.no_grad():
+        conv1.prior.z_log_var[:3] = 5.0  # log alpha = 5: filters 0-2 pruned, 17 of 20 kept
+    small = compress(m, input_shape=(1, 28, 28))
+    path = tmp_path_factory.mktemp("kwh") / "lenet5.kwh"
+    codec.save(small, path)
+    return path
+
+
+def test_reference_model_prints_per_layer_table(capsys):
+    args = parse("lenet300", "--no-measure")
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "dense fp32 (lenet300)" in out and "1:Linear (+ReLU)" in out
+    assert "total per inference" in out
+    assert "untrained reference architecture" in out  # no accuracy invented
+
+
+def test_kwh_file_dense_vs_compressed(kwh_file, tmp_path, capsys):
+    out_json = tmp_path / "e.json"
+    args = parse(str(kwh_file), "--no-measure", "--json", str(out_json), "--accuracy", "0.5",
+                 "--dense-accuracy", "0.99")
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "dense fp32 (lenet5)" in out and "compressed (lenet5.kwh)" in out
+    assert "dense / compressed: energy per inference" in out
+    d = json.loads(out_json.read_text())
+    dense, small = d["variants"]
+    assert dense["key"] == "dense" and small["key"] == "compressed"
+    assert small["estimate"]["total_j"] < dense["estimate"]["total_j"]
+    assert small["estimate"]["accuracy"] == 0.5 and dense["estimate"]["accuracy"] == 0.99
+    conv1 = small["estimate"]["layers"][0]
+    assert conv1["arith"].startswith("int ")
+    assert conv1["mults"] == 17 * 24 * 24 * 25  # 17 kept filters, all weights nonzero
+
+
+def test_measurement_reasons_are_printed(kwh_file, capsys, monkeypatch, tmp_path):
+    import kwh.energy.measure as measure
+    monkeypatch.setattr(measure, "RAPL_ROOT", tmp_path / "no-powercap")
+    monkeypatch.setattr(measure.measure_model, "__kwdefaults__",
+                        {"window_s": 2.0, "rapl_root": tmp_path / "no-powercap", "nvml": None})
+    args = parse(str(kwh_file), "--window", "0.1")
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "not measured: RAPL:" in out and "no-powercap does not exist" in out
+
+
+def test_custom_table_is_named_in_output(kwh_file, tmp_path, capsys):
+    t = tmp_path / "t.json"
+    t.write_text(json.dumps({"name": "my 7 nm guess", "dram_pj_per_64bit": 500}))
+    args = parse(str(kwh_file), "--no-measure", "--table", str(t))
+    assert args.func(args) == 0
+    assert "(my 7 nm guess)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,exc,match", [
+    (["nonet", "--no-measure"], ValueError, "neither an existing file.*lenet5"),
+    (["missing.kwh", "--no-measure"], FileNotFoundError, "missing.kwh"),
+    (["lenet5", "--no-measure", "--sram-kb", "-3"], ValueError, "sram_kb"),
+    (["lenet5", "--no-measure", "--dense-accuracy", "99"], ValueError, "dense-accuracy"),
+    (["lenet5", "--no-measure", "--data", "imagenet"], ValueError, "imagenet.*mnist"),
+])
+def test_bad_input_raises_clear_errors(argv, exc, match):
+    args = parse(*argv)
+    with pytest.raises(exc, match=match):
+        args.func(args)
+
+
+def test_dense_reference_recognised_from_summary():
+    lenet300_summary = {"num_classes": 10, "input_shape": [1, 28, 28],
+                        "layers": [{"shape_original": [300, 784]},
+                                   {"shape_original": [100, 300]},
+                                   {"shape_original": [10, 100]}]}
+    _, name = dense_reference(lenet300_summary)
+    assert name == "lenet300"
+    with pytest.raises(ValueError, match="match no reference model.*--dense"):
+        dense_reference({"layers": [{"shape_original": [7, 3]}]})
+    with pytest.raises(ValueError, match="--dense NAME"):
+        dense_reference(None)
+
+
+def test_main_maps_errors_to_exit_code_2(capsys):
+    main = pytest.importorskip("kwh.cli.main", reason="the CLI root is not in this checkout")
+    assert main.main(["energy", "nonet", "--no-measure"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kwh: error:") and "Traceback" not in err
