@@ -120,7 +120,8 @@ def test_round_trip_is_exact_for_random_architectures(arch, data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(bits=st.integers(1, 25), n=st.integers(0, 300), density=st.floats(0, 1), seed=st.integers(0, 999))
+@given(bits=st.integers(1, 25), n=st.integers(0, 300), density=st.floats(0, 1),
+       seed=st.integers(0, 999))
 def test_encodings_decode_to_the_same_integers_and_pick_the_smallest(bits, n, density, seed):
     rng = np.random.default_rng(seed)
     lo, hi = bitpack.int_range(bits)

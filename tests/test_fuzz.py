@@ -89,7 +89,7 @@ def sparse_seed() -> bytes:
 SEEDS = {"mlp": mlp_seed(), "cnn": cnn_seed(), "sparse": sparse_seed()}
 
 
-# ------------------------------------------------------------------ taking files apart and re-sealing them
+# ------------------------------------------------------------------ taking files apart, re-sealing
 
 def split(data: bytes) -> tuple[dict, list[bytes]]:
     """A valid file -> its JSON header and its stored sections."""

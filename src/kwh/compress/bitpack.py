@@ -30,7 +30,7 @@ def to_twos(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def from_twos(codes: np.ndarray, bits: int) -> np.ndarray:
-    """``bits``-bit two's-complement codes (uint32) -> signed integers (int64), by sign extension."""
+    """``bits``-bit two's-complement codes (uint32) -> signed integers (int64): sign extension."""
     half = 1 << (bits - 1)
     return (codes.astype(np.int64) ^ half) - half
 

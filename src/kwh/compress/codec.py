@@ -40,17 +40,20 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_MODULES = 4096
 MAX_INPUT_RANK = 8
 DEFAULT_MAX_ELEMENTS = 1 << 28  # tensor elements in a whole file (1 GiB as float32)
-DEFAULT_LEVEL = 19
+DEFAULT_LEVEL = 19  # zstd level of sections up to LARGE_SECTION bytes
+LARGE_SECTION, LARGE_LEVEL = 1 << 20, 9
 CODECS = {"raw": 0, "zstd": 1}
 FLOAT_BITS = 32  # kwh_bits of a layer marked as kept in float32 (kwh_frac_bits None)
 
 
 # ------------------------------------------------------------------ entropy coding
 
-def _deflate(raw: bytes, level: int) -> tuple[str, bytes]:
+def _deflate(raw: bytes, level: int | None) -> tuple[str, bytes]:
     """zstd-compress a blob if that makes it smaller; else keep it raw."""
     if not raw:
         return "raw", raw
+    if level is None:  # level 19 runs at ~1 MB/s: spend it where the bytes are few
+        level = DEFAULT_LEVEL if len(raw) <= LARGE_SECTION else LARGE_LEVEL
     packed = zstandard.ZstdCompressor(level=level, write_content_size=True,
                                       write_checksum=False).compress(raw)
     return ("zstd", packed) if len(packed) < len(raw) else ("raw", raw)
@@ -243,14 +246,14 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def encode(model: nn.Module, input_shape: Any = None, level: int = DEFAULT_LEVEL) -> bytes:
+def encode(model: nn.Module, input_shape: Any = None, level: int | None = None) -> bytes:
     """The bytes of the .kwh file ``save`` would write (ModelError if the model can't be stored)."""
     if type(model) is not nn.Sequential:
         raise ModelError(f"a .kwh file stores a plain nn.Sequential chain, got "
                          f"{type(model).__name__}")
     if len(model) > MAX_MODULES:
         raise ModelError(f"the model has {len(model)} layers, more than {MAX_MODULES}")
-    if type(level) is not int or not 1 <= level <= 22:
+    if level is not None and (type(level) is not int or not 1 <= level <= 22):
         raise ValueError(f"level={level!r} is invalid; zstd levels are integers 1..22")
     summary = getattr(model, "kwh_summary", None)
     if summary is not None and not isinstance(summary, dict):
@@ -317,12 +320,13 @@ def _encode_tensor(module: nn.Module, slot: fm.TensorSlot, quant: tuple[int, int
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, input_shape: Any = None,
-         level: int = DEFAULT_LEVEL) -> int:
+         level: int | None = None) -> int:
     """Write ``model`` to ``path`` atomically as a .kwh file; returns the file size in bytes.
 
     input_shape: one example's shape (no batch dimension), e.g. (1, 28, 28); by default
     ``model.kwh_input_shape`` or ``model.kwh_summary["input_shape"]`` when present.
-    level: zstd level (1..22) of the entropy-coding stage.
+    level: zstd level (1..22) of the entropy-coding stage; by default 19 for sections up to
+    1 MiB and 9 above (level 19 compresses ~1 MB/s).
     """
     data = encode(model, input_shape=input_shape, level=level)
     atomic_write_bytes(path, data)
@@ -330,7 +334,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, input_shape: Any = None,
 
 
 def payload_bytes(model: nn.Module, *, input_shape: Any = None,
-                  level: int = DEFAULT_LEVEL) -> int:
+                  level: int | None = None) -> int:
     """Size in bytes of the .kwh file ``save`` would write for ``model``, without writing it."""
     return len(encode(model, input_shape=input_shape, level=level))
 

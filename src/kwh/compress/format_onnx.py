@@ -51,7 +51,8 @@ def _quiet_exporter():
     logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec",
+                                    category=FutureWarning)
             yield
     finally:
         logger.setLevel(level)
