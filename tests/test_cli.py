@@ -1,0 +1,156 @@
+"""The CLI root: registration, exit codes and messages; `kwh env`; `kwh train` option mapping."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+import kwh.cli.main as cli
+from kwh.errors import FormatError, KwhError
+
+
+def run_main(argv, capsys) -> tuple[int, str, str]:
+    """Exit code, stdout, stderr of main(argv), whether it returns or argparse exits."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["env", "--bogus"], "unrecognized arguments: --bogus"),
+    ([], "the following arguments are required: <command>"),
+    (["fly"], "invalid choice: 'fly'"),
+    (["train", "--epochs", "banana"], "argument --epochs: expected an integer, got 'banana'"),
+    (["train", "--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
+    (["train", "--lr", "nan"], "argument --lr: must be a positive number"),
+    (["train", "--kl-warmup", "0.5"], "argument --kl-warmup: expected 2 arguments"),
+    (["train", "--prior-option", "tau0"], "expected KEY=NUMBER"),
+])
+def test_nonsense_arguments_exit_2_with_a_message(argv, fragment, capsys):
+    code, out, err = run_main(argv, capsys)
+    assert code == 2 and fragment in err and "Traceback" not in err and out == ""
+
+
+def test_unknown_model_and_prior_name_the_valid_choices(capsys):
+    code, _, err = run_main(["train", "--model", "resnet"], capsys)
+    assert code == 2 and "choose from 'lenet300', 'lenet5', 'vgg'" in err
+    code, _, err = run_main(["train", "--prior", "horshoe"], capsys)
+    assert code == 2
+    assert "choose from 'log-uniform', 'group-nj', 'group-horseshoe'" in err
+
+
+def test_bad_values_caught_by_the_config_exit_2_with_one_line(capsys, tmp_path):
+    code, out, err = run_main(["train", "--limit-train", "50", "--out-dir", str(tmp_path)], capsys)
+    assert code == 2 and out == ""
+    assert err == "kwh: error: limit_train=50 is smaller than batch_size=100; lower the batch " \
+                  "size or raise the limit\n"
+
+
+def _parser_raising(exc: BaseException):
+    def build():
+        p = argparse.ArgumentParser(prog="kwh")
+        p.add_argument("-q", "--quiet", action="store_true")
+
+        def boom(args):
+            raise exc
+        p.set_defaults(func=boom)
+        return p
+    return build
+
+
+@pytest.mark.parametrize("exc, code, message", [
+    (KwhError("bad thing\nwith detail"), 2, "kwh: error: bad thing with detail\n"),
+    (FormatError("x.kwh: truncated"), 2, "kwh: error: x.kwh: truncated\n"),
+    (ValueError("width must be positive"), 2, "kwh: error: width must be positive\n"),
+    (FileNotFoundError(2, "No such file or directory", "m.kwh"), 2,
+     "kwh: error: [Errno 2] No such file or directory: 'm.kwh'\n"),
+    (PermissionError(13, "Permission denied", "/root/x"), 2,
+     "kwh: error: [Errno 13] Permission denied: '/root/x'\n"),
+    (KeyboardInterrupt(), 130, "kwh: interrupted\n"),
+])
+def test_errors_map_to_exit_codes(monkeypatch, capsys, exc, code, message):
+    monkeypatch.setattr(cli, "build_parser", _parser_raising(exc))
+    assert run_main([], capsys) == (code, "", message)
+
+
+def test_bugs_keep_their_traceback(monkeypatch):
+    monkeypatch.setattr(cli, "build_parser", _parser_raising(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main([])
+
+
+def test_missing_subcommand_modules_are_skipped_but_broken_ones_are_not(monkeypatch):
+    monkeypatch.setattr(cli, "SUBCOMMANDS", ("env", "not_written_yet"))
+    names = cli.build_parser()._subparsers._group_actions[0].choices
+    assert list(names) == ["env"]
+
+    real_import = cli.importlib.import_module
+
+    def broken(name):
+        if name == "kwh.cli.env":  # the module exists but needs a package that is missing
+            raise ModuleNotFoundError("No module named 'somedep'", name="somedep")
+        return real_import(name)
+
+    monkeypatch.setattr(cli.importlib, "import_module", broken)
+    with pytest.raises(ModuleNotFoundError, match="somedep"):
+        cli.build_parser()
+
+
+def test_every_registered_subcommand_has_a_function():
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0]
+    assert {"train", "env"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        assert callable(p.get_default("func")), name
+
+
+def test_env_reports_versions_without_initialising_cuda(capsys):
+    import torch
+
+    code, out, _ = run_main(["env"], capsys)
+    assert code == 0
+    for key in ("kwh", "python", "torch", "numpy", "platform", "cpu", "cores", "cuda_available",
+                "nvml", "rapl"):
+        assert f"- {key}: " in out, key
+    assert f"- torch: {torch.__version__}" in out
+    code, out, _ = run_main(["env", "--json"], capsys)
+    assert code == 0 and json.loads(out)["cuda_available"] == torch.cuda.is_available()
+    assert not torch.cuda.is_initialized()
+
+
+def test_train_maps_options_onto_the_config(capsys, tmp_path, data_root):
+    out_dir = tmp_path / "run"
+    argv = ["train", "--model", "lenet300", "--prior", "log-uniform", "--epochs", "1",
+            "--limit-train", "200", "--limit-test", "100", "--batch-size", "50", "--lr", "0.002",
+            "--seed", "7", "--threads", "1", "--kl-warmup", "0", "0.5", "--prior-option",
+            "threshold=2.5", "--data-dir", str(data_root), "--out-dir", str(out_dir),
+            "--no-progress"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert out.startswith("test error ") and "alive per layer: 1: " in out
+    assert out.rstrip().endswith(f"checkpoint: {out_dir / 'checkpoint.safetensors'}")
+    with open(out_dir / "config.json", encoding="utf-8") as f:
+        cfg = json.load(f)
+    assert {k: cfg[k] for k in ("model", "prior", "epochs", "limit_train", "batch_size", "lr",
+                                "seed", "threads", "kl_warmup_start", "kl_warmup_end",
+                                "prior_options")} == {
+        "model": "lenet300", "prior": "log-uniform", "epochs": 1, "limit_train": 200,
+        "batch_size": 50, "lr": 0.002, "seed": 7, "threads": 1, "kl_warmup_start": 0.0,
+        "kl_warmup_end": 0.5, "prior_options": {"threshold": 2.5}}
+    # Same folder again without --resume: refused, exit 2, the run left as it was.
+    code, _, err = run_main(argv, capsys)
+    assert code == 2 and "already holds a checkpoint; pass --resume" in err
+
+
+def test_python_dash_m_kwh_exits_2_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "kwh", "train", "--model", "resnet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "invalid choice: 'resnet'" in proc.stderr and "Traceback" not in proc.stderr
