@@ -218,7 +218,7 @@ def test_lenet5_file_round_trip_summary_and_report(tmp_path):
     model = lenet5_compressed()
     path = tmp_path / "lenet5.kwh"
     size = kwh.save(model, path)
-    assert size == os.path.getsize(path) == codec.payload_bytes(model)
+    assert size == os.path.getsize(path) == len(codec.encode(model))
     loaded = kwh.load(path)
     assert loaded.kwh_summary == model.kwh_summary and loaded.kwh_input_shape == (1, 28, 28)
     assert loaded[0].kwh_bits == 8 and loaded[0].kwh_frac_bits == 7
@@ -226,6 +226,8 @@ def test_lenet5_file_round_trip_summary_and_report(tmp_path):
     rep = codec.file_report(path)
     assert rep["file_bytes"] == size == (rep["preamble_bytes"] + rep["header_bytes"]
                                          + rep["payload_bytes"] + rep["trailer_bytes"])
+    assert rep["payload_bytes"] == codec.payload_bytes(model) == sum(
+        s["stored_bytes"] for s in rep["sections"])
     assert rep["elements"] == sum(p.numel() for p in model.parameters())
     assert rep["nonzero"] == sum(int(p.count_nonzero()) for p in model.parameters())
     assert [s["bits"] for s in rep["sections"]] == [8, 8, 8, 8]

@@ -246,8 +246,8 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def encode(model: nn.Module, input_shape: Any = None, level: int | None = None) -> bytes:
-    """The bytes of the .kwh file ``save`` would write (ModelError if the model can't be stored)."""
+def _encode_layers(model: nn.Module, level: int | None) -> tuple[list[dict], list[bytes]]:
+    """The header entries of a chain's layers and their stored sections."""
     if type(model) is not nn.Sequential:
         raise ModelError(f"a .kwh file stores a plain nn.Sequential chain, got "
                          f"{type(model).__name__}")
@@ -255,9 +255,6 @@ def encode(model: nn.Module, input_shape: Any = None, level: int | None = None) 
         raise ModelError(f"the model has {len(model)} layers, more than {MAX_MODULES}")
     if level is not None and (type(level) is not int or not 1 <= level <= 22):
         raise ValueError(f"level={level!r} is invalid; zstd levels are integers 1..22")
-    summary = getattr(model, "kwh_summary", None)
-    if summary is not None and not isinstance(summary, dict):
-        raise ModelError(f"kwh_summary must be a dict, got {type(summary).__name__}")
     modules, sections = [], []
     for i, module in enumerate(model):
         where = f"layer {i} ({type(module).__name__})"
@@ -280,6 +277,16 @@ def encode(model: nn.Module, input_shape: Any = None, level: int | None = None) 
         modules.append({"type": kind, "args": args, "section": section,
                         "quant": None if quant is None else {"bits": quant[0],
                                                              "frac_bits": quant[1]}})
+    return modules, sections
+
+
+def _encode_parts(model: nn.Module, input_shape: Any,
+                  level: int | None) -> tuple[bytes, list[bytes]]:
+    """The preamble with the stored header, and the stored sections, of a chain's file."""
+    modules, sections = _encode_layers(model, level)
+    summary = getattr(model, "kwh_summary", None)
+    if summary is not None and not isinstance(summary, dict):
+        raise ModelError(f"kwh_summary must be a dict, got {type(summary).__name__}")
     import kwh  # the producer's version; imported here because kwh imports this module
 
     header = {"producer": f"kwh {kwh.__version__}", "modules": modules,
@@ -298,8 +305,14 @@ def encode(model: nn.Module, input_shape: Any = None, level: int | None = None) 
         raise ModelError(f"the header takes {len(header_raw)} bytes, more than "
                          f"{MAX_HEADER_BYTES}; make kwh_summary smaller")
     codec, header_stored = _deflate(header_raw, level)
-    body = PREAMBLE.pack(MAGIC, VERSION, CODECS[codec], 0, len(header_stored), len(header_raw),
-                         _crc(header_stored)) + header_stored + b"".join(sections)
+    return PREAMBLE.pack(MAGIC, VERSION, CODECS[codec], 0, len(header_stored), len(header_raw),
+                         _crc(header_stored)) + header_stored, sections
+
+
+def encode(model: nn.Module, input_shape: Any = None, level: int | None = None) -> bytes:
+    """The bytes of the .kwh file ``save`` would write (ModelError if the model can't be stored)."""
+    head, sections = _encode_parts(model, input_shape, level)
+    body = head + b"".join(sections)
     return body + hashlib.sha256(body).digest()
 
 
@@ -335,8 +348,13 @@ def save(model: nn.Module, path: str | os.PathLike, *, input_shape: Any = None,
 
 def payload_bytes(model: nn.Module, *, input_shape: Any = None,
                   level: int | None = None) -> int:
-    """Size in bytes of the .kwh file ``save`` would write for ``model``, without writing it."""
-    return len(encode(model, input_shape=input_shape, level=level))
+    """Bytes of all tensor sections (weights, indices, biases; entropy-coded) ``save`` would
+    write for ``model``, without writing a file: ``file_report(path)["payload_bytes"]``.
+
+    The whole file adds the 24-byte preamble, the header and the 32-byte SHA-256;
+    ``len(encode(model))`` is its size.
+    """
+    return sum(len(s) for s in _encode_parts(model, input_shape, level)[1])
 
 
 # ------------------------------------------------------------------ load
