@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 __all__ = ["register", "run", "add_energy_options", "energy_settings"]
 
@@ -91,21 +88,6 @@ def run(args: argparse.Namespace) -> int:
                    frames=args.frames, progress=sys.stderr.isatty())
     print(format_comparison(comp))
     if args.json:
-        write_text_atomic(args.json, json.dumps(comp.to_dict(), indent=1) + "\n")
+        from kwh.train.checkpoint import atomic_write_bytes
+        atomic_write_bytes(args.json, (json.dumps(comp.to_dict(), indent=1) + "\n").encode())
     return 0
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

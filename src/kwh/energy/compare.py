@@ -75,11 +75,15 @@ def compare(loaded: LoadedModel, *, data: str | None = None, data_dir: str | Non
             dense_accuracy: float | None = None, accuracy: float | None = None,
             measure: bool = True, window_s: float = 2.0, sigma_delta: bool = False,
             scale: float = 16.0, sequences: int = 20, frames: int = 10,
-            progress: bool = False) -> Comparison:
-    """Modelled (and where possible measured) energy of ``loaded`` and its dense original."""
+            dense_optional: bool = False, progress: bool = False) -> Comparison:
+    """Modelled (and where possible measured) energy of ``loaded`` and its dense original.
+
+    ``dense_optional``: when the dense original cannot be recognised, leave it out with a note
+    instead of raising.
+    """
     table, cfg = table or HOROWITZ_45NM, config or EnergyConfig()
     model, summary = loaded.model.eval(), loaded.summary
-    shape = input_shape_for(data, summary, model, loaded.label)
+    shape = input_shape_for(data or loaded.data, summary, model, loaded.label)
     compressed = _is_compressed(model, summary)
     steps = tqdm(total=2 + int(sigma_delta), desc="kwh energy", disable=not progress,
                  leave=False)
@@ -89,8 +93,15 @@ def compare(loaded: LoadedModel, *, data: str | None = None, data_dir: str | Non
         from kwh.data import get_dataset
         batch = get_dataset(data, "test", data_dir, limit=256).tensors[0]
 
+    ref = None
     if compressed or dense is not None:
-        ref, ref_name = dense_reference(summary, dense)
+        try:
+            ref, ref_name = dense_reference(summary, dense)
+        except ValueError as e:
+            if not dense_optional:
+                raise
+            notes.append(f"dense original left out: {e}")
+    if ref is not None:
         est = estimate_energy(ref, shape, table, cfg).with_accuracy(dense_accuracy)
         note = ("given (--dense-accuracy)" if dense_accuracy is not None else
                 "not available: the dense original's trained weights are not in this file "

@@ -26,6 +26,7 @@ class LoadedModel:
     summary: dict | None
     label: str
     path: Path | None = None
+    data: str | None = None  # the data set it was trained on, when known (checkpoints)
 
 
 def _kwh_loader():
@@ -68,9 +69,10 @@ def _load_checkpoint(p: Path) -> LoadedModel:
     except (ImportError, AttributeError):
         raise KwhError("reading training checkpoints needs kwh.train.load_checkpoint, which "
                        "this installation does not have") from None
-    model, _config = load_checkpoint(p)
+    model, config = load_checkpoint(p)
     model.eval()
-    return LoadedModel(model, None, p.parent.name + "/" + p.name, p)
+    return LoadedModel(model, None, p.parent.name + "/" + p.name, p,
+                       getattr(config, "data", None))
 
 
 def _weight_shapes(model: nn.Module) -> list[tuple[int, ...]]:

@@ -1,0 +1,53 @@
+"""`kwh report MODEL --out report.html`: one self-contained HTML page about a (compressed) model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kwh.cli.energy import add_energy_options, energy_settings
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `report` subcommand."""
+    p = subparsers.add_parser(
+        "report", help="one self-contained HTML report: architecture, log alpha, bits, rates, "
+                       "energy, accuracy curves, calibration",
+        description="Write one HTML file (images inlined, no external resources) about MODEL: "
+                    "kept units per layer, log-alpha histograms (with --checkpoint), bits, "
+                    "compression rates, modelled energy per layer, accuracy-vs-compression "
+                    "curves from benchmark CSVs, reliability diagrams (with --data).")
+    p.add_argument("model", metavar="MODEL", help="a .kwh file, a training checkpoint, or a "
+                   "reference model name")
+    p.add_argument("--out", default="report.html", help="the HTML file to write "
+                   "(default report.html)")
+    p.add_argument("--checkpoint", default=None, metavar="RUN", help="Bayesian checkpoint or "
+                   "run folder: log-alpha histograms and the Bayesian reliability diagram")
+    p.add_argument("--log", default=None, help="training log.jsonl (default: the checkpoint's)")
+    p.add_argument("--results", default=None, metavar="DIR", help="benchmark CSVs for the "
+                   "accuracy curves (default: ./benchmarks/results when present)")
+    p.add_argument("--samples", type=int, default=20, help="posterior samples for the "
+                   "Bayesian reliability diagram")
+    p.add_argument("--measure", action="store_true", help="also measure energy (RAPL/NVML)")
+    add_energy_options(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build and write the report; returns the exit code."""
+    from kwh.energy.sources import load_model
+    from kwh.report import write_report
+    table, config = energy_settings(args)
+    if args.samples < 1:
+        raise ValueError(f"--samples must be a positive integer, got {args.samples}")
+    n = write_report(args.out, load_model(args.model), checkpoint=args.checkpoint, log=args.log,
+                     results_dir=args.results, data=args.data, data_dir=args.data_dir,
+                     limit=args.limit, table=table, config=config, dense=args.dense,
+                     dense_accuracy=args.dense_accuracy, accuracy=args.accuracy,
+                     measure=args.measure, samples=args.samples,
+                     progress=sys.stderr.isatty())
+    print(f"wrote {args.out} ({n:,} bytes)")
+    return 0
