@@ -44,7 +44,7 @@ def read_log(out_dir) -> list[dict]:
 
 
 def untimed(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")} for r in records]
 
 
 def assert_bit_equal(a: dict, b: dict) -> None:
