@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from kwh.errors import ModelError
 from kwh.spike import (DenseFrameNet, Herding, RoundingNet, SigmaDeltaNet, ThresholdNet,
                        convert, dense_macs, fanout_map, herd, naive_macs, round_half_up,
                        train_scales)
@@ -242,7 +243,7 @@ class Square(nn.Module):
     (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.BatchNorm1d(4)), "2:BatchNorm1d"),
 ])
 def test_unsupported_layer_error_names_layer_and_lists_supported(bad, where):
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(ModelError) as info:
         convert(bad, 4.0)
     msg = str(info.value)
     assert where in msg
@@ -254,7 +255,7 @@ def test_bad_scales_are_rejected():
         convert(mlp(), [1.0, 2.0])
     with pytest.raises(ValueError, match="positive"):
         RoundingNet(mlp(), [1.0, 0.0, 2.0])
-    with pytest.raises(TypeError, match="nn.Sequential"):
+    with pytest.raises(ModelError, match="nn.Sequential"):
         convert(nn.Linear(3, 3), 2.0)
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from kwh.errors import ModelError
+
 __all__ = ["Block", "Plan", "build_plan", "reference_forward", "SUPPORTED"]
 
 _WEIGHTED = (nn.Linear, nn.Conv2d)
@@ -65,7 +67,7 @@ class Plan:
 def _flatten(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Leaf layers of nested Sequentials, named ``index:Type``."""
     if not isinstance(model, nn.Sequential):
-        raise TypeError(
+        raise ModelError(
             f"sigma-delta conversion needs an nn.Sequential chain, got {type(model).__name__}")
     out: list[tuple[str, nn.Module]] = []
     for name, m in model.named_children():
@@ -82,10 +84,10 @@ def _fold(layer: nn.Module, bn: nn.Module | None) -> tuple[nn.Module, Tensor | N
     b = None if layer.bias is None else layer.bias.detach().clone()
     if bn is not None:
         if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(f"{type(bn).__name__} without running statistics cannot be folded; "
+            raise ModelError(f"{type(bn).__name__} without running statistics cannot be folded; "
                              "build it with track_running_stats=True")
         if bn.num_features != w.shape[0]:
-            raise ValueError(f"{type(bn).__name__}({bn.num_features}) does not match the "
+            raise ModelError(f"{type(bn).__name__}({bn.num_features}) does not match the "
                              f"{w.shape[0]} outputs of the layer before it")
         gamma = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_mean)
         beta = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
@@ -98,8 +100,8 @@ def _fold(layer: nn.Module, bn: nn.Module | None) -> tuple[nn.Module, Tensor | N
     return new, b
 
 
-def _unsupported(name: str, m: nn.Module) -> TypeError:
-    return TypeError(f"layer {name} ({m!r}) is not supported by sigma-delta conversion; "
+def _unsupported(name: str, m: nn.Module) -> ModelError:
+    return ModelError(f"layer {name} ({m!r}) is not supported by sigma-delta conversion; "
                      f"supported layers: {', '.join(SUPPORTED)}")
 
 
@@ -113,7 +115,7 @@ def build_plan(model: nn.Module) -> Plan:
         name, m = layers[i]
         if isinstance(m, _WEIGHTED):
             if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
-                raise ValueError(f"layer {name}: padding_mode={m.padding_mode!r} is not "
+                raise ModelError(f"layer {name}: padding_mode={m.padding_mode!r} is not "
                                  "supported; only 'zeros'")
             bn = None
             if i + 1 < len(layers) and isinstance(layers[i + 1][1], _NORMS):
@@ -122,7 +124,7 @@ def build_plan(model: nn.Module) -> Plan:
             layer, bias = _fold(m, bn)
             blocks.append(Block(layer, bias, nn.Sequential(), name))
         elif isinstance(m, _NORMS):
-            raise TypeError(f"layer {name} does not directly follow a Linear/Conv2d, so it "
+            raise ModelError(f"layer {name} does not directly follow a Linear/Conv2d, so it "
                             "cannot be folded; supported layers: " + ", ".join(SUPPORTED))
         elif isinstance(m, _POST) or isinstance(m, _DROPS):
             op = nn.Identity() if isinstance(m, _DROPS) else copy.deepcopy(m)
@@ -131,7 +133,7 @@ def build_plan(model: nn.Module) -> Plan:
             raise _unsupported(name, m)
         i += 1
     if not blocks:
-        raise ValueError("model has no Linear or Conv2d layer to convert")
+        raise ModelError("model has no Linear or Conv2d layer to convert")
     for b in blocks:
         b.post.eval()
     return Plan(nn.Sequential(*pre).eval(), blocks)
