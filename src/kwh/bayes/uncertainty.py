@@ -25,7 +25,7 @@ from kwh.bayes.layers import bayes_layers, sampling
 
 __all__ = ["Prediction", "predict", "predict_loader", "evaluate_uncertainty",
            "format_uncertainty", "load_ood", "load_model_file", "evaluate_model_file", "METHODS",
-           "DETERMINISTIC_NOTE"]
+           "DETERMINISTIC_NOTE", "REQUESTED_NOTE"]
 
 METHODS = ("auto", "bayes", "mc-dropout", "deterministic")
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -34,6 +34,7 @@ DETERMINISTIC_NOTE = (
     "deterministic model (no Bayesian layers, no dropout): one forward pass, mutual information 0; "
     "posterior samples need the Bayesian checkpoint from `kwh train` (kwh.train.load_checkpoint) -- "
     "a compressed model keeps only the posterior mean")
+REQUESTED_NOTE = "method='deterministic': one forward pass in eval mode, mutual information 0"
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,11 @@ def predict(model: nn.Module, x: Tensor, samples: int = 20, *, method: str = "au
         x = x.to(dev)
     with _predictive_mode(model, kind):
         if kind == "deterministic":
-            logp = F.log_softmax(model(x).double(), dim=-1)  # (B, C)
-            p = logp.exp()
+            logits = torch.cat([model(xb) for xb in x.split(max_rows)])  # (B, C)
+            p = F.softmax(logits.double(), dim=-1)
             h = _entropy(p)
-            return Prediction(p, h, h.clone(), torch.zeros_like(h), 1, kind, DETERMINISTIC_NOTE)
+            note = DETERMINISTIC_NOTE if method == "auto" else REQUESTED_NOTE
+            return Prediction(p, h, h.clone(), torch.zeros_like(h), 1, kind, note)
         parts = [_sample_block(model, xb, samples, max_rows) for xb in x.split(max_rows)]
     p = torch.cat([a for a, _ in parts])  # (B, C)
     eh = torch.cat([b for _, b in parts])  # (B,)
