@@ -90,7 +90,7 @@ def _is_weight(m: nn.Module) -> bool:
 def _conv_taps(m: nn.Module, in_shape: tuple[int, ...], mask: Tensor) -> int:
     """Sum over outputs of the taps that hit the input: conv(ones, 0/1 mask), exact in float64."""
     x = torch.ones((1, *in_shape), dtype=torch.float64)                 # (1, C, H, W)
-    y = F.conv2d(x, mask.to(torch.float64), None, m.stride, m.padding,
+    y = F.conv2d(x, mask.to("cpu", torch.float64), None, m.stride, m.padding,
                  m.dilation, m.groups)                                  # (1, O, Ho, Wo)
     return int(round(y.sum().item()))
 
