@@ -51,6 +51,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--val-sequences", type=int, default=300, help="for choosing lambda")
     p.add_argument("--compressed", default=None, metavar="FILE",
                    help="a kwh-compressed LeNet-5 (.kwh) to run as a sigma-delta net too")
+    p.add_argument("--compress-epochs", type=int, default=4,
+                   help="when no --compressed file: compress the LeNet-5 with kwh first "
+                        "(group-horseshoe, this many epochs; 0 to skip)")
+    p.add_argument("--compress-limit", type=int, default=10000,
+                   help="training examples for that compression run")
     p.add_argument("--lambdas", default="0,0.01,0.03,0.1,0.3,1,3")
     p.add_argument("--thresholds", default="0,0.1,0.2,0.4,0.8,1.6")
     p.add_argument("--init-scale", type=float, default=4.0)
@@ -185,8 +190,44 @@ def test_rows(args, plan, sweep, chosen, x_test, y_test):
     return rows, identity
 
 
+def compress_lenet5(model, args) -> Path:
+    """kwh-compress a copy of ``model``: group-horseshoe prior, free energy on shifted MNIST
+    (first --compress-limit examples, Adam lr 1e-3, batch 100, KL weight 0 -> 1 over the first
+    half), then kwh.compress."""
+    import copy
+
+    import kwh
+    from kwh.bayes import KLWarmup, param_groups
+    path = Path(args.checkpoint).with_name("spike_lenet5_ghs.kwh")
+    if path.exists():
+        return path
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    bayes = copy.deepcopy(model)
+    kwh.bayesify_(bayes, "group-horseshoe")
+    opt = torch.optim.Adam(param_groups(bayes, 1e-3))
+    train = load_mnist("train", args.data_dir, limit=args.compress_limit)
+    loader = batch_loader(train, 100, shuffle=True, seed=args.seed)
+    warm, n, steps = KLWarmup(0.0, args.compress_epochs / 2), len(train), len(loader)
+    for epoch in range(args.compress_epochs):
+        bayes.train()
+        t0 = time.time()
+        for i, (x, y) in enumerate(loader):
+            x = shift(x, args.train_shift, gen)
+            nll = F.cross_entropy(bayes(x), y)
+            loss = kwh.free_energy(bayes, nll, n, warm(epoch + i / steps))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print(f"compress epoch {epoch + 1}: loss {loss.item():.4f}, {time.time() - t0:.0f} s",
+              flush=True)
+    small = kwh.compress(bayes.eval(), input_shape=(1, 28, 28))
+    kwh.save(small, path, input_shape=(1, 28, 28))
+    return path
+
+
 def composed(args, lam, x_fit, x_test, y_test):
-    """A kwh-compressed LeNet-5 (--compressed FILE) as a sigma-delta net: rows or None."""
+    """A kwh-compressed LeNet-5 (--compressed FILE, or compressed here) as a sigma-delta net."""
     if not args.compressed:
         return None
     import kwh
@@ -208,6 +249,8 @@ def main() -> None:
     model = load_or_train(args)
     acc_static = static_accuracy(model, args.data_dir)
     print(f"static MNIST test accuracy {acc_static:.4f}", flush=True)
+    if not args.compressed and args.compress_epochs > 0:
+        args.compressed = str(compress_lenet5(model, args))
     plan = build_plan(model)
     x_test, y_test = sequences("test", args.sequences, args.frames, args.seed, args.data_dir)
     x_val, y_val = sequences("train", args.val_sequences, args.frames, args.seed + 1,
@@ -242,6 +285,15 @@ def write(args, rows, chosen, acc_static, base_val, identity, comp, seconds, t_s
     _atomic(out.with_suffix(".md"), _markdown(args, rows, chosen, acc_static, base_val,
                                               identity, comp, seconds, t_sweep))
     print(out.with_suffix(".md").read_text())
+
+
+def _arch(path: str) -> str:
+    """Architecture and bits from the file's summary."""
+    import kwh
+    summary = getattr(kwh.load(path), "kwh_summary", {}) or {}
+    return (f"architecture {summary.get('architecture', '?')} of "
+            f"{summary.get('architecture_original', '?')}, bits {summary.get('bits', '?')}, "
+            f"{summary.get('nonzero', '?')} nonzero weights of {summary.get('weights_original', '?')}")
 
 
 def _atomic(path: Path, text: str) -> None:
@@ -353,7 +405,8 @@ def _markdown(args, rows, chosen, acc_static, base_val, identity, comp, seconds,
         (_, _, cd, cd_run), (_, lam, cs, cs_run), scales = comp
         base = dense.dense_macs
         lines += [
-            f"`{args.compressed}`, scales learnt at lambda = {lam:g}: k = "
+            f"`{args.compressed}` ({_arch(args.compressed)}), scales learnt at lambda = "
+            f"{lam:g}: k = "
             f"{', '.join(f'{s:.3g}' for s in scales)}. Ops count only connections through "
             "nonzero weights (pruned weights do no work); savings are against the "
             f"uncompressed dense LeNet-5 ({base:,.0f} MACs/frame).",
