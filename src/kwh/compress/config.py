@@ -1,0 +1,66 @@
+"""CompressConfig: how kwh.compress prunes, folds and quantizes a trained model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# A float32 holds every integer up to 2**24 exactly, so a weight int * 2**-t stays exact in a
+# float32 tensor when the integer has at most 24 magnitude bits: kwh_bits <= 1 + 24.
+MAX_TOTAL_BITS = 25
+MAX_FRAC_BITS = 23  # clip of t_ij (Louizos et al. 2017, sec. 4: 23 mantissa bits of a float32)
+MIN_TOTAL_BITS = 2  # one sign bit and at least one magnitude bit
+
+
+@dataclass
+class CompressConfig:
+    """Options of ``kwh.compress``; defaults reproduce the paper's procedure.
+
+    threshold:   log-alpha pruning threshold for every Bayesian layer (None: each prior's default).
+    thresholds:  per-layer overrides by qualified layer name (win over ``threshold``).
+    quantize:    round the posterior means to each layer's fixed point (False: keep float32,
+                 for checking that pruning alone is exact).
+    max_bits:    cap on the total bits of any layer (1 sign + magnitude bits).
+    bits:        total bits per layer by name; the fraction bits are then chosen to fit the
+                 layer's largest weight.
+    plain_bits:  total bits of Linear/Conv2d layers that have no posterior (not Bayesian).
+    input_shape: one example's shape, e.g. (1, 28, 28); needed for conv nets unless eval
+                 data are given (then the first batch tells).
+    fold_batchnorm: fold BatchNorm into the conv/linear right before it (eval statistics).
+    """
+
+    threshold: float | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    quantize: bool = True
+    max_bits: int | None = None
+    bits: dict[str, int] = field(default_factory=dict)
+    plain_bits: int = MAX_TOTAL_BITS
+    input_shape: tuple[int, ...] | None = None
+    fold_batchnorm: bool = True
+    version: int = 1
+
+    def __post_init__(self):
+        if self.max_bits is not None:
+            _check_bits("max_bits", self.max_bits)
+        for name, n in self.bits.items():
+            _check_bits(f"bits[{name!r}]", n)
+        _check_bits("plain_bits", self.plain_bits)
+        if self.input_shape is not None:
+            shape = tuple(self.input_shape)
+            if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                                for d in shape):
+                raise ValueError(f"input_shape={self.input_shape!r} is invalid; give one "
+                                 "example's shape as positive integers, e.g. (1, 28, 28)")
+            self.input_shape = shape
+        for name, t in self.thresholds.items():
+            if not isinstance(t, (int, float)) or isinstance(t, bool):
+                raise ValueError(f"thresholds[{name!r}]={t!r} is not a number")
+
+    def threshold_for(self, name: str) -> float | None:
+        """The threshold override of one layer (None: the layer's own)."""
+        return self.thresholds.get(name, self.threshold)
+
+
+def _check_bits(what: str, n) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or not MIN_TOTAL_BITS <= n <= MAX_TOTAL_BITS:
+        raise ValueError(f"{what}={n!r} is invalid; total bits per weight must be an integer in "
+                         f"[{MIN_TOTAL_BITS}, {MAX_TOTAL_BITS}] (float32 holds 24 magnitude bits)")

@@ -1,0 +1,101 @@
+"""Bits per layer from the posterior variance, and fixed-point quantization of the means.
+
+Louizos et al. 2017, sec. 4 (REFERENCES.md sec. 4): each kept weight can justify
+t_ij = clip(floor(log2(1 / (2 Var[w_ij]))), 0, 23) fraction bits; the layer uses
+t_l = ceil(mean_ij t_ij) over its kept weights, and w_q = floor(w / 2^-t + 1/2) * 2^-t.
+
+The exponent, defined here so that it holds for any weight range (the reference's formula
+breaks when max|w| < 0.5): with the integers q = floor(w 2^t + 1/2), the magnitude bound is
+M = max|q| and the layer needs m = bit_length(M) magnitude bits (at least 1). Total bits
+= 1 (sign) + m = 1 + e + t with e = m - t. e may be negative: then every |w| < 2^e and the top
+-e fraction bits are always zero, so they are not stored (t stays the resolution 2^-t).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kwh.compress.config import MAX_FRAC_BITS, MAX_TOTAL_BITS, CompressConfig
+from kwh.errors import ModelError
+
+
+@dataclass(frozen=True)
+class LayerPrecision:
+    """Fixed point of one layer: t fraction bits, signed exponent e, total bits 1 + e + t."""
+
+    frac_bits: int  # t
+    exp_bits: int  # e = magnitude bits - t (may be negative, see module docstring)
+    bits: int  # 1 + e + t
+    posterior_frac_bits: int | None  # t_l from the posterior before any cap (None: no posterior)
+    source: str  # "posterior", "posterior, capped by max_bits", "override", "plain"
+
+
+def frac_bits_per_weight(var: Tensor) -> Tensor:
+    """t_ij = clip(floor(log2(1 / (2 Var))), 0, 23) (Louizos et al. 2017, sec. 4)."""
+    v = var.detach().to(torch.float64)
+    t = torch.floor(torch.log2(1.0 / (2.0 * v)))  # Var = 0 -> +inf -> clipped to 23
+    return t.clamp(0, MAX_FRAC_BITS).to(torch.int64)
+
+
+def layer_frac_bits(var: Tensor, kept: Tensor) -> int:
+    """t_l = ceil(mean of t_ij over the kept weights); 0 for a layer with none kept."""
+    t = frac_bits_per_weight(var)[kept]
+    if t.numel() == 0:
+        return 0
+    return int(math.ceil(t.to(torch.float64).mean().item() - 1e-12))
+
+
+def quantize_ints(weight: Tensor, frac_bits: int) -> Tensor:
+    """q = floor(w / 2^-t + 1/2): the integers of the fixed point (int64)."""
+    return torch.floor(weight.detach().to(torch.float64) * 2.0 ** frac_bits + 0.5).to(torch.int64)
+
+
+def quantize(weight: Tensor, frac_bits: int) -> Tensor:
+    """w_q = floor(w / 2^-t + 1/2) * 2^-t, in float64 (exact for |q| < 2^53)."""
+    return quantize_ints(weight, frac_bits).to(torch.float64) * 2.0 ** -frac_bits
+
+
+def magnitude_bits(weight: Tensor, frac_bits: int) -> int:
+    """m = bit_length(max |q|), at least 1; rounding is monotone, so the extremes decide."""
+    if weight.numel() == 0:
+        return 1
+    w = weight.detach().to(torch.float64)
+    ends = torch.stack([w.max(), w.min()])
+    bound = int(quantize_ints(ends, frac_bits).abs().max().item())
+    return max(1, bound.bit_length())
+
+
+def fit_frac_bits(weight: Tensor, total_bits: int, name: str = "layer") -> int:
+    """The largest t in [0, 23] with 1 + magnitude_bits(w, t) <= total_bits."""
+    for t in range(MAX_FRAC_BITS, -1, -1):
+        if 1 + magnitude_bits(weight, t) <= total_bits:
+            return t
+    need = 1 + magnitude_bits(weight, 0)
+    raise ModelError(f"layer {name!r}: {total_bits} bits cannot hold its largest weight "
+                     f"{weight.abs().max().item():.6g} even with 0 fraction bits; allow at least "
+                     f"{need} bits")
+
+
+def choose_precision(name: str, weight: Tensor, var: Tensor | None, kept: Tensor,
+                     config: CompressConfig) -> LayerPrecision:
+    """Fraction and total bits of one layer: posterior rule, then user cap or override."""
+    posterior_t = None if var is None else layer_frac_bits(var, kept)
+    if name in config.bits:
+        t, source = fit_frac_bits(weight, config.bits[name], name), "override"
+    elif posterior_t is None:
+        t, source = fit_frac_bits(weight, config.plain_bits, name), "plain"
+    else:
+        t, source = posterior_t, "posterior"
+        if config.max_bits is not None:
+            cap = fit_frac_bits(weight, config.max_bits, name)
+            if cap < t:
+                t, source = cap, "posterior, capped by max_bits"
+        # A float32 tensor holds int * 2^-t exactly only for |int| < 2^24.
+        t = min(t, fit_frac_bits(weight, MAX_TOTAL_BITS, name))
+    m = magnitude_bits(weight, t)
+    return LayerPrecision(frac_bits=t, exp_bits=m - t, bits=1 + m,
+                          posterior_frac_bits=posterior_t, source=source)

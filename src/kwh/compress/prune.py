@@ -1,0 +1,120 @@
+"""kwh.compress: a trained (Bayesian) chain -> a physically smaller, low-bit plain nn.Sequential.
+
+Steps: read each layer's eval-mode weight (posterior mean x keep mask) and posterior variance,
+fold BatchNorm into the layer before it, propagate dead units both ways (propagate.py), pick
+bits per layer from the posterior (precision.py), quantize, and build plain Linear/Conv2d
+layers carrying ``kwh_bits`` and ``kwh_frac_bits``; the model carries ``kwh_summary``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from kwh.bayes import BayesLayer
+from kwh.compress.chain import flatten_chain, infer_input_shape, probe_shapes
+from kwh.compress.config import CompressConfig
+from kwh.compress.metrics import evaluate
+from kwh.compress.precision import LayerPrecision, choose_precision, quantize
+from kwh.compress.propagate import propagate
+from kwh.compress.stages import Stage, build_stages
+from kwh.compress.summary import summarize
+from kwh.errors import ModelError
+
+
+def compress(model: nn.Module, config: CompressConfig | None = None, *,
+             eval_data: Iterable | None = None, **options) -> nn.Sequential:
+    """Prune, fold and quantize ``model``; returns a plain nn.Sequential with ``kwh_summary``.
+
+    ``config`` or keyword options (``compress(model, max_bits=8)``) set the CompressConfig.
+    ``eval_data`` (batches of (x, y)) adds the test error before and after quantization.
+    The input model is not changed.
+    """
+    if config is None:
+        config = CompressConfig(**options)
+    elif options:
+        raise TypeError("pass options either in the CompressConfig or as keywords, not both")
+    nodes = flatten_chain(model)
+    _check_names(nodes, config)
+    input_shape = _input_shape(model, nodes, config, eval_data)
+    probe_shapes(nodes, input_shape)
+    with torch.no_grad():
+        prefix, stages = build_stages(nodes, config)
+        propagate(stages)
+        precisions = [choose_precision(s.name, s.weight, s.var, s.kept, config) for s in stages]
+        small = assemble(prefix, stages, precisions if config.quantize else None)
+    summary = summarize(nodes, stages, precisions, small, input_shape, config)
+    if eval_data is not None:
+        unquantized = assemble(prefix, stages, None) if config.quantize else small
+        before, after = evaluate(unquantized, eval_data), evaluate(small, eval_data)
+        summary["eval"] = {
+            "examples": before["n"],
+            "error_before_quantization": before["error"],  # = the Bayesian model in eval mode
+            "error_after_quantization": after["error"],
+        }
+    small.kwh_summary = summary
+    return small
+
+
+@torch.no_grad()
+def assemble(prefix: list[nn.Module], stages: list[Stage],
+             precisions: list[LayerPrecision] | None) -> nn.Sequential:
+    """The plain model: quantized weights (or float32 ones when ``precisions`` is None)."""
+    layers = [copy.deepcopy(m) for m in prefix]
+    for i, s in enumerate(stages):
+        prec = None if precisions is None else precisions[i]
+        w = s.weight if prec is None else quantize(s.weight, prec.frac_bits)
+        layers.append(_plain_layer(s, w, prec))
+        layers += s.after_modules()
+    return nn.Sequential(*layers).eval()
+
+
+def _plain_layer(s: Stage, w: torch.Tensor, prec: LayerPrecision | None) -> nn.Module:
+    has_bias = s.had_bias or bool(s.bias.any())
+    out_f, in_f = w.shape[:2]
+    if s.conv:  # skip_init: no random initialisation, so the caller's RNG stream is untouched
+        m = s.module
+        layer = nn.utils.skip_init(nn.Conv2d, in_f, out_f, tuple(w.shape[2:]), stride=m.stride,
+                                   padding=m.padding, dilation=m.dilation, bias=has_bias)
+    else:
+        layer = nn.utils.skip_init(nn.Linear, in_f, out_f, bias=has_bias)
+    layer.weight.copy_(w.to(torch.float32))
+    if has_bias:
+        layer.bias.copy_(s.bias.to(torch.float32))  # biases stay float32 (not quantized)
+    layer.kwh_bits = 32 if prec is None else prec.bits
+    layer.kwh_frac_bits = None if prec is None else prec.frac_bits
+    return layer
+
+
+def _check_names(nodes, config: CompressConfig) -> None:
+    bayes = [n.name for n in nodes if isinstance(n.module, BayesLayer)]
+    weighted = [n.name for n in nodes if n.weighted]
+    for name in config.thresholds:
+        if name not in bayes:
+            raise ValueError(f"thresholds: no Bayesian layer named {name!r}; Bayesian layers: "
+                             f"{', '.join(bayes) or 'none'}")
+    for name in config.bits:
+        if name not in weighted:
+            raise ValueError(f"bits: no Linear/Conv2d layer named {name!r}; layers: "
+                             f"{', '.join(weighted)}")
+
+
+def _input_shape(model: nn.Module, nodes, config: CompressConfig, eval_data) -> tuple[int, ...]:
+    """From the config, the model's ``kwh_input_shape``, the first eval batch, or a Linear."""
+    if config.input_shape is not None:
+        return tuple(config.input_shape)
+    shape = getattr(model, "kwh_input_shape", None)
+    if shape is not None:
+        return tuple(int(d) for d in shape)
+    if eval_data is not None:
+        for batch in eval_data:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            return tuple(x.shape[1:])
+    shape = infer_input_shape(nodes)
+    if shape is None:
+        raise ModelError("kwh.compress needs the input shape of this model to size its layers; "
+                         "pass CompressConfig(input_shape=(C, H, W)) or eval_data")
+    return shape

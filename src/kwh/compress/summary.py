@@ -1,0 +1,191 @@
+"""The compressed model's summary (a JSON-ready dict) and its pretty printer.
+
+Counting follows Louizos et al. 2017, Table 1 (REFERENCES.md sec. 5): the architecture string
+lists kept filters for a conv layer and kept input units for a fully connected one
+(5-10-76-16 = 5*25 + 10*5*25 + 76*16 + 16*10 = 2751 weights for LeNet-5); pruning is the
+original weight count over the pruned dense architecture's (group priors) or 1 / (2 density)
+(CSR with a 32-bit value and a 32-bit index per weight: unstructured, starred in the paper);
+fast prediction is 32 |W| / sum_l |W_l| (1 + e + t_l); maximum compression is 32 |W| over the
+bits of the real entropy-coded weight payload.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kwh.bayes import BayesLayer
+from kwh.compress.chain import NORMS, Node
+from kwh.compress.config import CompressConfig
+from kwh.compress.payload import STANDIN, standin_payload_bytes
+from kwh.compress.precision import LayerPrecision, quantize_ints
+from kwh.compress.stages import Stage
+
+SUMMARY_VERSION = 1
+
+
+def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrecision],
+              small: nn.Sequential, input_shape: tuple[int, ...],
+              config: CompressConfig) -> dict:
+    """Everything a report needs about the compression, computed from the actual tensors."""
+    plain = [m for m in small if isinstance(m, (nn.Linear, nn.Conv2d))]
+    orig_nodes = [n for n in nodes if n.weighted]
+    layers = [_layer(n, s, p, m) for n, s, p, m in zip(orig_nodes, stages, precisions, plain)]
+    w_orig = sum(d["weights_original"] for d in layers)
+    w_dense = sum(d["weights_pruned_dense"] for d in layers)
+    nnz = sum(d["nonzero"] for d in layers)
+    unstructured = any(s.structured is False for s in stages)
+    ints = [quantize_ints(s.weight, p.frac_bits) for s, p in zip(stages, precisions)]
+    payload = standin_payload_bytes(ints)
+    dense_bits = sum(d["weights_pruned_dense"] * d["bits"] for d in layers)
+    csr_bits = sum(2 * d["nonzero"] * d["bits"] for d in layers)
+    rates = {
+        "kind": "csr (unstructured)" if unstructured else "structured",
+        "pruning": _ratio(w_orig, 2 * nnz) if unstructured else _ratio(w_orig, w_dense),
+        "fast_prediction": _ratio(32 * w_orig, csr_bits if unstructured else dense_bits),
+        "fast_prediction_dense": _ratio(32 * w_orig, dense_bits),
+        "max_compression": _ratio(32 * w_orig, 8 * payload),
+        "max_compression_source": STANDIN,
+    }
+    orig_bytes = sum(_orig_param_count(n) for n in nodes) * 4
+    small_bytes = sum(t.numel() for t in _float_tensors(small)) * 4
+    return {
+        "version": SUMMARY_VERSION,
+        "input_shape": list(input_shape),
+        "num_classes": int(stages[-1].weight.shape[0]),
+        "priors": sorted({s.prior for s in stages if s.prior is not None}),
+        "quantized": bool(config.quantize),
+        "architecture_original": "-".join(str(d["arch_original"]) for d in layers),
+        "architecture": "-".join(str(d["arch"]) for d in layers),
+        "bits": "-".join(str(d["bits"]) for d in layers),
+        "layers": layers,
+        "weights_original": w_orig,
+        "weights_pruned_dense": w_dense,
+        "weights": sum(d["weights"] for d in layers),
+        "nonzero": nnz,
+        "density": nnz / w_orig if w_orig else 0.0,
+        "macs_original": sum(d["macs_original"] for d in layers),
+        "macs": sum(d["macs"] for d in layers),
+        "macs_nonzero": sum(d["macs_nonzero"] for d in layers),
+        "size_fp32_original_bytes": orig_bytes,
+        "size_fp32_bytes": small_bytes,
+        "bias_bytes": sum(4 * m.bias.numel() for m in plain if m.bias is not None),
+        "payload_bytes": payload,
+        "rates": rates,
+        "config": {"threshold": config.threshold, "thresholds": dict(config.thresholds),
+                   "max_bits": config.max_bits, "bits": dict(config.bits),
+                   "fold_batchnorm": config.fold_batchnorm},
+    }
+
+
+def _layer(n: Node, s: Stage, p: LayerPrecision, m: nn.Module) -> dict:
+    conv = s.conv
+    orig_shape = list(s.orig_weight_shape)
+    positions = math.prod(s.out_shape[1:]) if conv else 1  # output pixels per example
+    w = s.weight  # pruned, before quantization: the structure the posterior chose
+    nz_cols = int((w.transpose(0, 1).reshape(w.shape[1], -1) != 0).any(dim=1).sum())
+    kernel = math.prod(w.shape[2:]) if conv else 1
+    nonzero = int(torch.count_nonzero(m.weight))  # after quantization: what is stored
+    return {
+        "name": n.name,
+        "type": "Conv2d" if conv else "Linear",
+        "prior": s.prior,
+        "threshold": s.threshold,
+        "batchnorm_folded": list(s.folded),
+        "shape_original": orig_shape,
+        "shape": list(m.weight.shape),
+        "arch_original": orig_shape[0] if conv else orig_shape[1],
+        "arch": int(w.shape[0]) if conv else nz_cols,
+        "carrier_units": len(set(s.carriers) & set(s.rows.tolist())),
+        "bits": p.bits,
+        "frac_bits": p.frac_bits,
+        "exp_bits": p.exp_bits,
+        "posterior_frac_bits": p.posterior_frac_bits,
+        "bits_source": p.source,
+        "weights_original": math.prod(orig_shape),
+        "weights": int(m.weight.numel()),
+        "weights_pruned_dense": int(w.shape[0]) * nz_cols * kernel,
+        "nonzero": nonzero,
+        "macs_original": math.prod(orig_shape) * positions,
+        "macs": int(m.weight.numel()) * positions,
+        "macs_nonzero": nonzero * positions,  # zero-padding borders counted as full windows
+    }
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _orig_param_count(n: Node) -> int:
+    """Parameters of the deterministic original layer (weights, biases, BatchNorm stats)."""
+    m = n.module
+    if isinstance(m, BayesLayer):
+        return math.prod(m.prior.weight_shape) + (0 if m.bias is None else m.bias.numel())
+    if isinstance(m, NORMS):
+        return m.num_features * (4 if m.affine else 2)
+    return sum(p.numel() for p in m.parameters())
+
+
+def _float_tensors(model: nn.Module):
+    yield from model.parameters()
+    yield from (b for b in model.buffers() if b.is_floating_point())
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _rate(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:,.1f}x"
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a readable text block (what `kwh compress` and `kwh inspect` print)."""
+    s = summary
+    priors = ", ".join(s["priors"]) or "none (plain layers)"
+    lines = [
+        f"input {tuple(s['input_shape'])}, {s['num_classes']} outputs, prior: {priors}",
+        f"architecture  {s['architecture_original']}  ->  {s['architecture']}"
+        "   (conv: kept filters, fc: kept input units)",
+        f"bits          {s['bits']}   (1 sign + e + t per weight; biases float32)"
+        + ("" if s["quantized"] else "   [not applied: weights left float32]"),
+        "",
+        f"{'layer':<12} {'type':<7} {'weight shape':<24} {'bits':>4} {'e':>3} {'t':>3} "
+        f"{'nonzero/weights':>22} {'MACs':>22}",
+    ]
+    for d in s["layers"]:
+        shape = f"{'x'.join(map(str, d['shape_original']))}->{'x'.join(map(str, d['shape']))}"
+        frac = d["nonzero"] / d["weights"] if d["weights"] else 0.0
+        nz = f"{d['nonzero']:,}/{d['weights']:,} ({_pct(frac)})"
+        macs = f"{d['macs_original']:,}->{d['macs']:,}"
+        extra = []
+        if d["batchnorm_folded"]:
+            extra.append("BN folded")
+        if d["carrier_units"]:
+            extra.append(f"{d['carrier_units']} carrier")
+        note = f"  [{', '.join(extra)}]" if extra else ""
+        lines.append(f"{d['name']:<12} {d['type']:<7} {shape:<24} {d['bits']:>4} "
+                     f"{d['exp_bits']:>3} {d['frac_bits']:>3} {nz:>22} {macs:>22}{note}")
+    r = s["rates"]
+    lines += [
+        "",
+        f"weights       {s['weights_original']:,} -> {s['weights_pruned_dense']:,} in the pruned "
+        f"dense architecture; {s['nonzero']:,} nonzero ({_pct(s['density'])} of the original)",
+        f"MACs          {s['macs_original']:,} -> {s['macs']:,} "
+        f"({s['macs_nonzero']:,} with nonzero weights)",
+        f"size          {s['size_fp32_original_bytes']:,} B fp32 dense -> "
+        f"{s['size_fp32_bytes']:,} B fp32 dense small net; weight payload "
+        f"{s['payload_bytes']:,} B + biases {s['bias_bytes']:,} B",
+        f"rates ({r['kind']})  pruning {_rate(r['pruning'])}   fast prediction "
+        f"{_rate(r['fast_prediction'])}   max compression {_rate(r['max_compression'])}",
+        f"              max compression from: {r['max_compression_source']}",
+    ]
+    if s.get("file_bytes") is not None:
+        lines.append(f"file          {s['file_bytes']:,} B on disk")
+    ev = s.get("eval")
+    if ev:
+        lines.append(f"test error    {_pct(ev['error_before_quantization'])} before quantization, "
+                     f"{_pct(ev['error_after_quantization'])} after ({ev['examples']:,} examples)")
+    return "\n".join(lines)
