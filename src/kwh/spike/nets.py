@@ -62,8 +62,9 @@ class SequenceNet:
 
         ``batch_size`` splits the B sequences into chunks run one after another (less memory).
         """
-        if x.dim() < 2:
-            raise ValueError(f"expected sequences of shape (T, B, *frame), got {tuple(x.shape)}")
+        if x.dim() < 2 or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"expected sequences of shape (T, B, *frame) with T, B >= 1, got "
+                             f"{tuple(x.shape)}")
         if batch_size is None or batch_size >= x.shape[1]:
             return self._run(x)
         return SpikeRun.cat([self._run(c) for c in x.split(batch_size, dim=1)])
@@ -86,7 +87,8 @@ class SequenceNet:
                 m, count = coder.encode(a)                      # (B, *in) each
                 ops[l, t] = (count * fan).flatten(1).sum(1)
                 ops_nz[l, t] = (count * fan_nz).flatten(1).sum(1)
-                dense[:, l] = torch.tensor([fan.sum(), fan_nz.sum(), naive])
+                if t == 0:
+                    dense[:, l] = torch.tensor([fan.sum(), fan_nz.sum(), naive])
                 y = block.linear(m)                             # (B, *out), no bias
                 if coder.accumulates:                           # sigma: running sum
                     sums[l] = block.add_bias(y) if sums[l] is None else sums[l] + y
