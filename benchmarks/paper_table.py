@@ -36,6 +36,8 @@ PRIORS = {"log-uniform": "kwh Sparse VD (log-uniform)", "group-nj": "kwh BC-GNJ 
 BUDGETS = {
     "quick": dict(pretrain_epochs=1, epochs=2, limit_train=2000, limit_test=1000, dc_rounds=2,
                   tp_epochs=0.5, repeats=3),
+    "cpu": dict(pretrain_epochs=10, epochs=30, limit_train=None, limit_test=None, dc_rounds=3,
+                tp_epochs=1, repeats=5),
     "full": dict(pretrain_epochs=20, epochs=200, limit_train=None, limit_test=None, dc_rounds=5,
                  tp_epochs=5, repeats=5),
 }
@@ -59,10 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tp-ratios", type=float, nargs="+", default=list(structured.RATIOS))
     p.add_argument("--threads", type=int, default=1, help="torch threads (training and timing)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--repeats", type=int, help="timed passes per throughput median (overrides)")
+    p.add_argument("--bench-batch", type=int, default=1000, help="images per timed pass")
     a = p.parse_args(argv)
     check_net_data(a.net, a.data)
     cfg = dict(BUDGETS[a.budget])
-    for k in ("epochs", "pretrain_epochs", "limit_train", "limit_test"):
+    for k in ("epochs", "pretrain_epochs", "limit_train", "limit_test", "repeats"):
         if getattr(a, k) is not None:
             if getattr(a, k) < (1 if k != "pretrain_epochs" else 0):
                 p.error(f"--{k.replace('_', '-')} must be positive, got {getattr(a, k)}")
@@ -74,7 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def machine_info() -> dict:
     cpu = platform.processor() or ""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
     try:
@@ -136,15 +141,16 @@ def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, di
     train_plain(dense, data, cfg["pretrain_epochs"], a.lr, seed)
     pre_s = clock()
     w_orig = sum(m.weight.numel() for m in weighted_layers(dense))
-    x_bench = data.x_test[:1000]
-    if len(x_bench) < 1000:  # batch 1000 always: repeat the test images when there are fewer
-        x_bench = x_bench.repeat(1000 // len(x_bench) + 1, 1, 1, 1)[:1000]
+    nb = a.bench_batch
+    x_bench = data.x_test[:nb]
+    if len(x_bench) < nb:  # the full timing batch always: repeat test images when there are fewer
+        x_bench = x_bench.repeat(nb // len(x_bench) + 1, 1, 1, 1)[:nb]
     reps = cfg["repeats"]
     base = {"seed": seed}
     rows = []
     nbytes = _save_plain(dense, files / f"seed{seed}_dense.kwh", data)
     r = {**base, "method": "dense (pretrained start)", "bits": "-".join(["32"] * len(weighted_layers(dense))),
-         **measure(dense, data, w_orig, x_bench, reps), **table.rates(dense, w_orig, [32] * len(weighted_layers(dense)), True, None),
+         **measure(dense, data, w_orig, x_bench, reps), **table.rates(dense, w_orig, [32] * len(weighted_layers(dense)), True, _payload(dense, data)),
          "max_compression_huffman": None, "file_bytes": nbytes, "wall_s": pre_s,
          "epochs": f"{cfg['pretrain_epochs']} pretrain"}
     rows.append(r)
@@ -179,10 +185,9 @@ def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, di
     dc_pruned_err = 100 * test_error(dc, data)
     shared = deep_compression.share_weights(dc, 8, 5, seed)
     dcf = deep_compression.write_file(files / f"seed{seed}_deep_compression.sphf", shared)
-    syms = [torch.from_numpy(d["symbols"]).view(d["shape"]) for d in shared]
     bits = [d["bits"] for d in shared]
     r = {**base, "method": "Deep Compression (prune+k-means+Huffman)", **measure(dc, data, w_orig, x_bench, reps),
-         "bits": "-".join(map(str, bits)), **table.rates(dc, w_orig, bits, False, syms),
+         "bits": "-".join(map(str, bits)), **table.rates(dc, w_orig, bits, False, dcf["payload_bytes"] + dcf["bias_bytes"]),
          "max_compression_huffman": 32 * w_orig / (8 * dcf["payload_bytes"]),
          "file_bytes": dcf["file_bytes"], "wall_s": clock(),
          "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} retrain ({cfg['dc_rounds']} rounds)",
@@ -196,7 +201,7 @@ def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, di
     tpm, ratio, tried = structured.search(dense, data, target, cfg["tp_epochs"], a.lr, seed, a.tp_ratios)
     nl = len(weighted_layers(tpm))
     r = {**base, "method": f"Torch-Pruning L1 structured (ratio {ratio})", **measure(tpm, data, w_orig, x_bench, reps),
-         "bits": "-".join(["32"] * nl), **table.rates(tpm, w_orig, [32] * nl, True, None),
+         "bits": "-".join(["32"] * nl), **table.rates(tpm, w_orig, [32] * nl, True, _payload(tpm, data)),
          "max_compression_huffman": None, "file_bytes": _save_plain(tpm, files / f"seed{seed}_torch_pruning.kwh", data),
          "wall_s": clock(), "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['tp_epochs']} x {len(tried)} fine-tune",
          "tp_tried": tried, "tp_target_error_pct": 100 * target}
@@ -206,6 +211,11 @@ def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, di
     return rows, histories, alphas
 
 
+def _payload(model, data) -> int:
+    from kwh.compress.codec import payload_bytes
+    return int(payload_bytes(model, input_shape=data.input_shape))
+
+
 def _save_plain(model, path: Path, data) -> int:
     from kwh.compress.codec import save
     return int(save(model, path, input_shape=data.input_shape))
@@ -213,6 +223,7 @@ def _save_plain(model, path: Path, data) -> int:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    a.argv = argv
     torch.set_num_threads(a.threads)
     cfg = a.cfg
     out = Path(a.out)
@@ -220,7 +231,12 @@ def main(argv=None) -> int:
     files = out / f"{stem}_files"
     files.mkdir(parents=True, exist_ok=True)
     log_path = out / f"{stem}.log"
-    logf = open(log_path, "w")
+    with open(log_path, "w") as logf:
+        return _run(a, out, stem, files, logf)
+
+
+def _run(a, out: Path, stem: str, files: Path, logf) -> int:
+    cfg = a.cfg
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -243,7 +259,7 @@ def main(argv=None) -> int:
     plots.error_vs_compression(rows, a.net, out / f"{stem}_error_vs_compression.png")
     plots.alive_units(histories[first], layer_names, out / f"{stem}_alive_units.png")
     plots.log_alpha_histograms(alphas[first], out / f"{stem}_log_alpha.png")
-    command = "python -m benchmarks.paper_table " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks.paper_table " + " ".join(sys.argv[1:] if a.argv is None else a.argv)
     spread = table.spread(rows)
     md = [f"# Bayesian Compression table: {a.net} on {a.data}", "",
           f"Command: `{command}`", "",
@@ -256,14 +272,16 @@ def main(argv=None) -> int:
                               ["method", "seeds"] + table.SPREAD), ""]
     md += ["## Published (Louizos, Ullrich, Welling 2017, Table 1)", "", table.paper_markdown(a.net), "",
            "Rates: pruning = |W| / pruned dense weights (structured) or 1 / (2 density) (unstructured CSR);",
-           "fast pred. = 32 |W| / bits of the stored weights; max compr. (zstd CSR) = 32 |W| / bits of",
-           "kwh's stand-in payload (zstd-19 of relative-index CSR of the integer weights, weights only);",
+           "fast pred. = 32 |W| / bits of the stored weights; max compr. (file payload) = 32 |W| / bits",
+           "of the entropy-coded tensor sections of the method's real file (weights, indices, float32",
+           "biases; the .kwh codec's payload_bytes as kwh_summary counts it; for Deep Compression its",
+           "Huffman file's codebooks, tables, streams and biases);",
            "max compr. (Huffman CSR) = the same over the Huffman-coded relative-index CSR streams with",
            "codebooks and code tables of a real file (8-bit gaps conv, 5-bit fc), weights only.",
            "File bytes: the whole real file (.kwh for kwh, dense and Torch-Pruning rows; the",
            "relative-index Huffman file for Deep Compression), headers and float32 biases included.",
            "Deep Compression: 8-bit k-means codebooks for conv, 5-bit for fc, centroids not fine-tuned.",
-           "Throughput: batch 1000, median of repeats, torch threads as in Machine.", ""]
+           f"Throughput: batch {a.bench_batch}, median of {cfg['repeats']} repeats, torch threads as in Machine.", ""]
     (out / f"{stem}.md").write_text("\n".join(md))
     (out / f"{stem}.csv").write_text(table.csv_text(rows))
     (out / f"{stem}.json").write_text(json.dumps(
@@ -271,7 +289,6 @@ def main(argv=None) -> int:
          "spread": spread, "histories": {str(k): v for k, v in histories.items()},
          "log_alpha_histograms": {str(k): v for k, v in alphas.items()}}, indent=1))
     log(f"wrote {out / stem}.md/.csv/.json and plots in {total():.0f} s")
-    logf.close()
     return 0
 
 

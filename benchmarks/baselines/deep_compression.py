@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 from torch.nn.utils import prune
 
@@ -60,12 +62,15 @@ def share_weights(model: nn.Module, conv_bits: int, fc_bits: int, seed: int) -> 
         symbols = np.zeros(w.size, dtype=np.int64)
         codebook = np.zeros(0, dtype=np.float32)
         if k:
-            init = np.linspace(vals.min(), vals.max(), k).reshape(-1, 1)  # linear init
             fit = vals
             if len(vals) > KMEANS_FIT_MAX:
                 pick = np.random.default_rng(seed + i).choice(len(vals), KMEANS_FIT_MAX, replace=False)
                 fit = vals[pick]
-            km = KMeans(n_clusters=k, init=init, n_init=1, random_state=seed).fit(fit)
+            k = min(k, len(np.unique(fit)))  # a subsample may hold fewer distinct values
+            init = np.linspace(vals.min(), vals.max(), k).reshape(-1, 1)  # linear init
+            with warnings.catch_warnings():  # ties among float32 weights: fewer clusters is fine
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                km = KMeans(n_clusters=k, init=init, n_init=1, random_state=seed).fit(fit)
             codebook = km.cluster_centers_.reshape(-1).astype(np.float32)
             labels = km.predict(vals)
             symbols[nz] = labels + 1  # 0 stays "pruned"

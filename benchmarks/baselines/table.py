@@ -10,15 +10,13 @@ import statistics
 import torch
 from torch import nn
 
-from kwh.compress.payload import standin_payload_bytes
-
 from benchmarks.baselines.common import weighted_layers
 
 COLUMNS = ["method", "seed", "error_pct", "arch", "bits", "nonzero_pct", "pruning", "fast_prediction",
            "max_compression", "max_compression_huffman", "file_bytes", "macs", "macs_nonzero",
            "images_per_s", "wall_s", "epochs"]
 HEADERS = ["method", "seed", "error %", "pruned arch.", "bits", "|w!=0|/|w| %", "pruning",
-           "fast pred.", "max compr. (zstd CSR)", "max compr. (Huffman CSR)", "file bytes", "MACs",
+           "fast pred.", "max compr. (file payload)", "max compr. (Huffman CSR, weights)", "file bytes", "MACs",
            "MACs (w!=0)", "images/s", "wall s", "epochs"]
 
 # Louizos, Ullrich, Welling 2017, Table 1 (REFERENCES.md sec. 5): (method, arch, bits,
@@ -49,12 +47,13 @@ def arch_of(model: nn.Module) -> str:
 
 
 def rates(model: nn.Module, w_orig: int, bits: list[int], structured: bool,
-          symbols: list[torch.Tensor] | None) -> dict:
+          payload_bytes: int) -> dict:
     """Pruning, fast prediction and max compression, counted as kwh.compress.summary counts them.
 
     structured: the model is physically smaller (its weight tensors are the pruned dense
-    architecture); else CSR with a value and an index per nonzero. ``symbols``: the integers
-    stored per layer (None: float32 weights, max compression = fast prediction).
+    architecture); else CSR with a value and an index per nonzero. ``payload_bytes``: the
+    entropy-coded tensor bytes of the method's real file (weights, indices, biases), as
+    kwh_summary's max compression counts the .kwh payload.
     """
     layers = weighted_layers(model)
     nnz = [int(torch.count_nonzero(m.weight)) for m in layers]
@@ -65,7 +64,7 @@ def rates(model: nn.Module, w_orig: int, bits: list[int], structured: bool,
     else:
         pruning = w_orig / (2 * sum(nnz))
         fast = 32 * w_orig / sum(2 * n * b for n, b in zip(nnz, bits))
-    maxc = fast if symbols is None else 32 * w_orig / (8 * standin_payload_bytes(symbols))
+    maxc = 32 * w_orig / (8 * payload_bytes)
     return {"pruning": pruning, "fast_prediction": fast, "max_compression": maxc,
             "nonzero_pct": 100 * sum(nnz) / w_orig}
 

@@ -1,0 +1,123 @@
+"""The paper-table benchmark end to end on tiny data: every method row, sane numbers, real files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import paper_table
+from benchmarks.baselines import huffman, sparse_file
+from benchmarks.baselines.common import load_data
+from benchmarks.baselines.common import test_error as error_of
+from kwh.compress.codec import load
+
+METHODS = ("dense", "Sparse VD", "BC-GNJ", "BC-GHS", "Deep Compression", "Torch-Pruning")
+
+
+def _write_cifar(folder: Path, n_train_file: int, n_test: int) -> None:
+    """Tiny CIFAR-10 binary batches: per record 1 label byte + 3072 pixel bytes (R, G, B planes)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+    for name in names:
+        n = n_test if name == "test_batch.bin" else n_train_file
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        pixels = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+        pixels[:, labels % 3] = np.minimum(255, pixels[:, labels % 3].astype(int) + 60).astype(np.uint8)  # learnable hint
+        records = np.concatenate([labels[:, None], pixels.reshape(n, -1)], axis=1)  # (n, 3073)
+        records.astype(np.uint8).tofile(folder / name)
+
+
+def _check_outputs(out: Path, stem: str, files_dir: Path, data, seed: int = 0) -> list[dict]:
+    for suffix in (".md", ".csv", ".json", "_error_vs_compression.png", "_alive_units.png",
+                   "_log_alpha.png"):
+        assert (out / f"{stem}{suffix}").is_file(), suffix
+    rows = list(csv.DictReader(io.StringIO((out / f"{stem}.csv").read_text())))
+    assert len(rows) == len(METHODS)
+    for m in METHODS:
+        assert sum(m in r["method"] for r in rows) == 1, m
+    for r in rows:
+        assert 0 <= float(r["error_pct"]) <= 100
+        assert 0 < float(r["nonzero_pct"]) <= 100
+        assert float(r["pruning"]) > 0.4 and float(r["fast_prediction"]) > 0.4
+        assert int(r["file_bytes"]) > 0 and int(r["macs"]) >= int(r["macs_nonzero"]) > 0
+        assert float(r["images_per_s"]) > 0
+    md = (out / f"{stem}.md").read_text()
+    assert "Published" in md and all(m in md for m in METHODS)
+    # the .kwh files are real: they load and give the row's test error on the same test set
+    for prior in ("log-uniform", "group-nj", "group-horseshoe"):
+        path = files_dir / f"seed{seed}_{prior}.kwh"
+        row = next(r for r in rows if prior in r["method"])
+        assert path.stat().st_size == int(row["file_bytes"])
+        err = 100 * error_of(load(path), data)
+        assert err == pytest.approx(float(row["error_pct"]), abs=1e-9)
+    dc = next(r for r in rows if "Deep Compression" in r["method"])
+    assert (files_dir / f"seed{seed}_deep_compression.sphf").stat().st_size == int(dc["file_bytes"])
+    return rows
+
+
+def test_vgg_cifar10_quick_pipeline(tmp_path):
+    _write_cifar(tmp_path / "data" / "cifar-10-batches-bin", 20, 30)
+    out = tmp_path / "out"
+    args = ["--net", "vgg", "--data", "cifar10", "--budget", "quick", "--data-dir", str(tmp_path / "data"),
+            "--out", str(out), "--width", "0.0625", "--epochs", "1", "--pretrain-epochs", "1",
+            "--limit-train", "100", "--limit-test", "30", "--tp-ratios", "0.5",
+            "--repeats", "1", "--bench-batch", "50"]
+    assert paper_table.main(args) == 0
+    data = load_data("cifar10", str(tmp_path / "data"), 100, 30)
+    rows = _check_outputs(out, "paper_table_vgg_cifar10", out / "paper_table_vgg_cifar10_files", data)
+    assert len(rows[0]["bits"].split("-")) == 15  # 13 conv + 2 fc layers
+    hist = json.loads((out / "paper_table_vgg_cifar10.json").read_text())["histories"]["0"]
+    assert set(hist) == {"log-uniform", "group-nj", "group-horseshoe"}
+    assert all(len(h) == 2 and len(h[0]["alive"]) == 15 for h in hist.values())
+
+
+def test_lenet300_mnist_quick_subset(tmp_path, data_root):
+    out = tmp_path / "out"
+    args = ["--net", "lenet300", "--data", "mnist", "--budget", "quick", "--data-dir", str(data_root),
+            "--out", str(out), "--epochs", "1", "--pretrain-epochs", "1", "--limit-train", "500",
+            "--limit-test", "200", "--tp-ratios", "0.5",
+            "--repeats", "1", "--bench-batch", "100"]
+    assert paper_table.main(args) == 0
+    data = load_data("mnist", str(data_root), 500, 200)
+    rows = _check_outputs(out, "paper_table_lenet300_mnist", out / "paper_table_lenet300_mnist_files", data)
+    dc = next(r for r in rows if "Deep Compression" in r["method"])
+    assert float(dc["nonzero_pct"]) == pytest.approx(8.0, abs=0.01)  # kept fraction 8%
+    assert float(dc["pruning"]) == pytest.approx(1 / (2 * 0.08), rel=1e-3)
+
+
+def test_huffman_is_optimal_and_decodes():
+    # CLRS's example: frequencies 45, 13, 12, 16, 9, 5 -> an optimal code costs 224 bits
+    sym = np.repeat(np.arange(6), [45, 13, 12, 16, 9, 5])
+    lengths = huffman.code_lengths(sym)
+    assert huffman.stream_bits(sym, lengths) == 224
+    assert sum(2.0 ** -n for n in lengths.values()) == 1.0  # a full prefix code (Kraft equality)
+    rng = np.random.default_rng(1)
+    s = rng.permutation(sym)
+    assert (huffman.decode(huffman.encode(s, lengths), lengths, len(s)) == s).all()
+
+
+def test_sparse_file_round_trip_with_fillers(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.integers(-40, 41, size=(30, 200)) * (rng.random((30, 200)) < 0.03)
+    a[5:20] = 0  # gaps far longer than 2**5 need fillers
+    g, v = sparse_file.relative_index(a.reshape(-1), 5)
+    assert g.max() < 32 and (sparse_file.from_relative_index(g, v, a.size) == a.reshape(-1)).all()
+    bias = rng.standard_normal(30).astype(np.float32)
+    info = sparse_file.write(tmp_path / "w.sphf", [{"name": "fc", "shape": [30, 200], "symbols": a,
+                                                   "index_bits": 5, "frac_bits": 3, "bias": bias}])
+    assert info["file_bytes"] == (tmp_path / "w.sphf").stat().st_size
+    back = sparse_file.read(tmp_path / "w.sphf")["fc"]
+    assert np.array_equal(back["weight"], (a * 2.0 ** -3).astype(np.float32))
+    assert np.array_equal(back["bias"], bias)
+
+
+def test_bad_net_data_pair_is_a_clear_error():
+    with pytest.raises(ValueError, match="reads cifar10"):
+        paper_table.parse_args(["--net", "vgg", "--data", "mnist"])
