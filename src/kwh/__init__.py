@@ -12,7 +12,8 @@ from kwh.bayes import (
     predict,
     sampling,
 )
-from kwh.compress import codec
+from kwh import compress  # a callable package: kwh.compress(model, config)
+from kwh.compress import CompressConfig, codec, format_summary
 from kwh.compress.codec import load, save
 from kwh.compress.format_onnx import export_onnx
 from kwh.data import get_dataset, load_mnist, make_loaders, sequence_dataset
@@ -26,6 +27,8 @@ __all__ = [
     "predict",
     # data
     "load_mnist", "get_dataset", "make_loaders", "sequence_dataset",
+    # compression
+    "compress", "CompressConfig", "format_summary",
     # the .kwh file
     "save", "load", "export_onnx", "codec",
 ]

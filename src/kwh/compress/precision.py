@@ -94,8 +94,9 @@ def choose_precision(name: str, weight: Tensor, var: Tensor | None, kept: Tensor
             cap = fit_frac_bits(weight, config.max_bits, name)
             if cap < t:
                 t, source = cap, "posterior, capped by max_bits"
-        # A float32 tensor holds int * 2^-t exactly only for |int| < 2^24.
-        t = min(t, fit_frac_bits(weight, MAX_TOTAL_BITS, name))
+        fit = fit_frac_bits(weight, MAX_TOTAL_BITS, name)  # float32: exact for |int| < 2^24
+        if fit < t:
+            t, source = fit, "posterior, capped to fit float32"
     m = magnitude_bits(weight, t)
     return LayerPrecision(frac_bits=t, exp_bits=m - t, bits=1 + m,
                           posterior_frac_bits=posterior_t, source=source)

@@ -6,7 +6,8 @@ lists kept filters for a conv layer and kept input units for a fully connected o
 original weight count over the pruned dense architecture's (group priors) or 1 / (2 density)
 (CSR with a 32-bit value and a 32-bit index per weight: unstructured, starred in the paper);
 fast prediction is 32 |W| / sum_l |W_l| (1 + e + t_l); maximum compression is 32 |W| over the
-bits of the real entropy-coded weight payload.
+bits of the real entropy-coded payload, as the .kwh codec writes it (weights, indices and
+float32 biases: a little more than the paper, which counts weights only).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from torch import nn
 from kwh.bayes import BayesLayer
 from kwh.compress.chain import NORMS, Node
 from kwh.compress.config import CompressConfig
-from kwh.compress.payload import STANDIN, standin_payload_bytes
-from kwh.compress.precision import LayerPrecision, quantize_ints
+from kwh.compress.precision import LayerPrecision
 from kwh.compress.stages import Stage
 
 SUMMARY_VERSION = 1
+PAYLOAD_SOURCE = ("kwh.codec payload_bytes: the entropy-coded tensor sections of the .kwh file "
+                  "(packed weights, sparse indices, float32 biases)")
 
 
 def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrecision],
@@ -37,8 +39,8 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
     w_dense = sum(d["weights_pruned_dense"] for d in layers)
     nnz = sum(d["nonzero"] for d in layers)
     unstructured = any(s.structured is False for s in stages)
-    ints = [quantize_ints(s.weight, p.frac_bits) for s, p in zip(stages, precisions)]
-    payload = standin_payload_bytes(ints)
+    # The payload of float32 weights says nothing about compression: measured when quantized.
+    payload = _payload_bytes(small, input_shape) if config.quantize else None
     dense_bits = sum(d["weights_pruned_dense"] * d["bits"] for d in layers)
     csr_bits = sum(2 * d["nonzero"] * d["bits"] for d in layers)
     rates = {
@@ -46,8 +48,9 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
         "pruning": _ratio(w_orig, 2 * nnz) if unstructured else _ratio(w_orig, w_dense),
         "fast_prediction": _ratio(32 * w_orig, csr_bits if unstructured else dense_bits),
         "fast_prediction_dense": _ratio(32 * w_orig, dense_bits),
-        "max_compression": _ratio(32 * w_orig, 8 * payload),
-        "max_compression_source": STANDIN,
+        "max_compression": None if payload is None else _ratio(32 * w_orig, 8 * payload),
+        "max_compression_source": PAYLOAD_SOURCE if payload is not None else
+        "not measured: weights not quantized (quantize=False)",
     }
     orig_bytes = sum(_orig_param_count(n) for n in nodes) * 4
     small_bytes = sum(t.numel() for t in _float_tensors(small)) * 4
@@ -114,6 +117,13 @@ def _layer(n: Node, s: Stage, p: LayerPrecision, m: nn.Module) -> dict:
     }
 
 
+def _payload_bytes(small: nn.Sequential, input_shape: tuple[int, ...]) -> int:
+    """The real payload: what kwh.save writes for the tensors, measured by the codec."""
+    from kwh.compress import codec  # the codec imports this package: import on use
+
+    return codec.payload_bytes(small, input_shape=list(input_shape))
+
+
 def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
@@ -176,8 +186,9 @@ def format_summary(summary: dict) -> str:
         f"MACs          {s['macs_original']:,} -> {s['macs']:,} "
         f"({s['macs_nonzero']:,} with nonzero weights)",
         f"size          {s['size_fp32_original_bytes']:,} B fp32 dense -> "
-        f"{s['size_fp32_bytes']:,} B fp32 dense small net; weight payload "
-        f"{s['payload_bytes']:,} B + biases {s['bias_bytes']:,} B",
+        f"{s['size_fp32_bytes']:,} B fp32 dense small net"
+        + ("" if s["payload_bytes"] is None else f"; .kwh payload {s['payload_bytes']:,} B "
+           f"(of which float32 biases {s['bias_bytes']:,} B)"),
         f"rates ({r['kind']})  pruning {_rate(r['pruning'])}   fast prediction "
         f"{_rate(r['fast_prediction'])}   max compression {_rate(r['max_compression'])}",
         f"              max compression from: {r['max_compression_source']}",
