@@ -59,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=1.0, help="width factor of the VGG-like net")
     p.add_argument("--dc-keep", type=float, default=DC_KEEP, help="Deep Compression kept fraction")
     p.add_argument("--tp-ratios", type=float, nargs="+", default=list(structured.RATIOS))
+    p.add_argument("--device", default="cpu", help="where to train (cpu, cuda); measured on the CPU")
     p.add_argument("--threads", type=int, default=1, help="torch threads (training and timing)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--repeats", type=int, help="timed passes per throughput median (overrides)")
@@ -135,10 +136,11 @@ def hist_of(alphas: list[dict]) -> list[dict]:
 
 def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, dict]:
     cfg = a.cfg
+    tdata = data.to(a.device)  # training (and per-epoch tests) on --device; measuring on the CPU
     torch.manual_seed(seed)
     clock = Clock()
     dense = make_net(a.net, a.width).eval()
-    train_plain(dense, data, cfg["pretrain_epochs"], a.lr, seed)
+    train_plain(dense, tdata, cfg["pretrain_epochs"], a.lr, seed)
     pre_s = clock()
     w_orig = sum(m.weight.numel() for m in weighted_layers(dense))
     nb = a.bench_batch
@@ -159,7 +161,7 @@ def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, di
     histories, alphas = {}, {}
     for prior, label in PRIORS.items():
         clock = Clock()
-        model, hist = train_bayes(dense, prior, data, cfg["epochs"], a.lr, seed, log=log)
+        model, hist = train_bayes(dense, prior, tdata, cfg["epochs"], a.lr, seed, log=log)
         small, nbytes = compress_and_save(model, data, files / f"seed{seed}_{prior}.kwh")
         s = small.kwh_summary
         syms = fixed_point_symbols(small)
@@ -181,7 +183,7 @@ def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, di
             f"max compression {r['max_compression']:.1f}x file {nbytes} B")
 
     clock = Clock()
-    dc = deep_compression.prune_retrain(dense, data, a.dc_keep, cfg["dc_rounds"], cfg["epochs"], a.lr, seed)
+    dc = deep_compression.prune_retrain(dense, tdata, a.dc_keep, cfg["dc_rounds"], cfg["epochs"], a.lr, seed)
     dc_pruned_err = 100 * test_error(dc, data)
     shared = deep_compression.share_weights(dc, 8, 5, seed)
     dcf = deep_compression.write_file(files / f"seed{seed}_deep_compression.sphf", shared)
@@ -198,7 +200,7 @@ def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, di
 
     clock = Clock()
     target = min(x["error_pct"] for x in rows if x["method"] in PRIORS.values()) / 100
-    tpm, ratio, tried = structured.search(dense, data, target, cfg["tp_epochs"], a.lr, seed, a.tp_ratios)
+    tpm, ratio, tried = structured.search(dense, tdata, target, cfg["tp_epochs"], a.lr, seed, a.tp_ratios)
     nl = len(weighted_layers(tpm))
     r = {**base, "method": f"Torch-Pruning L1 structured (ratio {ratio})", **measure(tpm, data, w_orig, x_bench, reps),
          "bits": "-".join(["32"] * nl), **table.rates(tpm, w_orig, [32] * nl, True, _payload(tpm, data)),

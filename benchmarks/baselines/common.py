@@ -35,6 +35,13 @@ class Data:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    def to(self, device: str | torch.device) -> Data:
+        """The same data on ``device`` (itself when already there)."""
+        if self.x_train.device == torch.device(device):
+            return self
+        return Data(self.name, *(t.to(device) for t in (self.x_train, self.y_train,
+                                                         self.x_test, self.y_test)))
+
 
 def check_net_data(net: str, data: str) -> None:
     """Raise a clear ValueError when the net cannot read the data set."""
@@ -59,7 +66,7 @@ def make_net(net: str, width: float = 1.0) -> nn.Sequential:
 
 def batches(data: Data, batch_size: int, gen: torch.Generator):
     """One shuffled epoch of (x, y) training batches."""
-    perm = torch.randperm(len(data.y_train), generator=gen)
+    perm = torch.randperm(len(data.y_train), generator=gen).to(data.y_train.device)
     for i in range(0, len(perm), batch_size):
         idx = perm[i:i + batch_size]
         yield data.x_train[idx], data.y_train[idx]
@@ -70,6 +77,7 @@ def train_plain(model: nn.Module, data: Data, epochs: float, lr: float, seed: in
     """Adam on the cross-entropy for ``epochs`` (fractions allowed); lr constant or linear to 0."""
     if epochs <= 0:
         return
+    model.to(data.x_train.device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
@@ -90,13 +98,13 @@ def train_plain(model: nn.Module, data: Data, epochs: float, lr: float, seed: in
             step += 1
             if step >= total:
                 break
-    model.eval()
+    model.eval().cpu()
 
 
 @torch.no_grad()
 def test_error(model: nn.Module, data: Data, batch_size: int = 1000) -> float:
     """Test error (fraction in [0, 1]) of ``model`` in eval mode."""
-    model.eval()
+    model.eval().to(data.x_test.device)
     wrong = 0
     for i in range(0, len(data.y_test), batch_size):
         out = model(data.x_test[i:i + batch_size])

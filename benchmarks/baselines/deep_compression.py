@@ -44,6 +44,7 @@ def prune_retrain(dense: nn.Module, data: Data, keep: float, rounds: int,
                                   amount=kept - target)  # amount: of the still unpruned ones
         kept = target
         train_plain(model, data, epochs / rounds, lr, seed + r)
+    model.cpu()
     for m, name in params:
         prune.remove(m, name)
     return model.eval()

@@ -54,6 +54,7 @@ def train_bayes(dense: nn.Module, prior: str, data: Data, epochs: int, lr: float
     torch.manual_seed(seed)
     model = copy.deepcopy(dense)
     kwh.bayesify_(model, prior)
+    model.to(data.x_train.device)
     groups = param_groups(model, lr)
     for g in groups:
         g["base_lr"] = g["lr"]
@@ -84,7 +85,7 @@ def train_bayes(dense: nn.Module, prior: str, data: Data, epochs: int, lr: float
         history.append(rec)
         log(f"  {prior} epoch {e + 1}/{epochs}: loss {rec['loss']:.4f} test error "
             f"{100 * rec['error']:.2f}% alive {rec['alive']}")
-    return model.eval(), history
+    return model.eval().cpu(), history
 
 
 def compress_and_save(model: nn.Module, data: Data, path) -> tuple[nn.Sequential, int]:

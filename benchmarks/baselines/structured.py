@@ -39,6 +39,7 @@ def search(dense: nn.Module, data: Data, target_error: float, finetune_epochs: f
         model = prune_channels(dense, r, data.input_shape)
         train_plain(model, data, finetune_epochs, lr, seed, decay=True)
         err = test_error(model, data)
+        model.cpu()
         tried.append({"ratio": r, "error": err})
         if best is None or err < best[2]:
             best = (model, r, err)
