@@ -75,7 +75,8 @@ def _check(n: Node, after_last: bool) -> None:
     m = n.module
     kind = type(m).__name__
     if isinstance(m, BayesLayer) and not isinstance(m, (BayesLinear, BayesConv2d)):
-        raise ModelError(f"layer {n.name!r} ({kind}) is not supported; supported modules: {SUPPORTED}")
+        raise ModelError(f"layer {n.name!r} ({kind}) is not supported; "
+                         f"supported modules: {SUPPORTED}")
     if isinstance(m, (nn.Conv2d, BayesConv2d)):
         if m.groups != 1:
             raise ModelError(f"layer {n.name!r} is a grouped Conv2d (groups={m.groups}); only "
@@ -88,8 +89,8 @@ def _check(n: Node, after_last: bool) -> None:
         return
     if isinstance(m, nn.Flatten):
         if (m.start_dim, m.end_dim) != (1, -1):
-            raise ModelError(f"layer {n.name!r}: only Flatten(start_dim=1, end_dim=-1) is supported, "
-                             f"got start_dim={m.start_dim}, end_dim={m.end_dim}")
+            raise ModelError(f"layer {n.name!r}: only Flatten(start_dim=1, end_dim=-1) is "
+                             f"supported, got start_dim={m.start_dim}, end_dim={m.end_dim}")
         return
     if isinstance(m, NORMS):
         if not m.track_running_stats or m.running_mean is None:
@@ -106,7 +107,8 @@ def _check(n: Node, after_last: bool) -> None:
 @torch.no_grad()
 def probe_shapes(nodes: list[Node], input_shape: tuple[int, ...]) -> None:
     """Run one zero example through the chain (eval mode) and record each module's shapes."""
-    x = torch.zeros(1, *input_shape)
+    param = next((p for n in nodes for p in n.module.parameters()), None)
+    x = torch.zeros(1, *input_shape, device=None if param is None else param.device)
     for n in nodes:
         if isinstance(n.module, (nn.Linear, BayesLinear)) and x.dim() != 2:
             raise ModelError(f"layer {n.name!r} (Linear) gets input of shape {tuple(x.shape[1:])}; "
@@ -120,8 +122,9 @@ def probe_shapes(nodes: list[Node], input_shape: tuple[int, ...]) -> None:
         try:
             x = n.module(x)
         except Exception as e:  # the message names the layer and the shape it got
-            raise ModelError(f"layer {n.name!r} ({type(n.module).__name__}) fails on input of "
-                             f"shape {n.in_shape} (input_shape={tuple(input_shape)}): {e}") from None
+            raise ModelError(f"layer {n.name!r} ({type(n.module).__name__}) fails on input "
+                             f"of shape {n.in_shape} (input_shape={tuple(input_shape)}): "
+                             f"{e}") from None
         finally:
             n.module.train(was_training)
         n.out_shape = tuple(x.shape[1:])

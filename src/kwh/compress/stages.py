@@ -91,10 +91,11 @@ class Stage:
             m = node.module
             if isinstance(m, NORMS):
                 i = self.norm_index(node)
-                w = None if m.weight is None else m.weight.detach().to(_F64)[i]
-                b = None if m.bias is None else m.bias.detach().to(_F64)[i]
-                x = F.batch_norm(x, m.running_mean.to(_F64)[i], m.running_var.to(_F64)[i],
-                                 w, b, False, 0.0, m.eps)
+                w = None if m.weight is None else m.weight.detach().to("cpu", _F64)[i]
+                b = None if m.bias is None else m.bias.detach().to("cpu", _F64)[i]
+                mean = m.running_mean.to("cpu", _F64)[i]
+                var = m.running_var.to("cpu", _F64)[i]
+                x = F.batch_norm(x, mean, var, w, b, False, 0.0, m.eps)
             else:
                 x = m(x)
         return x
@@ -152,34 +153,34 @@ def _read_layer(n: Node, after: list[Node], config: CompressConfig) -> Stage:
         try:
             w, b = m.eval_weight_bias()  # exactly what eval mode computes
             _, var = m.prior.weight_moments()
-            kept = m.prior.weight_mask(m.threshold) > 0
+            kept = (m.prior.weight_mask(m.threshold) > 0).cpu()
             threshold = m.prior.threshold if m.threshold is None else m.threshold
         finally:
             m.threshold = old
-        return Stage(weight=w.detach().to(_F64), bias=_bias(b, w), had_bias=b is not None,
-                     var=var.detach().to(_F64), kept=kept.expand(w.shape).clone(),
+        return Stage(weight=w.detach().to("cpu", _F64), bias=_bias(b, w), had_bias=b is not None,
+                     var=var.detach().to("cpu", _F64), kept=kept.expand(w.shape).clone(),
                      prior=m.prior.config.name, structured=m.prior.structured,
                      threshold=float(threshold), **common)
     w, b = m.weight, m.bias
-    return Stage(weight=w.detach().to(_F64), bias=_bias(b, w), had_bias=b is not None,
-                 var=None, kept=w.detach() != 0, **common)
+    return Stage(weight=w.detach().to("cpu", _F64), bias=_bias(b, w), had_bias=b is not None,
+                 var=None, kept=w.detach().cpu() != 0, **common)
 
 
 def _bias(b: Tensor | None, w: Tensor) -> Tensor:
     if b is None:
         return torch.zeros(w.shape[0], dtype=_F64)
-    return b.detach().to(_F64).clone()
+    return b.detach().to("cpu", _F64).clone()
 
 
 def _fold_norm(stage: Stage, node: Node) -> None:
     """y = s (W x + b - mean) + beta with s = gamma / sqrt(var + eps): W' = s W, Var' = s^2 Var."""
     m = node.module
-    s = (m.running_var.to(_F64) + m.eps).rsqrt()  # (O,)
+    s = (m.running_var.to("cpu", _F64) + m.eps).rsqrt()  # (O,)
     if m.weight is not None:
-        s = s * m.weight.detach().to(_F64)
-    shift = -m.running_mean.to(_F64) * s
+        s = s * m.weight.detach().to("cpu", _F64)
+    shift = -m.running_mean.to("cpu", _F64) * s
     if m.bias is not None:
-        shift = shift + m.bias.detach().to(_F64)
+        shift = shift + m.bias.detach().to("cpu", _F64)
     view = (-1,) + (1,) * (stage.weight.dim() - 1)
     stage.weight = stage.weight * s.reshape(view)
     if stage.var is not None:

@@ -1,0 +1,92 @@
+"""`kwh compress`: train (or load a `kwh train` checkpoint), compress, save a .kwh, print it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["register", "run"]
+
+
+def _int_in(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"must lie in [{low}, {high}], got {v}")
+        return v
+    parse.__name__ = f"integer in [{low}, {high}]"
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def register(subparsers) -> None:
+    """Add the ``compress`` subcommand."""
+    from kwh.cli.train import add_training_arguments
+    from kwh.compress.config import MAX_TOTAL_BITS, MIN_TOTAL_BITS
+
+    p = subparsers.add_parser(
+        "compress", help="train with a sparsity prior and compress to a .kwh file",
+        description="Train a reference net on the free energy (the options of `kwh train`), or "
+                    "load a `kwh train` checkpoint with --checkpoint, then prune, fold and "
+                    "quantize it (kwh.compress), evaluate it on the test set before and after "
+                    "quantization, save it as a .kwh file and print the summary.")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="compress this checkpoint (file or run folder of `kwh train`) instead of "
+                        "training; its data set is used for the test error")
+    add_training_arguments(p)
+    p.add_argument("--threshold", type=_number, default=None,
+                   help="log-alpha pruning threshold for every layer (default: each prior's)")
+    p.add_argument("--max-bits", type=_int_in(MIN_TOTAL_BITS, MAX_TOTAL_BITS), default=None,
+                   help="cap on the bits per weight of any layer (1 sign + magnitude bits)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="the .kwh file to write (default: MODEL-DATA-PRIOR.kwh)")
+    p.add_argument("--test-batch-size", type=_int_in(1, 1 << 20), default=1000,
+                   help="batch size of the test-set evaluation (default: %(default)s)")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="show a progress bar while training (default: when stderr is a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train or load, compress, save; prints the summary and the file written."""
+    import kwh
+    from kwh.compress import CompressConfig, format_summary
+    from kwh.data import batch_loader, get_dataset
+
+    model, tconfig = _bayesian_model(args)
+    data_dir = args.data_dir if args.data_dir is not None else tconfig.data_dir
+    limit = args.limit_test if args.limit_test is not None else tconfig.limit_test
+    test = get_dataset(tconfig.data, "test", data_dir, limit=limit)
+    loader = batch_loader(test, args.test_batch_size)
+    config = CompressConfig(threshold=args.threshold, max_bits=args.max_bits,
+                            input_shape=tuple(test.tensors[0].shape[1:]))
+    small = kwh.compress(model.cpu(), config, eval_data=loader)
+    out = args.out or f"{tconfig.model}-{tconfig.data}-{tconfig.prior}.kwh"
+    size = kwh.save(small, out)
+    print(format_summary(small.kwh_summary))
+    print(f"file          {size:,} B written to {out}")
+    return 0
+
+
+def _bayesian_model(args: argparse.Namespace):
+    """(trained Bayesian model, its TrainConfig): from --checkpoint or a fresh training run."""
+    from kwh.train import load_checkpoint, run_training
+
+    if args.checkpoint is not None:
+        return load_checkpoint(args.checkpoint)
+    from kwh.cli.train import config_from_args
+
+    tconfig = config_from_args(args)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    return run_training(tconfig, progress=progress).model, tconfig

@@ -1,0 +1,59 @@
+"""`kwh evaluate FILE --data D`: test error of a saved .kwh model.
+
+Other evaluations (e.g. uncertainty) add their options in ``register`` and their branch at the
+top of ``run``; the library side is ``kwh.compress.metrics.evaluate(model, loader)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register", "run", "add_arguments"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """FILE and the test-set options every evaluation shares."""
+    from kwh.data import DATASETS
+
+    p.add_argument("file", help="the .kwh model file to evaluate")
+    p.add_argument("--data", choices=list(DATASETS), default="mnist",
+                   help="test set (default: %(default)s)")
+    p.add_argument("--data-dir", default=None, help="folder holding the data set files "
+                   "(default: $KWH_DATA, standard places, then download)")
+    p.add_argument("--limit-test", type=_positive_int, default=None,
+                   help="use only the first N test examples")
+    p.add_argument("--batch-size", type=_positive_int, default=1000,
+                   help="examples per forward pass (default: %(default)s)")
+
+
+def register(subparsers) -> None:
+    """Add the ``evaluate`` subcommand."""
+    p = subparsers.add_parser(
+        "evaluate", help="test error of a .kwh model",
+        description="Load a .kwh file (kwh.load) and print its error on the test set.")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the test error of the model in args.file."""
+    import kwh
+    from kwh.compress.metrics import evaluate
+    from kwh.data import batch_loader, get_dataset
+
+    model = kwh.load(args.file)
+    test = get_dataset(args.data, "test", args.data_dir, limit=args.limit_test)
+    result = evaluate(model, batch_loader(test, args.batch_size))
+    print(f"test error {100 * result['error']:.2f}% ({result['n'] - result['correct']:,} of "
+          f"{result['n']:,} {args.data} test examples wrong) -- {args.file}")
+    return 0
