@@ -1,0 +1,92 @@
+"""`kwh compress`, `kwh evaluate`, `kwh inspect` on a tiny real MNIST run.
+
+Oracles: the file the command wrote, loaded with kwh.load and evaluated in process, and its
+own summary; errors exit 2 with one line.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import kwh
+import kwh.cli.main as cli
+from kwh.compress.metrics import evaluate
+from kwh.data import batch_loader, get_dataset
+
+LIMIT_TEST = 200
+
+
+def _main(argv, capsys) -> tuple[int, str, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def compressed(data_root, tmp_path_factory):
+    """One `kwh compress` run: 1 epoch of LeNet-300-100 on 300 examples, then compression."""
+    folder = tmp_path_factory.mktemp("cli")
+    out = folder / "m.kwh"
+    argv = ["-q", "compress", "--model", "lenet300", "--prior", "group-nj", "--epochs", "1",
+            "--limit-train", "300", "--limit-test", str(LIMIT_TEST), "--data-dir",
+            str(data_root), "--out-dir", str(folder / "run"), "--threads", "1",
+            "--threshold", "-4", "--max-bits", "12", "--out", str(out), "--no-progress"]
+    code = cli.main(argv)
+    return code, out, folder
+
+
+def test_compress_writes_a_file_whose_summary_matches_the_model(compressed, data_root, capsys):
+    code, out, _ = compressed
+    assert code == 0 and out.is_file()
+    model = kwh.load(out)
+    s = model.kwh_summary
+    assert s["config"]["threshold"] == -4 and s["config"]["max_bits"] == 12
+    assert all(d["bits"] <= 12 and d["threshold"] == -4 for d in s["layers"])
+    test = batch_loader(get_dataset("mnist", "test", data_root, limit=LIMIT_TEST), 100)
+    assert s["eval"]["examples"] == LIMIT_TEST
+    assert s["eval"]["error_after_quantization"] == pytest.approx(evaluate(model, test)["error"])
+
+
+def test_evaluate_prints_the_test_error_of_the_file(compressed, data_root, capsys):
+    _, out, _ = compressed
+    code, text, err = _main(["evaluate", str(out), "--data", "mnist", "--data-dir",
+                             str(data_root), "--limit-test", str(LIMIT_TEST)], capsys)
+    err_after = kwh.load(out).kwh_summary["eval"]["error_after_quantization"]
+    assert code == 0 and f"test error {100 * err_after:.2f}%" in text
+
+
+def test_inspect_prints_the_stored_summary(compressed, capsys):
+    _, out, _ = compressed
+    code, text, _ = _main(["inspect", str(out)], capsys)
+    s = kwh.load(out).kwh_summary
+    assert code == 0 and s["architecture"] in text and s["bits"] in text
+    assert f"{out.stat().st_size:,} B" in text
+    code, text, _ = _main(["inspect", str(out), "--json"], capsys)
+    assert code == 0 and json.loads(text)["summary"] == s
+
+
+def test_compress_from_a_checkpoint_of_the_same_run(compressed, data_root, capsys):
+    _, out, folder = compressed
+    again = folder / "again.kwh"
+    code, text, _ = _main(["-q", "compress", "--checkpoint", str(folder / "run"), "--data-dir",
+                           str(data_root), "--threshold", "-4", "--max-bits", "12",
+                           "--out", str(again)], capsys)
+    assert code == 0 and "written to" in text
+    assert kwh.load(again).kwh_summary == kwh.load(out).kwh_summary
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["compress", "--max-bits", "40"], "argument --max-bits: must lie in [2, 25], got 40"),
+    (["evaluate", "missing.kwh"], "kwh: error:"),
+    (["inspect", "missing.kwh"], "kwh: error:"),
+    (["compress", "--checkpoint", "no-such-run"], "kwh: error:"),
+])
+def test_bad_input_exits_2_with_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _main(argv, capsys)
+    assert code == 2 and fragment in err and "Traceback" not in err
