@@ -28,8 +28,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--log", default=None, help="training log.jsonl (default: the checkpoint's)")
     p.add_argument("--results", default=None, metavar="DIR", help="benchmark CSVs for the "
                    "accuracy curves (default: ./benchmarks/results when present)")
-    p.add_argument("--samples", type=int, default=20, help="posterior samples for the "
-                   "Bayesian reliability diagram")
+    p.add_argument("--samples", type=int, default=10, help="posterior samples for the "
+                   "Bayesian reliability diagram (default 10)")
+    p.add_argument("--reliability-examples", type=int, default=1000, help="test examples for "
+                   "the reliability diagrams (default 1000)")
     p.add_argument("--measure", action="store_true", help="also measure energy (RAPL/NVML)")
     add_energy_options(p)
     p.set_defaults(func=run)
@@ -41,13 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from kwh.energy.sources import load_model
     from kwh.report import write_report
     table, config = energy_settings(args)
-    if args.samples < 1:
-        raise ValueError(f"--samples must be a positive integer, got {args.samples}")
+    for name in ("samples", "reliability_examples"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
+                             f"got {getattr(args, name)}")
     n = write_report(args.out, load_model(args.model), checkpoint=args.checkpoint, log=args.log,
                      results_dir=args.results, data=args.data, data_dir=args.data_dir,
                      limit=args.limit, table=table, config=config, dense=args.dense,
                      dense_accuracy=args.dense_accuracy, accuracy=args.accuracy,
                      measure=args.measure, samples=args.samples,
+                     reliability_examples=args.reliability_examples,
                      progress=sys.stderr.isatty())
     print(f"wrote {args.out} ({n:,} bytes)")
     return 0

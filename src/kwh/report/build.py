@@ -59,7 +59,7 @@ def build_report(loaded: LoadedModel, *, checkpoint: str | None = None, log: str
                  table: EnergyTable | None = None, config: EnergyConfig | None = None,
                  dense: str | None = None, dense_accuracy: float | None = None,
                  accuracy: float | None = None, measure: bool = False, window_s: float = 2.0,
-                 samples: int = 20, reliability_examples: int = 2000,
+                 samples: int = 10, reliability_examples: int = 1000,
                  progress: bool = False) -> str:
     """The report page of ``loaded`` as an HTML string."""
     bar = tqdm(total=8, desc="kwh report", disable=not progress, leave=False)
