@@ -51,9 +51,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--val-sequences", type=int, default=300, help="for choosing lambda")
     p.add_argument("--compressed", default=None, metavar="FILE",
                    help="a kwh-compressed LeNet-5 (.kwh) to run as a sigma-delta net too")
+    p.add_argument("--compress-prior", default="log-uniform",
+                   help="prior for that compression run (log-uniform prunes single weights "
+                        "within a short CPU budget)")
     p.add_argument("--compress-epochs", type=int, default=4,
                    help="when no --compressed file: compress the LeNet-5 with kwh first "
-                        "(group-horseshoe, this many epochs; 0 to skip)")
+                        "(this many epochs; 0 to skip)")
     p.add_argument("--compress-limit", type=int, default=10000,
                    help="training examples for that compression run")
     p.add_argument("--lambdas", default="0,0.01,0.03,0.1,0.3,1,3")
@@ -148,37 +151,51 @@ def machine() -> dict[str, str]:
             "python": platform.python_version(), "commit": commit}
 
 
-def sweep_and_choose(args, plan, x_fit, x_val, y_val):
-    """Scales per lambda (trained on x_fit); the chosen point: most saving on validation
-    sequences with accuracy within the budget of the dense net there."""
+def _best(points, base_val: float, budget_pp: float):
+    """(setting, val row) with the most steady-state saving within the accuracy budget."""
+    ok = [(k, r) for k, r in points if 100 * (base_val - r.accuracy) <= budget_pp]
+    return max(ok, key=lambda p: p[1].steady_saving, default=(None, None))
+
+
+def choose_on_validation(args, plan, x_fit, x_val, y_val):
+    """Scales per lambda (trained on x_fit); the lambda and the send-on-threshold threshold
+    with the most steady-state saving on validation sequences within the accuracy budget."""
     lambdas = [float(v) for v in args.lambdas.split(",")]
-    base_val = DenseFrameNet(plan).run(x_val, 250).accuracy(y_val)
+    thresholds = [float(v) for v in args.thresholds.split(",")]
+    dense = DenseFrameNet(plan).run(x_val, 250)
+    base_val = dense.accuracy(y_val)
     sweep = sweep_lambda(plan, x_fit, x_val, y_val, lambdas, init=args.init_scale,
                          steps=args.steps, lr=0.05, batch_size=16, seed=args.seed)
-    chosen = None
     for p in sweep:
-        ok = 100 * (base_val - p.row.accuracy) <= args.max_loss_pp
         print(f"lambda {p.lam:g}: scales {[round(s, 2) for s in p.scales]}, val acc "
               f"{p.row.accuracy:.4f} (dense {base_val:.4f}), steady x{p.row.steady_saving:.1f}",
               flush=True)
-        if ok and (chosen is None or p.row.steady_saving > chosen.row.steady_saving):
-            chosen = p
-    return sweep, chosen, base_val
+    lam, _ = _best([(p.lam, p.row) for p in sweep], base_val, args.max_loss_pp)
+    chosen = next((p for p in sweep if p.lam == lam), None)
+    th_rows = [(th, summarize("send-on-threshold", ThresholdNet(plan, th).run(x_val, 250),
+                              dense, y_val)) for th in thresholds]
+    th, _ = _best(th_rows, base_val, args.max_loss_pp)
+    print(f"chosen on validation: lambda {lam}, threshold {th}", flush=True)
+    return sweep, chosen, th, base_val
 
 
 def test_rows(args, plan, sweep, chosen, x_test, y_test):
     """Rows on the test sequences: dense, sigma-delta per lambda, rounding at the chosen
-    lambda, send-on-threshold per threshold and at half a quantization step (0.5 / k_l)."""
+    lambda, send-on-threshold per threshold and at half a quantization step (0.5 / k_l);
+    plus the identity check and the per-layer split at the chosen lambda."""
     dense = DenseFrameNet(plan).run(x_test, 250)
     rows = [("dense", "", summarize("dense", dense, dense, y_test), None)]
-    identity = None
+    extra: dict = {"identity": None, "layers": []}
     for p in sweep:
         run = SigmaDeltaNet(plan, p.scales).run(x_test, 250)
         rows.append(("sigma-delta", p.lam, summarize("sigma-delta", run, dense, y_test), p.scales))
         if p is chosen:
             rnd = RoundingNet(plan, p.scales).run(x_test, 250)
             rows.append(("rounding", p.lam, summarize("rounding", rnd, dense, y_test), p.scales))
-            identity = float((rnd.outputs - run.outputs).abs().max())
+            extra["identity"] = float((rnd.outputs - run.outputs).abs().max())
+            extra["layers"] = list(zip(run.layer_names, run.dense_macs.tolist(),
+                                       run.ops[:, 0].mean(1).tolist(),
+                                       run.ops[:, 1:].mean((1, 2)).tolist()))
     settings: list = [float(v) for v in args.thresholds.split(",")]
     if chosen is not None:
         settings.append([0.5 / k for k in chosen.scales])
@@ -187,24 +204,24 @@ def test_rows(args, plan, sweep, chosen, x_test, y_test):
         label = th if isinstance(th, float) else "0.5/k_l"
         rows.append(("send-on-threshold", label,
                      summarize("send-on-threshold", run, dense, y_test), None))
-    return rows, identity
+    return rows, extra
 
 
 def compress_lenet5(model, args) -> Path:
-    """kwh-compress a copy of ``model``: group-horseshoe prior, free energy on shifted MNIST
+    """kwh-compress a copy of ``model``: --compress-prior, free energy on shifted MNIST
     (first --compress-limit examples, Adam lr 1e-3, batch 100, KL weight 0 -> 1 over the first
     half), then kwh.compress."""
     import copy
 
     import kwh
     from kwh.bayes import KLWarmup, param_groups
-    path = Path(args.checkpoint).with_name("spike_lenet5_ghs.kwh")
+    path = Path(args.checkpoint).with_name(f"spike_lenet5_{args.compress_prior}.kwh")
     if path.exists():
         return path
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     bayes = copy.deepcopy(model)
-    kwh.bayesify_(bayes, "group-horseshoe")
+    kwh.bayesify_(bayes, args.compress_prior)
     opt = torch.optim.Adam(param_groups(bayes, 1e-3))
     train = load_mnist("train", args.data_dir, limit=args.compress_limit)
     loader = batch_loader(train, 100, shuffle=True, seed=args.seed)
@@ -258,15 +275,16 @@ def main() -> None:
     x_fit, _ = sequences("train", args.train_sequences, args.fit_frames, args.seed + 2,
                          args.data_dir)
     t0 = time.time()
-    sweep, chosen, base_val = sweep_and_choose(args, plan, x_fit, x_val, y_val)
+    sweep, chosen, threshold, base_val = choose_on_validation(args, plan, x_fit, x_val, y_val)
     t_sweep = time.time() - t0
-    rows, identity = test_rows(args, plan, sweep, chosen, x_test, y_test)
+    rows, extra = test_rows(args, plan, sweep, chosen, x_test, y_test)
+    extra["threshold"] = threshold
     comp = composed(args, chosen.lam if chosen else 0.3, x_fit, x_test, y_test)
-    write(args, rows, chosen, acc_static, base_val, identity, comp,
+    write(args, rows, chosen, acc_static, base_val, extra, comp,
           time.time() - t_start, t_sweep)
 
 
-def write(args, rows, chosen, acc_static, base_val, identity, comp, seconds, t_sweep) -> None:
+def write(args, rows, chosen, acc_static, base_val, extra, comp, seconds, t_sweep) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["network", "setting", "op_kind", "accuracy", "agreement", "first_frame",
@@ -283,7 +301,7 @@ def write(args, rows, chosen, acc_static, base_val, identity, comp, seconds, t_s
     _atomic(out.with_suffix(".csv"), buf.getvalue())
     _plot(out.with_suffix(".png"), rows)
     _atomic(out.with_suffix(".md"), _markdown(args, rows, chosen, acc_static, base_val,
-                                              identity, comp, seconds, t_sweep))
+                                              extra, comp, seconds, t_sweep))
     print(out.with_suffix(".md").read_text())
 
 
@@ -330,7 +348,7 @@ def _plot(path: Path, rows) -> None:
     os.replace(tmp, path)
 
 
-def _markdown(args, rows, chosen, acc_static, base_val, identity, comp, seconds,
+def _markdown(args, rows, chosen, acc_static, base_val, extra, comp, seconds,
               t_sweep) -> str:
     m = machine()
     dense = rows[0][2]
@@ -352,7 +370,8 @@ def _markdown(args, rows, chosen, acc_static, base_val, identity, comp, seconds,
         f"k = {args.init_scale:g}); lambda was chosen on "
         f"{args.val_sequences} other train-split sequences as the largest steady-state saving "
         f"with accuracy within {args.max_loss_pp} pp of dense there (dense val accuracy "
-        f"{100 * base_val:.2f} %).",
+        f"{100 * base_val:.2f} %); the send-on-threshold threshold likewise. The dense net "
+        f"was trained with random shifts of up to {args.train_shift:g} px, as the digits move.",
         "",
         "Ops are per frame and per sequence. Dense: exact MACs of one frame-by-frame "
         f"evaluation ({dense.dense_macs:,.0f}; no padding in LeNet-5, so exact = naive). "
@@ -370,8 +389,9 @@ def _markdown(args, rows, chosen, acc_static, base_val, identity, comp, seconds,
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for net, setting, r, _ in rows:
-        tag = " **(chosen)**" if chosen is not None and net == "sigma-delta" and \
-            setting == chosen.lam else ""
+        picked = (net == "sigma-delta" and chosen is not None and setting == chosen.lam) or \
+            (net == "send-on-threshold" and setting == extra["threshold"])
+        tag = " **(chosen)**" if picked else ""
         label = {"sigma-delta": "lambda", "rounding": "lambda",
                  "send-on-threshold": "threshold"}.get(net, "")
         lines.append(
@@ -393,10 +413,26 @@ def _markdown(args, rows, chosen, acc_static, base_val, identity, comp, seconds,
             f"(>= 20x fewer ops per frame at <= 0.5 pp loss): **{verdict}**.",
             "",
             f"Rounding-network identity: max |sigma-delta - rounding| output difference over "
-            f"all test frames = {identity:.2e} (float64).",
+            f"all test frames = {extra['identity']:.2e} (float64).",
+            "",
+            "Per layer at the chosen lambda (additions per frame and sequence):",
+            "",
+            "| layer | dense MACs | sigma-delta first frame | sigma-delta steady state | "
+            "steady saving |",
+            "|---|---|---|---|---|",
         ]
+        lines += [f"| {name} | {d:,.0f} | {f:,.0f} | {st:,.0f} | {d / max(st, 1e-12):.1f}x |"
+                  for name, d, f, st in extra["layers"]]
     else:
         lines.append("No lambda kept accuracy within the budget on the validation sequences.")
+    th = next((r for n, st, r, _ in rows if n == "send-on-threshold"
+               and st == extra["threshold"]), None)
+    if th is not None:
+        lines += ["", f"Send-on-threshold, threshold {extra['threshold']:g} chosen on the "
+                  f"validation sequences by the same rule: {th.steady_saving:.1f}x fewer ops "
+                  f"(MACs) per frame in steady state, accuracy {100 * th.accuracy:.2f} % "
+                  f"({100 * (dense.accuracy - th.accuracy):.2f} pp loss), agreement "
+                  f"{100 * th.agreement:.2f} %."]
     lines += ["", "## Composition with a kwh-compressed LeNet-5", ""]
     if comp is None:
         lines.append("Not measured in this run: no compressed LeNet-5 was given "
