@@ -246,6 +246,7 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
         logf.flush()
 
     total = Clock()
+    info = machine_info()  # the commit the run starts from
     data = load_data(a.data, a.data_dir, cfg["limit_train"], cfg["limit_test"])
     if data.input_shape != INPUT_SHAPES[a.data]:
         raise ValueError(f"{a.data} images have shape {data.input_shape}, expected {INPUT_SHAPES[a.data]}")
@@ -255,7 +256,6 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
         r, h, al = run_seed(a, seed, data, files, log)
         rows += r
         histories[seed], alphas[seed] = h, al
-    info = machine_info()
     first = a.seeds[0]
     layer_names = [d["layer"] for d in alphas[first]["log-uniform"]]
     plots.error_vs_compression(rows, a.net, out / f"{stem}_error_vs_compression.png")
