@@ -116,3 +116,33 @@ def test_main_maps_errors_to_exit_code_2(capsys):
     assert main.main(["energy", "nonet", "--no-measure"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("kwh: error:") and "Traceback" not in err
+
+
+def test_measured_numbers_are_printed_when_a_counter_exists(kwh_file, capsys, monkeypatch,
+                                                            tmp_path):
+    import kwh.energy.measure as measure
+    root = tmp_path / "powercap" / "intel-rapl:0"
+    root.mkdir(parents=True)
+    (root / "name").write_text("package-0\n")
+    (root / "energy_uj").write_text("1000\n")  # a frozen counter: 0 J over the window
+    (root / "max_energy_range_uj").write_text("262143328850\n")
+    monkeypatch.setattr(measure.measure_model, "__kwdefaults__",
+                        {"window_s": 2.0, "rapl_root": root.parent, "nvml": None})
+    args = parse(str(kwh_file), "--window", "0.05")
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "measured energy of compressed (lenet5.kwh): RAPL package-0," in out
+    assert "idle 0.00 W" in out and "not measured" not in out
+
+
+def test_sigma_delta_variant_per_frame(kwh_file, data_root, capsys, tmp_path):
+    out_json = tmp_path / "sd.json"
+    args = parse(str(kwh_file), "--no-measure", "--sigma-delta", "--sequences", "3",
+                 "--frames", "3", "--data", "mnist", "--data-dir", str(data_root),
+                 "--limit", "200", "--json", str(out_json))
+    assert args.func(args) == 0
+    assert "sigma-delta (lenet5.kwh): modelled energy per frame" in capsys.readouterr().out
+    sd = json.loads(out_json.read_text())["variants"][-1]
+    assert sd["key"] == "sigma-delta" and sd["estimate"]["unit"] == "frame"
+    assert sd["estimate"]["mults"] == 0 and sd["estimate"]["adds"] > 0
+    assert 0.0 <= sd["estimate"]["accuracy"] <= 1.0

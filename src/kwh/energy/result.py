@@ -86,14 +86,17 @@ class EnergyEstimate:
 
     @property
     def mults(self) -> float:
+        """Multiplies per unit, all layers."""
         return sum(l.mults for l in self.layers)
 
     @property
     def adds(self) -> float:
+        """Additions per unit, all layers."""
         return sum(l.adds for l in self.layers)
 
     @property
     def weight_bits(self) -> float:
+        """Weight (and bias) bits read per unit."""
         return sum(l.weight_bits for l in self.layers)
 
     @property
@@ -136,6 +139,7 @@ class EnergyEstimate:
         return {
             "unit": self.unit, "mode": self.mode, "table": self.table, "config": self.config,
             "input_shape": list(self.input_shape), "layers": rows,
+            "mults": self.mults, "adds": self.adds, "weight_bits": self.weight_bits,
             "compute_j": self.compute_j, "memory_j": self.memory_j, "total_j": self.total_j,
             "accuracy": self.accuracy, "per_correct_j": self.per_correct_j,
             "correct_per_kwh": self.correct_per_kwh, "landauer_j": self.landauer_j,
