@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks import paper_table
 from benchmarks.baselines import huffman, sparse_file
