@@ -21,7 +21,7 @@ def error_vs_compression(rows: list[dict], net: str, path) -> None:
         ax.annotate(f"paper {m}", (c, e), fontsize=7, color="grey", xytext=(3, 3),
                     textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("maximum compression rate (x, zstd relative-index CSR, weights only)")
+    ax.set_xlabel("maximum compression rate (x, the table's max compr. column)")
     ax.set_ylabel("test error (%)")
     ax.set_title(f"{net}: error vs compression (x = paper, Table 1)")
     ax.grid(True, which="both", alpha=0.3)
