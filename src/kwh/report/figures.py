@@ -128,7 +128,7 @@ def log_alpha_trajectories(epochs: list[int], quantiles: dict[str, list[dict]]) 
 def scatter_curves(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
                    title: str, logx: bool = True) -> str:
     """Accuracy (y) against compression or ops (x), one marker series per method."""
-    fig, ax = new_figure()
+    fig, ax = new_figure(width=10.5, height=3.8)
     a = ax[0, 0]
     for name, pts in series.items():
         pts = sorted(pts)
@@ -138,7 +138,7 @@ def scatter_curves(series: dict[str, list[tuple[float, float]]], xlabel: str, yl
     a.set_xlabel(xlabel)
     a.set_ylabel(ylabel)
     a.set_title(title, fontsize=10)
-    a.legend(fontsize=7)
+    a.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return to_data_uri(fig)
 
 

@@ -19,9 +19,9 @@ ACCURACY_COLS = ("accuracy", "test_accuracy", "acc", "accuracy_pct")
 ERROR_COLS = ("error", "test_error", "error_pct", "error_after_quantization")
 COMPRESSION_COLS = ("compression", "fast_prediction", "max_compression", "pruning", "rate",
                     "compression_rate")
-OPS_COLS = ("macs", "macs_nonzero", "ops", "ops_per_frame", "mults", "energy_j",
+OPS_COLS = ("macs_nonzero", "macs", "ops", "ops_per_frame", "mults", "energy_j",
             "energy_per_inference_j", "mean_per_frame")
-GROUP_COLS = ("method", "name", "model", "prior", "net", "variant")
+GROUP_COLS = ("method", "network", "name", "model", "prior", "net", "variant")
 
 
 @dataclass
@@ -55,6 +55,13 @@ def _accuracy(row: dict, acc_col: str | None, err_col: str | None) -> float | No
     if err_col is not None and (e := _num(row.get(err_col))) is not None:
         return 100 - (100 * e if e <= 1.0 and "pct" not in err_col else e)
     return None
+
+
+def _join_label(label: str, col: str | None) -> str:
+    """Axis label naming every column that feeds the axis: 'macs_nonzero / mean_per_frame'."""
+    if not col or col in label.split(" / "):
+        return label
+    return f"{label} / {col}" if label else col
 
 
 def read_curves(folder: str | Path) -> Curves:
@@ -96,6 +103,6 @@ def read_curves(folder: str | Path) -> Curves:
                     used = True
         if used:
             out.sources.append(path.name)
-            out.compression_label = out.compression_label or (comp_col or "")
-            out.ops_label = out.ops_label or (ops_col or "")
+            out.compression_label = _join_label(out.compression_label, comp_col)
+            out.ops_label = _join_label(out.ops_label, ops_col)
     return out
