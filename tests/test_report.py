@@ -133,20 +133,19 @@ def test_log_alpha_course_from_training_log(tmp_path):
 
 def test_reliability_diagram_with_data(monkeypatch):
     import kwh.data
+    from pathlib import Path
     x = torch.randn(64, 1, 28, 28)
     y = torch.randint(0, 10, (64,))
     monkeypatch.setattr(kwh.data, "get_dataset",
                         lambda *a, **k: torch.utils.data.TensorDataset(x, y))
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    loaded = LoadedModel(model, None, "tiny", None)
-    html = build_report(loaded, data="mnist", accuracy=0.5)
-    r = check_self_contained(html)
-    assert r.sections["reliability"] == "no"  # an untrained reference: nothing to calibrate
-    from pathlib import Path
-    loaded = LoadedModel(model, None, "tiny", Path("tiny.pt"))
-    html = build_report(loaded, data="mnist", accuracy=0.5)
+    html = build_report(LoadedModel(model, None, "tiny", Path("tiny.pt")), data="mnist",
+                        accuracy=0.5, results_dir=None)
     assert check_self_contained(html).sections["reliability"] == "yes"
-    assert "64 test examples" in html
+    assert "64 test examples" in html and "softmax of the deterministic model" in html
+    from kwh.report import sections
+    untrained = sections.reliability([], (x, y), 10, "")  # a reference name: nothing trained
+    assert not untrained.available and "no model to evaluate" in untrained.body
 
 
 def test_read_curves_finds_columns_and_skips_others(tmp_path):

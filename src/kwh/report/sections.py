@@ -273,13 +273,15 @@ def reliability(models: list[tuple[str, nn.Module]], data: tuple | None, samples
     if not models:
         return _na("reliability", title, "there is no model to evaluate")
     x, y = data
-    curves_ = []
+    curves_, rows = [], []
     for name, model in models:
         p, how = _probs(model, x, samples)
         r = fn(p, y)
         curves_.append((f"{name}\n{how}", np.asarray(r.edges), np.asarray(r.accuracy),
                         np.asarray(r.count), float(r.ece)))
+        rows.append([name, how, f"{100 * float(r.ece):.2f}%"])
     uri = figures.reliability(curves_)
     return Section("reliability", title, img(uri, "reliability diagrams")
+                   + table(["model", "predictive", "ECE"], rows)
                    + f"<p class='small'>{len(y):,} test examples; bars: accuracy per "
                      "confidence bin, dashed: perfect calibration.</p>")
