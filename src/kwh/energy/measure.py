@@ -99,6 +99,9 @@ def measure(step: Callable[[], int], counter, *, window_s: float = 2.0,
         e = counter.read_j()
         if clock() - t1 >= window_s:
             break
+    if n <= 0:
+        raise ValueError("the measured step reported no inferences; it must return how many "
+                         "inputs it processed")
     return Measurement(counter.name, clock() - t1, n, e - e1, idle_w, idle_t)
 
 
