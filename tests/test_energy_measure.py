@@ -195,3 +195,14 @@ def test_measure_model_on_fake_rapl(tmp_path, monkeypatch):
     assert r.inferences == 8 * (calls["n"] - 1)
     assert r.total_j == pytest.approx(calls["n"] - 1)
     assert r.idle_w == 0.0
+
+
+def test_measure_refuses_a_step_that_counts_nothing():
+    f = FakeClockCounter()
+
+    def step() -> int:
+        f.sleep(0.1)  # time passes, nothing is counted
+        return 0
+
+    with pytest.raises(ValueError, match="no inferences"):
+        measure(step, f, window_s=0.5, clock=f.clock, sleep=f.sleep)
