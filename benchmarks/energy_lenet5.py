@@ -116,6 +116,27 @@ def fixed_point_accuracy(model: torch.nn.Module, bits: int, data_dir: str | None
             h.remove()
 
 
+def sigma_delta(small: torch.nn.Module, args):
+    """The compressed model run as a sigma-delta network on moving digits: energy per frame."""
+    from kwh.data import sequence_dataset
+    from kwh.energy.sigma_delta import estimate_sigma_delta
+    from kwh.spike import convert
+    x, y = sequence_dataset("mnist", "test", "moving", root=args.data_dir,
+                            n_sequences=args.sd_sequences, n_frames=args.sd_frames).tensors
+    run = convert(small, args.sd_scale)(x.transpose(0, 1))  # (T, S, 1, 28, 28)
+    sd = estimate_sigma_delta(small, run, SHAPE).with_accuracy(run.accuracy(y))
+    frame_dense = estimate_energy(small, SHAPE)  # the same model evaluated densely per frame
+    frame_dense.with_accuracy(frame_accuracy(small, x, y))
+    return sd, frame_dense, args
+
+
+@torch.no_grad()
+def frame_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Per-frame accuracy of the model evaluated densely on every frame of (S, T, ...) x."""
+    pred = model(x.flatten(0, 1)).argmax(1).view(x.shape[0], x.shape[1])  # (S, T)
+    return float((pred == y[:, None]).double().mean())
+
+
 SCENARIOS = [
     ("Horowitz 45 nm, act 16 bit, SRAM 1 MB, batch 1 (default)", {}, {}),
     ("activations 8 bit", {"act_bits": 8}, {}),
@@ -136,6 +157,10 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sd-sequences", type=int, default=20, help="moving-MNIST sequences for "
+                   "the sigma-delta version (0: skip it)")
+    p.add_argument("--sd-frames", type=int, default=10)
+    p.add_argument("--sd-scale", type=float, default=16.0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -170,10 +195,11 @@ def main(argv=None) -> int:
         if base_d is None:
             base_d, base_s = d, s
     measured = measure_model(small, torch.zeros(256, *SHAPE), window_s=2.0)
+    sd = sigma_delta(small, args) if args.sd_sequences > 0 else None
 
     cmd = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     md = render(rows, base_d, base_s, small, kwh_path, provenance, acc_small, n, acc_dense,
-                dense_src, measured, cmd, machine_info(), acc_fixed)
+                dense_src, measured, cmd, machine_info(), acc_fixed, sd)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "energy_lenet5.md", md.encode())
@@ -195,7 +221,7 @@ def _pct(x: float, total: float) -> str:
 
 
 def render(rows, d, s, small, kwh_path, provenance, acc_small, n, acc_dense, dense_src,
-           measured, cmd, machine, acc_fixed) -> str:
+           measured, cmd, machine, acc_fixed, sd) -> str:
     summ = getattr(small, "kwh_summary", {}) or {}
     r0 = rows[0]
     lines = [
@@ -277,6 +303,25 @@ def render(rows, d, s, small, kwh_path, provenance, acc_small, n, acc_dense, den
         ratio = "n/a" if r["ratio_per_correct"] is None else f"{r['ratio_per_correct']:,.0f}x"
         lines.append(f"| {r['scenario']} | {joules(r['dense_j'])} | {joules(r['compressed_j'])}"
                      f" | {r['dense_weights_in']} | {r['compressed_weights_in']} | {ratio} |")
+    if sd is not None:
+        e, f, a = sd
+        lines += ["", "## The compressed model as a sigma-delta network (moving MNIST, per frame)",
+                  "",
+                  f"{a.sd_sequences} moving-digit sequences x {a.sd_frames} frames from the "
+                  f"MNIST test split, scale k = {a.sd_scale:g} on every layer (untrained "
+                  "scales), first frame included. Accuracy is per frame.", "",
+                  "| | frame by frame (dense) | sigma-delta |", "|---|---:|---:|",
+                  f"| energy per frame | {joules(f.total_j)} | {joules(e.total_j)} |",
+                  f"| compute | {joules(f.compute_j)} | {joules(e.compute_j)} |",
+                  f"| memory | {joules(f.memory_j)} | {joules(e.memory_j)} |",
+                  f"| multiplies | {f.mults:,.0f} | {e.mults:,.0f} |",
+                  f"| additions | {f.adds:,.0f} | {e.adds:,.0f} |",
+                  f"| accuracy per frame | {100 * f.accuracy:.2f}% | {100 * e.accuracy:.2f}% |",
+                  f"| energy per correct frame | {joules(f.per_correct_j)} | "
+                  f"{joules(e.per_correct_j)} |", "",
+                  "The sigma-delta network trades multiplies for additions, but it keeps "
+                  "state (the quantizer's previous input and residual, the running sums) that "
+                  "is read and written every frame; see kwh.energy.sigma_delta."]
     lines += ["", "Assumptions (kwh.energy.EnergyConfig defaults): plain layers run dense fp32 "
               "(every MAC, zeros included); compressed layers multiply kwh_bits-wide weights by "
               "16-bit fixed-point activations only for nonzero weights, accumulate at the exact "
