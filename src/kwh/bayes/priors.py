@@ -212,6 +212,9 @@ class _GroupPrior(Prior):
 class GroupNJ(_GroupPrior):
     """BC-GNJ: p(z) ~ 1/|z|, q(z) = N(mu_z, mu_z^2 alpha); p(w|z) = N(0, z^2).
 
+    Initialisation: mu_z at each group's weight RMS (times 1 + N(0, 0.01^2)), weight log
+    variances ~ N(-9, 0.01^2) as in the reference, and mu = w / mu_z.
+
     KL_z: the Sparse VD approximation on log alpha = log s2_z - log(mu_z^2 + 1e-8);
     KL_W = sum 0.5 (-log s2 + s2 + mu^2 - 1).
     """
@@ -219,8 +222,14 @@ class GroupNJ(_GroupPrior):
     def __init__(self, config: GroupNJConfig, weight: Tensor, group_dim: int):
         super().__init__(config, weight, group_dim)
         g = self.n_groups
-        self.z_mu = nn.Parameter(torch.randn(g, dtype=weight.dtype) * 0.01 + 1.0)  # N(1, 0.01^2)
-        self.z_log_var = nn.Parameter(torch.randn(g, dtype=weight.dtype) * 0.01 + config.init_log_var)
+        # The reference starts z ~ N(1, 0.01^2) for a net trained from scratch. From given
+        # (e.g. pretrained) weights kwh starts z at each group's RMS, so that w~ = w / z has
+        # unit scale as its conditional prior N(0, 1) expects; short runs prune more this way.
+        z0 = self._group_rms(weight)
+        self.z_mu = nn.Parameter(z0 * (1.0 + 0.01 * torch.randn(g, dtype=weight.dtype)))
+        # log alpha_z starts at init_log_var, as the reference's does with mu_z = 1
+        self.z_log_var = nn.Parameter(torch.randn(g, dtype=weight.dtype) * 0.01
+                                      + config.init_log_var + 2.0 * z0.log())
         self._rescale_weights()
 
     def log_alpha(self) -> Tensor:
