@@ -91,6 +91,15 @@ def test_sigma_delta_spike_sum_is_rounding_spikes(factory, frame):
     assert torch.equal(sd.ops[:, 0], rn.ops[:, 0])
 
 
+def test_inplace_relu_does_not_corrupt_the_running_sum():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)).eval()
+    x = sequences(6, 3, (6,), seed=2)
+    sd, rn = convert(model, 4.0).run(x), RoundingNet(model, 4.0).run(x)
+    assert torch.allclose(sd.outputs, rn.outputs, rtol=0, atol=1e-9)
+    assert model[1].inplace  # the user's model is left as it was
+
+
 def test_dense_frame_net_matches_model_with_batchnorm_folded():
     model = cnn()
     _randomize_bn(model)

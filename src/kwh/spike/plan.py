@@ -127,7 +127,12 @@ def build_plan(model: nn.Module) -> Plan:
             raise ModelError(f"layer {name} does not directly follow a Linear/Conv2d, so it "
                             "cannot be folded; supported layers: " + ", ".join(SUPPORTED))
         elif isinstance(m, _POST) or isinstance(m, _DROPS):
+            if getattr(m, "return_indices", False):
+                raise ModelError(f"layer {name}: return_indices=True is not supported; "
+                                 "build the MaxPool2d without it")
             op = nn.Identity() if isinstance(m, _DROPS) else copy.deepcopy(m)
+            if getattr(op, "inplace", False):  # would overwrite the running sum (sigma)
+                op.inplace = False
             (blocks[-1].post if blocks else pre).append(op)
         else:
             raise _unsupported(name, m)
