@@ -10,8 +10,10 @@ from torch import nn
 
 from kwh.errors import ModelError
 from kwh.spike import (DenseFrameNet, Herding, RoundingNet, SigmaDeltaNet, ThresholdNet,
-                       convert, dense_macs, fanout_map, herd, naive_macs, round_half_up,
-                       train_scales)
+                       build_plan, convert, dense_macs, fanout_map, herd, naive_macs,
+                       round_half_up, train_scales)
+from kwh.spike.plan import input_shapes
+from kwh.spike.scales import relaxed_cost
 
 
 @pytest.fixture(autouse=True)
@@ -284,6 +286,21 @@ def test_batched_run_equals_single_run():
     net = convert(cnn(), 6.0)
     a, b = net.run(x), net.run(x, batch_size=3)
     assert torch.equal(a.outputs, b.outputs) and torch.equal(a.ops, b.ops)
+
+
+@pytest.mark.parametrize("factory,frame", CASES, ids=["mlp", "cnn"])
+def test_relaxed_cost_counts_the_sigma_delta_additions_exactly(factory, frame):
+    """The training objective's forward count is the simulated sigma-delta count."""
+    model, scales = factory(), [2.0, 3.5, 5.0] if factory is mlp else [2.0, 3.0, 4.0, 6.0]
+    x = sequences(5, 3, frame, seed=8).double()
+    plan = build_plan(model).to(torch.float64)
+    shapes = input_shapes(plan, x[0, :1])
+    fans = [fanout_map(b.layer, s) for b, s in zip(plan.blocks, shapes)]
+    log_k = torch.tensor(scales, dtype=torch.float64).log()
+    out, cost = relaxed_cost(plan, x, log_k, fans)                  # (T, B, ...), (T, B)
+    run = convert(model, scales).run(x)
+    assert torch.equal(cost, run.ops.sum(0))
+    assert torch.allclose(out, run.outputs, rtol=0, atol=1e-9)
 
 
 def test_training_scales_trades_error_for_additions():

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kwh.errors import ModelError
 
-__all__ = ["Block", "Plan", "build_plan", "reference_forward", "SUPPORTED"]
+__all__ = ["Block", "Plan", "build_plan", "reference_forward", "input_shapes", "SUPPORTED"]
 
 _WEIGHTED = (nn.Linear, nn.Conv2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -151,3 +151,13 @@ def reference_forward(plan: Plan, x: Tensor) -> Tensor:
         x = b.post(b.add_bias(b.linear(x)))
     return x
 
+
+def input_shapes(plan: Plan, frame: Tensor) -> list[tuple[int, ...]]:
+    """Input shape (without batch) of every weight layer for one frame (1, *frame)."""
+    shapes = []
+    with torch.no_grad():
+        a = plan.pre(frame)
+        for b in plan.blocks:
+            shapes.append(tuple(a.shape[1:]))
+            a = b.post(b.add_bias(b.linear(a)))
+    return shapes

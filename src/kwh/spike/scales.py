@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .fanout import fanout_map
 from .nets import per_layer
-from .plan import Plan, build_plan, reference_forward
+from .plan import Plan, build_plan, input_shapes, reference_forward
 from .quantize import ste_round
 
 __all__ = ["train_scales", "relaxed_cost", "ERRORS"]
@@ -73,7 +73,7 @@ def train_scales(model: nn.Module | Plan, sequences: Tensor, lam: float, *,
     for b in plan.blocks:
         b.layer.requires_grad_(False)
     x = sequences.to(torch.float32)
-    shapes = _input_shapes(plan, x[0, :1])
+    shapes = input_shapes(plan, x[0, :1])
     fans = [fanout_map(b.layer, s).to(torch.float32) for b, s in zip(plan.blocks, shapes)]
     dense = float(sum(f.sum() for f in fans))
     init_k = per_layer(init, len(plan.blocks), "init")
@@ -92,13 +92,3 @@ def train_scales(model: nn.Module | Plan, sequences: Tensor, lam: float, *,
         opt.step()
     return [float(v) for v in log_k.detach().exp()]
 
-
-def _input_shapes(plan: Plan, frame: Tensor) -> list[tuple[int, ...]]:
-    """Input shape (without batch) of every weight layer for one frame (1, *frame)."""
-    shapes = []
-    with torch.no_grad():
-        a = plan.pre(frame)
-        for b in plan.blocks:
-            shapes.append(tuple(a.shape[1:]))
-            a = b.post(b.add_bias(b.linear(a)))
-    return shapes
