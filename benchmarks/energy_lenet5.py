@@ -75,11 +75,13 @@ def compressed_model(args) -> tuple[torch.nn.Module, Path, str]:
     from kwh.train import load_checkpoint
     model, config = load_checkpoint(args.run)
     x, y = get_dataset("mnist", "test", args.data_dir).tensors
-    small = kwh.compress(model, eval_data=[(x[i:i + 1000], y[i:i + 1000])
-                                           for i in range(0, len(y), 1000)])
+    batches = [(x[i:i + 1000], y[i:i + 1000]) for i in range(0, len(y), 1000)]
+    small = kwh.compress(model, threshold=args.threshold, eval_data=batches)
     out = Path(args.out_kwh)
     save(small, out)
-    return load(out), out, (f"kwh.compress of {args.run} (prior {config.prior}, "
+    how = ("default thresholds" if args.threshold is None
+           else f"log-alpha threshold {args.threshold:g} on every layer")
+    return load(out), out, (f"kwh.compress ({how}) of {args.run} (prior {config.prior}, "
                             f"{config.pretrain_epochs} pretrain + {config.epochs} Bayesian "
                             f"epochs), saved to {out}")
 
@@ -153,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", default=str(ROOT / "runs" / "lenet5-mnist-group-horseshoe"))
     p.add_argument("--kwh", default=None, help="use this .kwh file instead of compressing --run")
     p.add_argument("--out-kwh", default="/tmp/energy_lenet5.kwh")
+    p.add_argument("--threshold", type=float, default=None, help="log-alpha pruning threshold "
+                   "for every layer (default: each prior's own, as kwh.compress)")
     p.add_argument("--dense-accuracy", type=float, default=None)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))

@@ -1,4 +1,4 @@
-"""`kwh energy MODEL`: modelled and measured energy, per layer, dense vs compressed vs sigma-delta."""
+"""`kwh energy MODEL`: modelled and measured energy per layer: dense, compressed, sigma-delta."""
 
 from __future__ import annotations
 

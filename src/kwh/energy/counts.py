@@ -70,7 +70,7 @@ class LayerCounts:
 
 
 def weight_of(m: nn.Module) -> tuple[Tensor, Tensor | None]:
-    """The weight and bias the layer computes with in eval mode (Bayesian: masked posterior mean)."""
+    """The weight and bias the layer computes with in eval mode (Bayesian: masked mean)."""
     if hasattr(m, "eval_weight_bias"):
         w, b = m.eval_weight_bias()
     else:
@@ -124,7 +124,8 @@ def _weight_counts(name: str, m: nn.Module, in_shape: tuple[int, ...],
         frac_bits=getattr(m, "kwh_frac_bits", None))
 
 
-def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, nn.Module, tuple, tuple]]:
+def _trace(model: nn.Module,
+           input_shape: tuple[int, ...]) -> list[tuple[str, nn.Module, tuple, tuple]]:
     """(name, module, in shape, out shape) of every leaf call, in call order, batch dim dropped."""
     calls: list[tuple[str, nn.Module, tuple, tuple]] = []
     handles = []

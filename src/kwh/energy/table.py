@@ -85,7 +85,7 @@ class EnergyTable:
         return _loglog(self.int_mult_pj, math.sqrt(bits_a * b), 2.0) * PJ  # ~ quadratic in b
 
     def sram_j_per_bit(self, size_kb: float) -> float:
-        """Joules per bit read from an SRAM of ``size_kb`` KB (power law between Horowitz's sizes)."""
+        """Joules per bit read from an SRAM of ``size_kb`` KB (power law between sizes)."""
         # Outside the tabulated sizes: E ~ sqrt(size) (wire length; Horowitz 8 -> 32 KB doubles).
         return _loglog(self.sram_pj_per_64bit, size_kb, 0.5) * PJ / 64
 

@@ -1,4 +1,4 @@
-"""The report's sections: each returns a :class:`Section` (a figure and table, or a note why not)."""
+"""The report's sections: each returns a :class:`Section` (figures and tables, or a note)."""
 
 from __future__ import annotations
 
