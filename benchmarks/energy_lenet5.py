@@ -255,8 +255,8 @@ def _verdict(ratio: float | None, summ: dict) -> str:
     if ratio >= 100:
         return f"Target (>= 100x lower energy per correct prediction): met, {ratio:,.0f}x."
     return (f"Target (>= 100x lower energy per correct prediction): **not met** by this model "
-            f"({ratio:,.0f}x). Its architecture {summ.get('architecture', '?')} keeps most "
-            "units (the short run pruned no conv filter), so the weights still take "
+            f"({ratio:,.0f}x). The short run kept {summ.get('architecture', '?')} of "
+            f"{summ.get('architecture_original', '?')} units, so the weights still take "
             f"{summ.get('weights_pruned_dense', 0):,} entries; the paper's architecture below "
             "shows what a fully trained BC-GHS LeNet-5 gives under the same energy model.")
 
