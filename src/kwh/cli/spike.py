@@ -48,8 +48,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--scales", type=parse_scales, default="auto", help="quantizer scale k: "
                    "'auto' (learnt on train-split sequences, default), one number, or one per "
                    "weight layer")
-    p.add_argument("--lam", type=float, default=0.3, help="ops weight when learning scales")
-    p.add_argument("--threshold", type=float, default=0.3, help="send-on-threshold threshold")
+    p.add_argument("--lam", type=float, default=0.1, help="ops weight when learning scales "
+                   "(default 0.1, chosen for LeNet-5 in benchmarks/results/spike_mnist.md)")
+    p.add_argument("--threshold", type=float, default=0.4, help="send-on-threshold threshold "
+                   "(default 0.4, chosen likewise)")
     p.set_defaults(func=run)
     return p
 
