@@ -14,9 +14,14 @@ LOG_ALPHA_CLIP = 8.0
 _LN2 = math.log(2.0)
 
 
-def kl_log_uniform(log_alpha: Tensor) -> Tensor:
-    """Elementwise KL(N(theta, alpha theta^2) || log-uniform), Sparse VD approximation."""
-    la = log_alpha.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+def kl_log_uniform(log_alpha: Tensor, clip: float = LOG_ALPHA_CLIP) -> Tensor:
+    """Elementwise KL(N(theta, alpha theta^2) || log-uniform), Sparse VD approximation.
+
+    log alpha is clipped to [-clip, clip] (Sparse VD: 8). Below the clip the KL has no
+    gradient, so a posterior that starts there (BC-GNJ's reference init, log alpha = -9)
+    needs a wider clip to feel the prior at all.
+    """
+    la = log_alpha.clamp(-clip, clip)
     neg_kl = K1 * torch.sigmoid(K2 + K3 * la) - 0.5 * torch.nn.functional.softplus(-la) - K1
     return -neg_kl
 

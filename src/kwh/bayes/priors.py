@@ -27,6 +27,7 @@ from kwh.bayes.kl import (
 )
 
 _EPS = 1e-8
+_GNJ_KL_CLIP = 30.0
 _LOGVAR_MIN, _LOGVAR_MAX = -30.0, 4.0  # keeps exp() finite and log() away from zero
 
 
@@ -215,7 +216,7 @@ class GroupNJ(_GroupPrior):
     Initialisation: mu_z at each group's weight RMS (times 1 + N(0, 0.01^2)), weight log
     variances ~ N(-9, 0.01^2) as in the reference, and mu = w / mu_z.
 
-    KL_z: the Sparse VD approximation on log alpha = log s2_z - log(mu_z^2 + 1e-8);
+    KL_z: the Sparse VD approximation on log alpha = log s2_z - log(mu_z^2 + 1e-8) (clip +-30);
     KL_W = sum 0.5 (-log s2 + s2 + mu^2 - 1).
     """
 
@@ -232,12 +233,16 @@ class GroupNJ(_GroupPrior):
                                       + config.init_log_var + 2.0 * z0.log())
         self._rescale_weights()
 
+    def _raw_log_alpha(self) -> Tensor:
+        return _logvar(self.z_log_var) - torch.log(self.z_mu.pow(2) + _EPS)
+
     def log_alpha(self) -> Tensor:
-        la = _logvar(self.z_log_var) - torch.log(self.z_mu.pow(2) + _EPS)
-        return la.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+        return self._raw_log_alpha().clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
 
     def kl(self) -> Tensor:
-        return kl_log_uniform(self.log_alpha()).sum() + self.kl_weights()
+        # KL_z on log alpha clipped to [-30, 30], not Sparse VD's [-8, 8]: the reference init
+        # (log alpha = -9) would otherwise sit where the KL has no gradient and z never moves.
+        return kl_log_uniform(self._raw_log_alpha(), clip=_GNJ_KL_CLIP).sum() + self.kl_weights()
 
     def scale_moments(self) -> tuple[Tensor, Tensor]:
         return self.z_mu, _logvar(self.z_log_var).exp()
