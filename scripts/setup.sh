@@ -14,5 +14,5 @@ fi
 pip install --quiet -e ".[test,bench]"
 # Point the loaders at the shared data sets when they sit beside the checkout.
 if [ -z "${KWH_DATA:-}" ] && [ -d ../shared/data ]; then
-  echo "KWH_DATA=$(cd ../shared/data && pwd)"
+  echo "data: KWH_DATA will point at $(cd ../shared/data && pwd)"
 fi

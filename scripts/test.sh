@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the default, CPU-only test suite.
+# Set up (idempotent) and run the test suite (CPU only). Extra arguments go to pytest,
+# e.g. `bash scripts/test.sh -m slow` for the long tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
+# The report's browser test renders in headless Chromium (Debian's package); it skips, saying
+# why, where Chromium cannot be installed.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } >/dev/null 2>&1 \
+    || echo "chromium could not be installed: the report's browser test will skip" >&2
+fi
 . .venv/bin/activate
 if [ -z "${KWH_DATA:-}" ] && [ -d ../shared/data ]; then export KWH_DATA="$(cd ../shared/data && pwd)"; fi
-exec python -m pytest -q "$@"
+exec python -m pytest -q -p no:cacheprovider "$@"

@@ -13,6 +13,7 @@ from kwh.bayes import (
     sampling,
 )
 from kwh import compress  # a callable package: kwh.compress(model, config)
+from kwh import models
 from kwh.compress import CompressConfig, codec, format_summary
 from kwh.compress.codec import load, save
 from kwh.compress.format_onnx import export_onnx
@@ -25,8 +26,8 @@ __all__ = [
     "bayesify_", "free_energy", "kl_divergence", "KLWarmup", "sampling",
     # uncertainty
     "predict",
-    # data
-    "load_mnist", "get_dataset", "make_loaders", "sequence_dataset",
+    # data and reference models
+    "models", "load_mnist", "get_dataset", "make_loaders", "sequence_dataset",
     # compression
     "compress", "CompressConfig", "format_summary",
     # the .kwh file

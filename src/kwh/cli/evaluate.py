@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """FILE and the test-set options every evaluation shares."""
     from kwh.data import DATASETS
 
-    p.add_argument("file", help="the .kwh model file to evaluate")
+    p.add_argument("file", help="the .kwh model file to evaluate (with --uncertainty also a "
+                   "checkpoint or run folder from 'kwh train', whose posterior is sampled)")
     p.add_argument("--data", choices=list(DATASETS), default="mnist",
                    help="test set (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set files "
@@ -42,6 +43,11 @@ def register(subparsers) -> None:
         "evaluate", help="test error of a .kwh model",
         description="Load a .kwh file (kwh.load) and print its error on the test set.")
     add_arguments(p)
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also NLL, Brier, ECE (15 bins) and, with --ood, OOD detection AUROC")
+    p.add_argument("--ood", default=None, help="out-of-distribution test set, e.g. fashion-mnist")
+    p.add_argument("--samples", type=_positive_int, default=20,
+                   help="posterior samples per input for Bayesian checkpoints (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -51,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from kwh.compress.metrics import evaluate
     from kwh.data import batch_loader, get_dataset
 
+    if args.uncertainty or args.ood:
+        from kwh.bayes.uncertainty import evaluate_model_file, format_uncertainty
+
+        result = evaluate_model_file(args.file, args.data, args.ood, args.samples,
+                                     data_dir=args.data_dir, limit_test=args.limit_test)
+        print(format_uncertainty(result))
+        return 0
     model = kwh.load(args.file)
     test = get_dataset(args.data, "test", args.data_dir, limit=args.limit_test)
     result = evaluate(model, batch_loader(test, args.batch_size))
