@@ -116,10 +116,13 @@ def test_run_logs_every_epoch_and_checkpoint_rebuilds_the_model(reference, data_
     assert [r["phase"] for r in lines] == ["pretrain", "bayes", "bayes"]
     last = lines[-1]
     for key in ("test_error", "test_nll", "train_nll", "kl", "kl_weight", "lr", "alive", "total",
-                "log_alpha", "seconds"):
+                "log_alpha", "architecture", "seconds", "cpu_seconds"):
         assert key in last, key
     assert set(last["alive"]) == {"1", "3", "5"} and last["total"] == {"1": 784, "3": 300, "5": 100}
     assert set(last["log_alpha"]["3"]) == {"min", "q10", "median", "q90", "max"}
+    # kwh.compress's count: input units per Linear, with masks propagated between layers.
+    kept = [int(k) for k in last["architecture"].split("-")]
+    assert len(kept) == 3 and all(k <= last["alive"][n] for k, n in zip(kept, ("1", "3", "5")))
     assert last["kl_weight"] == 1.0 and last["lr"] == pytest.approx(1e-3 / 10)  # last of 10 steps
     assert last["test_error"] < 60  # 500 examples, 15 steps: well above chance (90%)
 

@@ -34,7 +34,7 @@ from kwh.train.build import BAYESIAN, PLAIN, build_model, make_optimizer, to_bay
 from kwh.train.checkpoint import FILENAME, atomic_write_bytes, read_checkpoint, write_checkpoint
 from kwh.train.config import TrainConfig
 from kwh.train.distributed import DistContext, setup_distributed
-from kwh.train.evaluate import layer_stats, test_metrics
+from kwh.train.evaluate import layer_stats, pruned_architecture, test_metrics
 from kwh.train.runlog import RunLog
 from kwh.train.schedule import Schedule
 from kwh.train.state import (
@@ -318,6 +318,7 @@ class _Trainer:
             rec.update({"kl_weight": beta, "lr": self.c.lr * factor, "lr_scale": self.lr_scale})
             if self.kind == BAYESIAN:
                 rec.update(layer_stats(self.model))
+                rec["architecture"] = pruned_architecture(self.model, tuple(self.order.x.shape[1:]))
             rec["seconds"] = round(time.perf_counter() - started, 3)  # wall, with evaluation
             rec["cpu_seconds"] = round(time.process_time() - cpu_started, 3)  # this process
             self.log.append(rec)
@@ -390,6 +391,8 @@ def _summary(rec: dict) -> str:
          f"NLL {rec['test_nll']:.4f}, kl_weight {rec['kl_weight']:.2f}, lr {rec['lr']:.2e}")
     if "alive" in rec:
         s += ", alive " + " ".join(f"{rec['alive'][n]}/{rec['total'][n]}" for n in rec["alive"])
+    if rec.get("architecture"):
+        s += f" (after propagation {rec['architecture']})"
     if math.isfinite(rec.get("seconds", 0)):
         s += f", {rec['seconds']:.1f} s"
     return s

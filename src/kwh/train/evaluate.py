@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import random
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kwh.bayes import bayes_layers, kl_divergence
+from kwh.errors import KwhError
 
+log = logging.getLogger("kwh.train")
 QUANTILES = {"min": 0.0, "q10": 0.1, "median": 0.5, "q90": 0.9, "max": 1.0}
 
-__all__ = ["test_metrics", "layer_stats", "QUANTILES"]
+__all__ = ["test_metrics", "layer_stats", "pruned_architecture", "QUANTILES"]
 
 
 @torch.no_grad()
@@ -44,3 +50,35 @@ def layer_stats(model: nn.Module) -> dict:
         quantiles[name] = {k: round(float(v), 4) for k, v in zip(QUANTILES, qs)}
     return {"alive": alive, "total": total, "log_alpha": quantiles,
             "kl": float(kl_divergence(model).item()) if alive else None}
+
+
+@contextlib.contextmanager
+def _rng_untouched():
+    """Restore the torch (CPU), numpy and python RNG states on exit."""
+    state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
+
+
+@torch.no_grad()
+def pruned_architecture(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """Units kept per layer after kwh.compress propagates the masks (the paper's '5-10-76-16').
+
+    Differs from keep_mask counts where a layer's units are dead because the next layer reads
+    none of their outputs (or the reverse). None, with a warning, if compress cannot handle
+    the model. The model and every RNG stream are left as they were.
+    """
+    import kwh.compress
+
+    with _rng_untouched():
+        try:
+            small = kwh.compress(model, kwh.compress.CompressConfig(
+                input_shape=tuple(input_shape), quantize=False))
+        except KwhError as e:
+            log.warning("no pruned architecture in the log: %s", e)
+            return None
+    return small.kwh_summary["architecture"]
