@@ -45,14 +45,20 @@ def group_table(model) -> list[str]:
 
 
 def threshold_table(model, x, y) -> list[str]:
-    lines = ["| threshold | kept groups per layer | test error (%) |", "|---|---|---|"]
+    """Kept groups (keep_mask, then after kwh.compress propagates them) and error per threshold."""
+    import kwh.compress
+
+    lines = ["| threshold | kept groups per layer (keep_mask) | after propagation (kwh.compress) "
+             "| test error (%) |", "|---|---|---|---|"]
     layers = [m for _, m in bayes_layers(model)]
     for t in THRESHOLDS:
         for m in layers:
             m.threshold = t
         kept = "-".join(str(int(m.keep_mask().sum())) for m in layers)
+        small = kwh.compress(model, kwh.compress.CompressConfig(
+            input_shape=tuple(x.shape[1:]), quantize=False, threshold=t))
         err = test_metrics(model, x, y, 1000, torch.device("cpu"))["test_error"]
-        lines.append(f"| {t:g} | {kept} | {err:.2f} |")
+        lines.append(f"| {t:g} | {kept} | {small.kwh_summary['architecture']} | {err:.2f} |")
     for m in layers:
         m.threshold = None
     return lines
