@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 
 import numpy as np
 
 from benchmarks.baselines import huffman
+from kwh.compress.format_io import atomic_write_bytes
 
 MAGIC = b"SPHF"
 
@@ -99,7 +99,7 @@ def write(path: str | os.PathLike, layers: list[dict]) -> dict:
         bias_bytes += len(bias)
     head = json.dumps({"layers": header}, separators=(",", ":")).encode()
     data = MAGIC + struct.pack("<I", len(head)) + head + b"".join(sections)
-    _atomic_write(path, data)
+    atomic_write_bytes(path, data)
     return {"file_bytes": len(data), "payload_bytes": payload, "bias_bytes": bias_bytes,
             "header_bytes": 8 + len(head)}
 
@@ -135,17 +135,3 @@ def read(path: str | os.PathLike) -> dict[str, dict]:
     return out
 
 
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

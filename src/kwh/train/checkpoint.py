@@ -15,13 +15,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from kwh.compress.format_io import atomic_write_bytes  # one atomic writer for every file kwh writes
 from kwh.errors import FormatError
 
 FORMAT = "kwh-checkpoint"
@@ -29,8 +29,6 @@ VERSION = 1
 FILENAME = "checkpoint.safetensors"
 MAX_HEADER = 8 << 20  # bytes of JSON header accepted; real ones are tens of kB
 MAX_FILE = 16 << 30
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
              "U8": 1, "BOOL": 1}
 
@@ -43,32 +41,6 @@ def checkpoint_path(path: str | os.PathLike) -> Path:
     """A checkpoint file, or the checkpoint inside a run directory."""
     p = Path(path)
     return p / FILENAME if p.is_dir() else p
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, os.replace, fsync the folder."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; give the file the usual mode
-            os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is done anyway
-        return
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
