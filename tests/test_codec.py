@@ -18,6 +18,7 @@ from kwh.compress import bitpack, codec
 from kwh.compress import format_tensors as ft
 from kwh.compress.format_modules import SPECS
 from kwh.errors import FormatError, ModelError
+from kwh.modules import SelectInputs
 from kwh.models import lenet5, lenet300
 
 
@@ -192,6 +193,7 @@ def registry_examples() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
         "Softplus": (nn.Softplus(beta=2.0, threshold=10.0), (5,)),
         "Softmax": (nn.Softmax(dim=-1), (5,)),
         "LogSoftmax": (nn.LogSoftmax(dim=1), (5,)),
+        "SelectInputs": (SelectInputs(torch.tensor([1.0, 0, 1, 1, 0, 1, 0])), (7, 3)),
     }
     for name in SPECS:
         if name not in ex:  # argument-free layers
@@ -204,7 +206,7 @@ def test_every_allowed_layer_round_trips_with_its_arguments(name):
     module, shape = registry_examples()[name]
     with torch.no_grad():
         for p in (*module.parameters(), *module.buffers()):
-            if p.is_floating_point():
+            if p.is_floating_point() and not isinstance(module, SelectInputs):  # keep: 0/1
                 p.copy_(torch.rand(p.shape) + 0.5)  # positive: valid running variances too
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.track_running_stats:
         module.num_batches_tracked.fill_(17)

@@ -15,6 +15,7 @@ import kwh
 from kwh.bayes import BayesLayer, GroupHorseshoe, GroupNJ, bayes_layers
 from kwh.compress import CompressConfig, format_summary
 from kwh.errors import ModelError
+from kwh.modules import SelectInputs
 from kwh.models import lenet5, lenet300
 
 PRIORS = ["group-horseshoe", "group-nj", "log-uniform"]
@@ -238,3 +239,73 @@ def test_compress_draws_no_random_numbers():
     after = torch.rand(3)
     torch.manual_seed(5)
     assert torch.equal(after, torch.rand(3))
+
+
+# ------------------------------------------------------------------ pruned inputs, bits guard
+
+
+def test_pruned_input_pixels_are_dropped_exactly_and_the_file_keeps_the_selection(tmp_path):
+    model, shape = _bayes("mlp", "group-nj", frac=0.6)
+    first = next(m for _, m in bayes_layers(model))
+    kept_in = int(first.keep_mask().sum())
+    assert 0 < kept_in < 784
+    small = kwh.compress(model, input_shape=shape, quantize=False)
+    sel = [m for m in small if isinstance(m, SelectInputs)]
+    assert len(sel) == 1 and sel[0].out_features <= kept_in
+    lin = _plain_layers(small)[0]
+    assert lin.in_features == sel[0].out_features  # stored and multiplied: kept pixels only
+    assert small.kwh_summary["layers"][0]["macs"] == lin.weight.numel()
+    x = torch.randn(16, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), atol=TOL, rtol=0)
+    q = kwh.compress(model, input_shape=shape)
+    kwh.save(q, tmp_path / "m.kwh")
+    loaded = kwh.load(tmp_path / "m.kwh")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), q(x))
+    assert torch.equal(loaded[1].index, q[1].index)
+
+
+def _labelled(model, shape, n=400, flip=0):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, *shape, generator=g)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:flip] = (y[:flip] + 1) % 10
+    return [(x[i:i + 100], y[i:i + 100]) for i in range(0, n, 100)]
+
+
+def test_bits_guard_raises_bits_until_quantization_costs_at_most_the_tolerance():
+    model, shape = _bayes("mlp", "group-nj", frac=0.3)
+    for _, layer in bayes_layers(model):  # a barely trained posterior: huge variances
+        with torch.no_grad():
+            layer.prior.weight_log_var.fill_(4.0)
+    data = _labelled(model, shape)
+    bare = kwh.compress(model, input_shape=shape, eval_data=data)
+    ev = bare.kwh_summary["eval"]
+    assert ev["error_after_quantization"] - ev["error_before_quantization"] > 0.05  # broken
+    small = kwh.compress(model, input_shape=shape, eval_data=data, guard_data=data)
+    s = small.kwh_summary
+    g = s["bits_guard"]
+    assert g["mode"] == "raise" and g["changes"] and all(v > 0 for v in g["changes"].values())
+    assert 100 * (g["error_chosen_bits"] - g["error_unquantized"]) <= 0.05 + 1e-9
+    assert s["eval"]["error_after_quantization"] == pytest.approx(g["error_chosen_bits"])
+    raised = [d for d in s["layers"] if "raised" in d["bits_source"]]
+    assert raised and all(d["frac_bits"] > d["posterior_frac_bits"] for d in raised)
+    assert "bits guard" in format_summary(s)
+
+
+def test_bits_fit_lowers_bits_only_within_the_tolerance():
+    model, shape = _bayes("mlp", "log-uniform")
+    data = _labelled(model, shape)
+    post = kwh.compress(model, input_shape=shape, guard_data=data, bits_search="off")
+    fit = kwh.compress(model, input_shape=shape, guard_data=data, bits_search="fit",
+                       bits_tolerance=0.5)
+    g = fit.kwh_summary["bits_guard"]
+    assert 100 * (g["error_chosen_bits"] - g["error_unquantized"]) <= 0.5 + 1e-9
+    lowered = [a["frac_bits"] - b["frac_bits"] for a, b in
+               zip(post.kwh_summary["layers"], fit.kwh_summary["layers"])]
+    assert any(d > 0 for d in lowered) and all(d >= 0 for d in lowered)
+    assert fit.kwh_summary["payload_bytes"] < post.kwh_summary["payload_bytes"]
+    with pytest.raises(ValueError, match="Unknown bits_search 'up'"):
+        CompressConfig(bits_search="up")

@@ -96,8 +96,9 @@ def test_schedule_lr_decays_linearly_and_kl_warms_up():
     s = Schedule(TrainConfig(pretrain_epochs=2, epochs=10, kl_warmup_start=0.2,
                              kl_warmup_end=0.5), steps_per_epoch=4)
     assert [s.phase(e) for e in (0, 1, 2, 11)] == ["pretrain", "pretrain", "bayes", "bayes"]
-    assert s.lr_factor(1, 3) == 1.0 and s.kl_weight(1, 3) == 0.0  # pretraining
-    assert s.lr_factor(2, 0) == 1.0
+    assert s.lr_factor(0, 0) == 1.0 and s.kl_weight(1, 3) == 0.0  # pretraining: its own decay
+    assert s.lr_factor(1, 2) == pytest.approx(1 - 6 / 8)
+    assert s.lr_factor(2, 0) == 1.0  # the Bayesian phase starts again from the full lr
     assert s.lr_factor(7, 0) == pytest.approx(0.5)
     assert s.lr_factor(11, 3) == pytest.approx(1 / 40)  # last step: 1 - 39/40
     assert s.kl_weight(3, 3) == 0.0  # 1.75 Bayesian epochs < 2
@@ -227,3 +228,68 @@ def test_repeated_non_finite_steps_stop_with_the_last_checkpoint_intact(tmp_path
     # The stopped run resumes from that checkpoint once the fault is gone.
     result = run_training(cfg, resume=True, progress=False)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
+
+
+# ------------------------------------------------------------------ a user's model and data
+
+
+class _TwoLayer(torch.nn.Module):
+    """A model that is no reference net: its own class and forward()."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(784, 32)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(x.flatten(1))))
+
+
+def test_run_training_takes_a_users_model_data_and_dense_start(tmp_path, data_root):
+    from torch.utils.data import TensorDataset
+
+    from kwh.data import load_mnist
+    from kwh.train import TrainData
+
+    full = load_mnist("train", data_root, limit=600)
+    x, y = full.tensors
+    data = TrainData(TensorDataset(x[:500], y[:500]), TensorDataset(x[500:], y[500:]),
+                     load_mnist("test", data_root, limit=200))
+    torch.manual_seed(0)
+    start = _TwoLayer()
+    with torch.no_grad():
+        start.fc.weight.mul_(3.0)  # a recognisable dense start
+    cfg = TrainConfig(model="custom", data="custom", prior="group-nj", pretrain_epochs=0,
+                      epochs=2, threads=1, out_dir=str(tmp_path / "run"))
+    res = run_training(cfg, progress=False, model=start, data=data)
+    log = read_log(tmp_path / "run")
+    assert [r["epoch"] for r in log] == [1, 2] and all("val_error" in r for r in log)
+    assert log[-1]["global_step"] == 10  # 500 examples, batch 100: N is the given train set
+    assert isinstance(res.model.fc, BayesLayer) and isinstance(res.model, _TwoLayer)
+    # the checkpoint restores through the user's model (its structure; weights from the file)
+    with pytest.raises(KwhError, match="pass the same plain model again"):
+        load_checkpoint(tmp_path / "run")
+    again, _ = load_checkpoint(tmp_path / "run", model=_TwoLayer())
+    xb = x[:8]
+    with torch.no_grad():
+        assert torch.equal(again(xb), res.model(xb))
+    # the dense start was the given weights: training moved them only a little
+    w0 = start.fc.weight
+    mean, _ = res.model.fc.prior.weight_moments()
+    assert (mean - w0).abs().mean() < 0.2 * w0.abs().mean()
+    with pytest.raises(KwhError, match="data are 'custom'"):
+        run_training(TrainConfig(model="custom", data="custom", out_dir=str(tmp_path / "x")),
+                     model=start)
+
+
+def test_validation_split_is_held_out_of_the_training_examples(tmp_path, data_root):
+    from kwh.train.data import load_train_data
+
+    d = load_train_data(tiny(tmp_path, data_root, validation=50))
+    assert len(d.train) == 450 and len(d.validation) == 50
+    full = load_train_data(tiny(tmp_path, data_root, validation=0))
+    assert d.validation is not None and full.validation is None
+    assert torch.equal(d.validation.tensors[0], full.train.tensors[0][450:])
+    assert len(load_train_data(tiny(tmp_path, data_root)).validation) == 500 // 12
+    with pytest.raises(KwhError, match="leaves no training examples"):
+        load_train_data(tiny(tmp_path, data_root, validation=500))

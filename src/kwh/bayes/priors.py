@@ -59,13 +59,27 @@ class LogUniformConfig:
             raise ValueError(f"threshold {self.threshold} outside the clip range [-8, 8]")
 
 
+INIT_SCALES = ("one", "rms")
+
+
+def _check_init_scale(value: str) -> None:
+    if value not in INIT_SCALES:
+        raise ValueError(f"Unknown init_scale {value!r}; choose one of: {', '.join(INIT_SCALES)} "
+                         "('one': z starts at 1, w~ = w, as the reference code; 'rms': z starts "
+                         "at each group's weight RMS, w~ of unit scale)")
+
+
 @dataclass(frozen=True)
 class GroupNJConfig:
     """BC-GNJ (Louizos et al. 2017): group normal-Jeffreys scale z per unit or filter."""
 
     threshold: float = -3.0  # prune group when log alpha_z >= -3 (reference tutorial)
     init_log_var: float = -9.0
+    init_scale: str = "rms"  # where z starts: 1 (reference) or each group's weight RMS
     name: ClassVar[str] = "group-nj"
+
+    def __post_init__(self):
+        _check_init_scale(self.init_scale)
 
 
 @dataclass(frozen=True)
@@ -75,9 +89,11 @@ class GroupHorseshoeConfig:
     tau0: float = 1e-5
     threshold: float = -1.0  # prune group when log(Var z / E[z]^2) >= threshold (see GroupHorseshoe)
     init_log_var: float = -9.0
+    init_scale: str = "rms"  # where z starts: 1 or each group's weight RMS
     name: ClassVar[str] = "group-horseshoe"
 
     def __post_init__(self):
+        _check_init_scale(self.init_scale)
         if not self.tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {self.tau0}")
 
@@ -92,6 +108,9 @@ class Prior(nn.Module):
     """Variational posterior and prior of one layer's weight (shape of the weight, groups on a dim)."""
 
     structured: ClassVar[bool] = True
+    # Parameters that live on a log scale (log-variances, log-normal locations): Adam moves
+    # each by about lr per step, so kwh.bayes.param_groups gives them a larger step.
+    log_scale_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config, weight: Tensor, group_dim: int):
         super().__init__()
@@ -162,6 +181,7 @@ class LogUniform(Prior):
     """
 
     structured = False
+    log_scale_parameters = ("log_sigma2",)
 
     def __init__(self, config: LogUniformConfig, weight: Tensor, group_dim: int):
         super().__init__(config, weight, group_dim)
@@ -192,7 +212,10 @@ class _GroupPrior(Prior):
         self.weight_log_var = nn.Parameter(
             torch.randn_like(weight) * 0.01 + config.init_log_var)
 
-    def _group_rms(self, weight: Tensor) -> Tensor:
+    def _initial_scale(self, weight: Tensor) -> Tensor:
+        """Where E[z] starts per group, (G,): 1, or the group's weight RMS (config.init_scale)."""
+        if self.config.init_scale == "one":
+            return torch.ones(self.n_groups, dtype=weight.dtype)
         dims = [d for d in range(weight.dim()) if d != self.group_dim]
         return weight.detach().pow(2).mean(dim=dims).sqrt().clamp_min(1e-3)  # (G,)
 
@@ -213,20 +236,20 @@ class _GroupPrior(Prior):
 class GroupNJ(_GroupPrior):
     """BC-GNJ: p(z) ~ 1/|z|, q(z) = N(mu_z, mu_z^2 alpha); p(w|z) = N(0, z^2).
 
-    Initialisation: mu_z at each group's weight RMS (times 1 + N(0, 0.01^2)), weight log
-    variances ~ N(-9, 0.01^2) as in the reference, and mu = w / mu_z.
+    Initialisation: mu_z at 1 (``init_scale="one"``, the reference's N(1, 0.01^2)) or at each
+    group's weight RMS (``"rms"``), times 1 + N(0, 0.01^2); log alpha_z and the weight log
+    variances ~ N(-9, 0.01^2) as in the reference; mu = w / mu_z.
 
     KL_z: the Sparse VD approximation on log alpha = log s2_z - log(mu_z^2 + 1e-8) (clip +-30);
     KL_W = sum 0.5 (-log s2 + s2 + mu^2 - 1).
     """
 
+    log_scale_parameters = ("weight_log_var", "z_log_var")
+
     def __init__(self, config: GroupNJConfig, weight: Tensor, group_dim: int):
         super().__init__(config, weight, group_dim)
         g = self.n_groups
-        # The reference starts z ~ N(1, 0.01^2) for a net trained from scratch. From given
-        # (e.g. pretrained) weights kwh starts z at each group's RMS, so that w~ = w / z has
-        # unit scale as its conditional prior N(0, 1) expects; short runs prune more this way.
-        z0 = self._group_rms(weight)
+        z0 = self._initial_scale(weight)
         self.z_mu = nn.Parameter(z0 * (1.0 + 0.01 * torch.randn(g, dtype=weight.dtype)))
         # log alpha_z starts at init_log_var, as the reference's does with mu_z = 1
         self.z_log_var = nn.Parameter(torch.randn(g, dtype=weight.dtype) * 0.01
@@ -267,12 +290,16 @@ class GroupHorseshoe(_GroupPrior):
     to the broad prior (v_i of order one). Prune when log alpha_i >= threshold.
     """
 
+    # The log-normal locations are log scales too: they start near 2 ln(z0 / tau0) ~ 20.
+    log_scale_parameters = ("weight_log_var", "sa_mu", "sa_log_var", "sb_mu", "sb_log_var",
+                            "a_mu", "a_log_var", "b_mu", "b_log_var")
+
     def __init__(self, config: GroupHorseshoeConfig, weight: Tensor, group_dim: int):
         super().__init__(config, weight, group_dim)
         g, dt = self.n_groups, weight.dtype
         lv = config.init_log_var
         ln_tau0 = math.log(config.tau0)
-        z0 = self._group_rms(weight)  # start with w~ of unit scale: z_i ~ rms of group i
+        z0 = self._initial_scale(weight)  # E[z_i] at the start (config.init_scale)
         # Global s: s_a near its prior scale tau0^2, s_b near 1, so s ~ tau0.
         self.sa_mu = nn.Parameter(torch.tensor(2.0 * ln_tau0, dtype=dt))
         self.sa_log_var = nn.Parameter(torch.tensor(lv, dtype=dt))

@@ -47,6 +47,13 @@ def register(subparsers) -> None:
                    help="log-alpha pruning threshold for every layer (default: each prior's)")
     p.add_argument("--max-bits", type=_int_in(MIN_TOTAL_BITS, MAX_TOTAL_BITS), default=None,
                    help="cap on the bits per weight of any layer (1 sign + magnitude bits)")
+    p.add_argument("--bits-search", choices=["raise", "fit", "off"], default="raise",
+                   help="accuracy guard of the posterior's bits on the run's validation split: "
+                        "raise bits where quantization costs more than --bits-tolerance "
+                        "(default), also lower them where it costs no more (fit), or off")
+    p.add_argument("--bits-tolerance", type=_number, default=0.05, metavar="POINTS",
+                   help="error (percentage points) quantization may cost on the validation "
+                        "split (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="the .kwh file to write (default: MODEL-DATA-PRIOR.kwh)")
     p.add_argument("--test-batch-size", type=_int_in(1, 1 << 20), default=1000,
@@ -64,14 +71,27 @@ def run(args: argparse.Namespace) -> int:
     from kwh.compress import CompressConfig, format_summary
     from kwh.data import batch_loader, get_dataset
 
+    from kwh.train.data import load_train_data
+
     model, tconfig = _bayesian_model(args)
     data_dir = args.data_dir if args.data_dir is not None else tconfig.data_dir
     limit = args.limit_test if args.limit_test is not None else tconfig.limit_test
     test = get_dataset(tconfig.data, "test", data_dir, limit=limit)
     loader = batch_loader(test, args.test_batch_size)
     config = CompressConfig(threshold=args.threshold, max_bits=args.max_bits,
-                            input_shape=tuple(test.tensors[0].shape[1:]))
-    small = kwh.compress(model.cpu(), config, eval_data=loader)
+                            input_shape=tuple(test.tensors[0].shape[1:]),
+                            bits_search=args.bits_search, bits_tolerance=args.bits_tolerance)
+    guard = None
+    if args.bits_search != "off":
+        from dataclasses import replace
+
+        val = load_train_data(replace(tconfig, data_dir=data_dir)).validation
+        if val is None:
+            print("kwh: the run held out no validation examples (--validation 0): the bits "
+                  "are the posterior's, unguarded", file=sys.stderr)
+        else:
+            guard = batch_loader(val, args.test_batch_size)
+    small = kwh.compress(model.cpu(), config, eval_data=loader, guard_data=guard)
     out = args.out or f"{tconfig.model}-{tconfig.data}-{tconfig.prior}.kwh"
     size = kwh.save(small, out)
     print(format_summary(small.kwh_summary))

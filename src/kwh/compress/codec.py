@@ -475,6 +475,7 @@ def _build(read: _Read) -> nn.Sequential:
                                                       dtype=torch.long)
         if layer.quant is not None:
             module.kwh_bits, module.kwh_frac_bits = layer.quant
+        layer.spec.finish(module, layer.args, f"module {i} ({layer.kind})")
         if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
             raise FormatError(f"unexpected: module {i} ({layer.kind}) was left without values")
         model.append(module)

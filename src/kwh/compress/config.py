@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 MAX_TOTAL_BITS = 25
 MAX_FRAC_BITS = 23  # clip of t_ij (Louizos et al. 2017, sec. 4: 23 mantissa bits of a float32)
 MIN_TOTAL_BITS = 2  # one sign bit and at least one magnitude bit
+BITS_SEARCHES = ("raise", "fit", "off")
 
 
 @dataclass
@@ -26,6 +27,11 @@ class CompressConfig:
     input_shape: one example's shape, e.g. (1, 28, 28); needed for conv nets unless eval
                  data are given (then the first batch tells).
     fold_batchnorm: fold BatchNorm into the conv/linear right before it (eval statistics).
+    bits_search: with guard data given to kwh.compress, "raise" (default) raises a layer's
+                 fraction bits above the posterior rule's while quantization costs more than
+                 ``bits_tolerance``; "fit" also lowers them while it costs no more than that;
+                 "off" keeps the posterior rule.
+    bits_tolerance: the error quantization may cost on the guard data, in percentage points.
     """
 
     threshold: float | None = None
@@ -36,6 +42,8 @@ class CompressConfig:
     plain_bits: int = MAX_TOTAL_BITS
     input_shape: tuple[int, ...] | None = None
     fold_batchnorm: bool = True
+    bits_search: str = "raise"
+    bits_tolerance: float = 0.05
     version: int = 1
 
     def __post_init__(self):
@@ -51,6 +59,12 @@ class CompressConfig:
                 raise ValueError(f"input_shape={self.input_shape!r} is invalid; give one "
                                  "example's shape as positive integers, e.g. (1, 28, 28)")
             self.input_shape = shape
+        if self.bits_search not in BITS_SEARCHES:
+            raise ValueError(f"Unknown bits_search {self.bits_search!r}; choose one of: "
+                             f"{', '.join(BITS_SEARCHES)}")
+        t = self.bits_tolerance
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 100:
+            raise ValueError(f"bits_tolerance={t!r} is invalid; give percentage points in [0, 100)")
         for name, t in self.thresholds.items():
             if not isinstance(t, (int, float)) or isinstance(t, bool):
                 raise ValueError(f"thresholds[{name!r}]={t!r} is not a number")

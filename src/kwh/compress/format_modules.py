@@ -13,9 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from kwh.compress import format_schema as fs
+from kwh.modules import SelectInputs
 from kwh.compress import format_shapes as shp
 from kwh.errors import FormatError, ModelError
 
@@ -46,6 +48,7 @@ class ModuleSpec:
     build: Callable[[dict], nn.Module]         # checked arguments -> module (meta tensors)
     tensors: Callable[[dict], list[TensorSlot]] = lambda a: []
     shape: Callable[[dict, shp.Shape, str], shp.Shape] = lambda a, s, w: s
+    finish: Callable[[nn.Module, dict, str], None] = lambda m, a, w: None  # tensors set
 
 
 def _pair(value: Any) -> list[int]:
@@ -354,6 +357,49 @@ def _batchnorm(cls: type[nn.Module], two_d: bool) -> ModuleSpec:
                       tensors=_batchnorm_tensors, shape=shape)
 
 
+# ------------------------------------------------------------------ SelectInputs
+
+def _check_select(a: dict, w: str) -> dict:
+    fs.fields(a, w, ["in_features", "out_features"])
+    out = {"in_features": fs.get_int(a, "in_features", w, 1, BIG),
+           "out_features": fs.get_int(a, "out_features", w, 1, BIG)}
+    if out["out_features"] > out["in_features"]:
+        raise FormatError(f"{w}: keeps {out['out_features']} of {out['in_features']} inputs")
+    return out
+
+
+def _build_select(a: dict) -> SelectInputs:
+    # A one-input placeholder: the loader sets the stored mask, then _finish_select runs.
+    return SelectInputs(torch.ones(1))
+
+
+def _finish_select(m: SelectInputs, a: dict, w: str) -> None:
+    """Derive the index from the loaded mask; its count must match the header's."""
+    if not bool(((m.keep == 0) | (m.keep == 1)).all()):
+        raise FormatError(f"{w}: keep must hold only 0 and 1")
+    count = int(m.keep.sum().item())
+    if count != a["out_features"]:
+        raise FormatError(f"{w}: keep marks {count} inputs, the header says "
+                          f"{a['out_features']}")
+    m.refresh()
+
+
+def _select_shape(a: dict, s: shp.Shape, w: str) -> shp.Shape:
+    if not s:
+        raise FormatError(f"{w} needs an input with a feature or channel dimension")
+    if s[0] is not None and s[0] is not Ellipsis and s[0] != a["in_features"]:
+        raise FormatError(f"{w} selects from {a['in_features']} inputs but gets {s[0]}")
+    return (a["out_features"],) + tuple(s[1:])
+
+
+SELECT_INPUTS = ModuleSpec(
+    SelectInputs,
+    read=lambda m: {"in_features": _int(m.in_features), "out_features": _int(m.out_features)},
+    check=_check_select, build=_build_select,
+    tensors=lambda a: [TensorSlot("keep", (a["in_features"],), True, buffer=True)],
+    shape=_select_shape, finish=_finish_select)
+
+
 # ------------------------------------------------------------------ the registry
 
 SPECS: dict[str, ModuleSpec] = {
@@ -397,6 +443,7 @@ SPECS: dict[str, ModuleSpec] = {
     "Softplus": _with_floats(nn.Softplus, {"beta": (1e-30, 1e30), "threshold": (-1e30, 1e30)}),
     "Softmax": _softmax(nn.Softmax),
     "LogSoftmax": _softmax(nn.LogSoftmax),
+    "SelectInputs": SELECT_INPUTS,
 }
 
 

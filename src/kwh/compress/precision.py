@@ -14,7 +14,8 @@ M = max|q| and the layer needs m = bit_length(M) magnitude bits (at least 1). To
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -100,3 +101,64 @@ def choose_precision(name: str, weight: Tensor, var: Tensor | None, kept: Tensor
     m = magnitude_bits(weight, t)
     return LayerPrecision(frac_bits=t, exp_bits=m - t, bits=1 + m,
                           posterior_frac_bits=posterior_t, source=source)
+
+
+def with_frac_bits(weight: Tensor, prec: LayerPrecision, t: int, source: str) -> LayerPrecision:
+    """The same layer at ``t`` fraction bits (magnitude bits recomputed)."""
+    m = magnitude_bits(weight, t)
+    return replace(prec, frac_bits=t, exp_bits=m - t, bits=1 + m, source=source)
+
+
+def search_bits(weights: list[Tensor], precisions: list[LayerPrecision], movable: list[bool],
+                error: Callable[[list[LayerPrecision]], float], reference: float,
+                tolerance: float, mode: str) -> tuple[list[LayerPrecision], float]:
+    """Adjust the posterior's fraction bits until quantization costs <= ``tolerance``.
+
+    ``error(precisions)`` is the error (fraction) of the model quantized so, ``reference``
+    the unquantized model's, ``tolerance`` in percentage points. Raise: while over
+    budget, give one more fraction bit to the movable layer whose extra bit lowers the error
+    most (ties: the layer with fewer weights). Fit (``mode="fit"``) then takes one bit at a
+    time from the layers with the most weights while the budget holds. Returns the new
+    precisions and their error.
+    """
+    cur = list(precisions)
+    err = error(cur)
+    over = lambda e: 100.0 * (e - reference) > tolerance + 1e-9  # noqa: E731
+    total_cap = [fit_frac_bits(w, MAX_TOTAL_BITS) for w in weights]
+    while over(err):
+        best = None
+        for i, ok in enumerate(movable):
+            t = cur[i].frac_bits + 1
+            if not ok or t > min(MAX_FRAC_BITS, total_cap[i]):
+                continue
+            cand = cur[:i] + [with_frac_bits(weights[i], cur[i], t, cur[i].source)] + cur[i + 1:]
+            e = error(cand)
+            key = (e, weights[i].numel())
+            if best is None or key < best[0]:
+                best = (key, cand)
+        if best is None:
+            break
+        (err, _), cur = best
+    if mode == "fit":
+        order = sorted((i for i, ok in enumerate(movable) if ok),
+                       key=lambda i: -int((weights[i] != 0).sum()))
+        changed = True
+        while changed:
+            changed = False
+            for i in order:
+                if cur[i].frac_bits == 0:
+                    continue
+                cand = cur[:i] + [with_frac_bits(weights[i], cur[i], cur[i].frac_bits - 1,
+                                                 cur[i].source)] + cur[i + 1:]
+                e = error(cand)
+                if not over(e):
+                    cur, err, changed = cand, e, True
+    out = []
+    for p0, p1 in zip(precisions, cur):
+        d = p1.frac_bits - p0.frac_bits
+        if d:
+            word = "raised" if d > 0 else "lowered"
+            p1 = replace(p1, source=f"{p0.source}, {word} {abs(d)} bit{'s' * (abs(d) > 1)} "
+                                    f"by the accuracy guard")
+        out.append(p1)
+    return out, err

@@ -11,7 +11,9 @@ Between a producer layer P and the next (consumer) layer C, unit r of P is remov
    one carrier unit whose column in C carries the sum, so one unit stays instead of many.
 Removing rows of P can empty columns of P (dead units of the layer before), removing columns
 of C can empty rows of C (constants for the layer after): repeat until a fixed point.
-The last layer's outputs (classes) and the first layer's inputs are never removed.
+The last layer's outputs (classes) are never removed. The first layer's inputs that it does
+not read (pixels or channels whose every weight is zero) are removed by ``drop_unread_inputs``:
+the compressed model selects the inputs it keeps (kwh.modules.SelectInputs).
 """
 
 from __future__ import annotations
@@ -35,6 +37,22 @@ def propagate(stages: list[Stage]) -> None:
         changed = False
         for i in range(len(stages) - 1):
             changed |= _boundary(stages[i], stages[i + 1], blocks[i])
+
+
+def drop_unread_inputs(first: Stage) -> Tensor | None:
+    """Remove the first layer's input columns it never reads; the keep mask, or None if none.
+
+    Exact whatever the inputs are: a column of zero weights adds nothing. At least one input
+    stays.
+    """
+    w = first.weight
+    read = (w.transpose(0, 1).reshape(w.shape[1], -1) != 0).any(dim=1)  # (I,)
+    if bool(read.all()):
+        return None
+    if not bool(read.any()):
+        read[0] = True
+    first.select_cols(read)
+    return read
 
 
 def _block(p: Stage, c: Stage) -> int:

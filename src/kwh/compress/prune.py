@@ -18,19 +18,23 @@ from kwh.bayes import BayesLayer
 from kwh.compress.chain import flatten_chain, infer_input_shape, probe_shapes
 from kwh.compress.config import CompressConfig
 from kwh.compress.metrics import evaluate
-from kwh.compress.precision import LayerPrecision, choose_precision, quantize
-from kwh.compress.propagate import propagate
+from kwh.compress.precision import LayerPrecision, choose_precision, quantize, search_bits
+from kwh.modules import SelectInputs
+from kwh.compress.propagate import drop_unread_inputs, propagate
 from kwh.compress.stages import Stage, build_stages
 from kwh.compress.summary import summarize
 from kwh.errors import ModelError
 
 
 def compress(model: nn.Module, config: CompressConfig | None = None, *,
-             eval_data: Iterable | None = None, **options) -> nn.Sequential:
+             eval_data: Iterable | None = None, guard_data: Iterable | None = None,
+             **options) -> nn.Sequential:
     """Prune, fold and quantize ``model``; returns a plain nn.Sequential with ``kwh_summary``.
 
     ``config`` or keyword options (``compress(model, max_bits=8)``) set the CompressConfig.
     ``eval_data`` (batches of (x, y)) adds the test error before and after quantization.
+    ``guard_data`` (batches of (x, y) held out of the training data, never the test set)
+    turns on the accuracy guard of the bits (``config.bits_search``, ``bits_tolerance``).
     The input model is not changed.
     """
     if config is None:
@@ -44,9 +48,17 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
     with torch.no_grad():
         prefix, stages = build_stages(nodes, config)
         propagate(stages)
+        keep_inputs = drop_unread_inputs(stages[0])
+        if keep_inputs is not None:
+            prefix.append(SelectInputs(keep_inputs))
         precisions = [choose_precision(s.name, s.weight, s.var, s.kept, config) for s in stages]
+        guard = None
+        if guard_data is not None and config.quantize and config.bits_search != "off":
+            precisions, guard = _guard(prefix, stages, precisions, guard_data, config)
         small = assemble(prefix, stages, precisions if config.quantize else None)
     summary = summarize(nodes, stages, precisions, small, input_shape, config)
+    if guard is not None:
+        summary["bits_guard"] = guard
     if eval_data is not None:
         unquantized = assemble(prefix, stages, None) if config.quantize else small
         before, after = evaluate(unquantized, eval_data), evaluate(small, eval_data)
@@ -57,6 +69,25 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
         }
     small.kwh_summary = summary
     return small
+
+
+def _guard(prefix, stages: list[Stage], precisions: list[LayerPrecision], data: Iterable,
+           config: CompressConfig) -> tuple[list[LayerPrecision], dict]:
+    """The accuracy guard of the bits (precision.search_bits) on held-out data."""
+    reference = evaluate(assemble(prefix, stages, None), data)
+    error = lambda ps: evaluate(assemble(prefix, stages, ps), data)["error"]  # noqa: E731
+    posterior_error = error(precisions)
+    movable = [s.var is not None and s.name not in config.bits for s in stages]
+    found, err = search_bits([s.weight for s in stages], precisions, movable, error,
+                             reference["error"], config.bits_tolerance, config.bits_search)
+    return found, {
+        "mode": config.bits_search, "tolerance_pp": config.bits_tolerance,
+        "examples": reference["n"], "error_unquantized": reference["error"],
+        "error_posterior_bits": posterior_error, "error_chosen_bits": err,
+        "changes": {s.name: p1.frac_bits - p0.frac_bits
+                    for s, p0, p1 in zip(stages, precisions, found)
+                    if p1.frac_bits != p0.frac_bits},
+    }
 
 
 @torch.no_grad()

@@ -79,7 +79,8 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
         "rates": rates,
         "config": {"threshold": config.threshold, "thresholds": dict(config.thresholds),
                    "max_bits": config.max_bits, "bits": dict(config.bits),
-                   "fold_batchnorm": config.fold_batchnorm},
+                   "fold_batchnorm": config.fold_batchnorm, "bits_search": config.bits_search,
+                   "bits_tolerance": config.bits_tolerance},
     }
 
 
@@ -195,6 +196,14 @@ def format_summary(summary: dict) -> str:
     ]
     if s.get("file_bytes") is not None:
         lines.append(f"file          {s['file_bytes']:,} B on disk")
+    g = s.get("bits_guard")
+    if g:
+        changes = ", ".join(f"{k} {v:+d}" for k, v in g["changes"].items()) or "none"
+        lines.append(f"bits guard    {g['mode']}, <= {g['tolerance_pp']:g} points on "
+                     f"{g['examples']:,} held-out training examples: error "
+                     f"{_pct(g['error_unquantized'])} unquantized, "
+                     f"{_pct(g['error_posterior_bits'])} at the posterior's bits, "
+                     f"{_pct(g['error_chosen_bits'])} at these; fraction bits changed: {changes}")
     ev = s.get("eval")
     if ev:
         lines.append(f"test error    {_pct(ev['error_before_quantization'])} before quantization, "

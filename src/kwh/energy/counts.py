@@ -19,15 +19,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kwh.errors import ModelError
+from kwh.modules import SelectInputs
 
 __all__ = ["LayerCounts", "count_model", "weight_of", "SUPPORTED_LAYERS"]
 
 _FREE = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Unflatten,
-         nn.BatchNorm1d, nn.BatchNorm2d)  # views, identities at inference, folded BatchNorm
+         nn.BatchNorm1d, nn.BatchNorm2d, SelectInputs)  # views, identities, folded BatchNorm,
+# and the input selection of a compressed model (a gather: no arithmetic)
 _COMPARE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
 SUPPORTED_LAYERS = ("Linear", "Conv2d", "BayesLinear", "BayesConv2d", "ReLU", "ReLU6",
                     "LeakyReLU", "Hardtanh", "MaxPool2d", "AvgPool2d", "Flatten", "Unflatten",
-                    "Identity", "Dropout", "BatchNorm1d/2d (folded into the layer before)")
+                    "Identity", "Dropout", "BatchNorm1d/2d (folded into the layer before)",
+                    "SelectInputs")
 
 
 @dataclass

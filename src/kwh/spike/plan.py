@@ -17,14 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from kwh.errors import ModelError
+from kwh.modules import SelectInputs
 
 __all__ = ["Block", "Plan", "build_plan", "reference_forward", "input_shapes", "SUPPORTED"]
 
 _WEIGHTED = (nn.Linear, nn.Conv2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-_POST = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity)
+_POST = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Identity, SelectInputs)
 _DROPS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d)
-SUPPORTED = ("Linear", "Conv2d", "ReLU", "MaxPool2d", "AvgPool2d", "Flatten",
+SUPPORTED = ("Linear", "Conv2d", "ReLU", "MaxPool2d", "AvgPool2d", "Flatten", "SelectInputs",
              "BatchNorm1d", "BatchNorm2d (folded into the preceding Linear/Conv2d)",
              "Dropout (identity at inference)", "Identity", "Sequential (flattened)")
 

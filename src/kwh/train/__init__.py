@@ -3,11 +3,12 @@
 from kwh.train.build import load_checkpoint
 from kwh.train.checkpoint import checkpoint_path, read_checkpoint, read_checkpoint_meta
 from kwh.train.config import TrainConfig
+from kwh.train.data import TrainData
 from kwh.train.engine import TrainResult, run_training
 
 __all__ = [
     # running
-    "TrainConfig", "run_training", "TrainResult",
+    "TrainConfig", "run_training", "TrainResult", "TrainData",
     # checkpoints
     "load_checkpoint", "checkpoint_path", "read_checkpoint", "read_checkpoint_meta",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -12,7 +13,7 @@ from kwh.bayes.optim import param_groups
 from kwh.errors import FormatError, KwhError
 from kwh.models import build
 from kwh.train.checkpoint import checkpoint_path, read_checkpoint
-from kwh.train.config import TrainConfig
+from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.state import derive_seed, load_model_tensors
 
 PLAIN, BAYESIAN = "plain", "bayes"
@@ -27,12 +28,22 @@ def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
     return model
 
 
-def build_model(config: TrainConfig, kind: str) -> nn.Module:
-    """The config's model on the CPU, freshly initialised from the seed; Bayesian if kind says so."""
+def build_model(config: TrainConfig, kind: str, template: nn.Module | None = None) -> nn.Module:
+    """The run's model on the CPU; Bayesian if kind says so.
+
+    From ``template`` (a plain model given to run_training: a copy of it, its weights the
+    dense start) or else the config's reference model, freshly initialised from the seed.
+    """
     if kind not in (PLAIN, BAYESIAN):
         raise FormatError(f"unknown model kind {kind!r}; expected {PLAIN!r} or {BAYESIAN!r}")
-    torch.manual_seed(derive_seed(config.seed, "init"))
-    model = build(config.model)
+    if template is not None:
+        model = copy.deepcopy(template).cpu()
+    elif config.model == CUSTOM:
+        raise KwhError("this run's model is 'custom': pass the same plain model again "
+                       "(run_training(config, model=...) or load_checkpoint(path, model=...))")
+    else:
+        torch.manual_seed(derive_seed(config.seed, "init"))
+        model = build(config.model)
     return to_bayesian(model, config) if kind == BAYESIAN else model
 
 
@@ -51,9 +62,13 @@ def make_optimizer(model: nn.Module, config: TrainConfig, kind: str) -> torch.op
     return torch.optim.Adam(groups, lr=config.lr)
 
 
-def load_checkpoint(path: str | os.PathLike,
-                    device: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """(Bayesian model in eval mode, its TrainConfig) from a checkpoint file or run directory."""
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    model: nn.Module | None = None) -> tuple[nn.Module, TrainConfig]:
+    """(Bayesian model in eval mode, its TrainConfig) from a checkpoint file or run directory.
+
+    ``model``: the plain model the run started from (its structure; the weights come from the
+    checkpoint), needed when the run trained a model of its own (config.model 'custom').
+    """
     path = checkpoint_path(path)
     tensors, meta = read_checkpoint(path)
     try:
@@ -65,6 +80,6 @@ def load_checkpoint(path: str | os.PathLike,
         raise KwhError(f"{path} was written during pretraining (epoch {pos.get('epoch')} of "
                        f"{config.pretrain_epochs} plain epochs): it holds no Bayesian model yet; "
                        f"continue the run with `kwh train --resume --out-dir {path.parent}`")
-    model = build_model(config, BAYESIAN)
-    load_model_tensors(model, tensors, str(path))
-    return model.to(device).eval(), config
+    bayes = build_model(config, BAYESIAN, model)
+    load_model_tensors(bayes, tensors, str(path))
+    return bayes.to(device).eval(), config

@@ -9,6 +9,7 @@ from kwh.bayes.optim import VARIANCE_LR_MULT
 from kwh.errors import KwhError
 
 CONFIG_VERSION = 1
+CUSTOM = "custom"  # model or data given to run_training as objects, not by name
 LR_DECAYS = ("linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -27,9 +28,9 @@ class TrainConfig:
     """A training run: optional plain pretraining, then Bayesian training on the free energy.
 
     Schedules (Louizos et al. 2017 train with Adam, lr 1e-3, batch 100, lr decayed linearly
-    to 0): pretraining uses the constant ``lr``; the Bayesian epochs decay every group's lr
-    linearly per step to 0 at the end (``lr_decay="linear"``), log-variances at
-    ``lr * variance_lr_mult``. The KL weight is 0 until ``kl_warmup_start`` and rises
+    to 0): with ``lr_decay="linear"`` pretraining decays ``lr`` linearly per step to 0 at its
+    end, and the Bayesian epochs start again from ``lr`` and decay every group's lr linearly
+    to 0 at the end, log-scale parameters at ``lr * variance_lr_mult``. The KL weight is 0 until ``kl_warmup_start`` and rises
     linearly to 1 at ``kl_warmup_end``, both fractions of the Bayesian epochs (Sparse VD's
     5 -> 20 of 200 epochs, REFERENCES sec. 1, is 0.025 -> 0.1). Defaults 0 -> 0.2: with the
     lr decaying linearly, a KL-free first quarter would waste 44% of all the lr a short run
@@ -50,6 +51,7 @@ class TrainConfig:
     kl_warmup_start: float = 0.0
     kl_warmup_end: float = 0.2
     seed: int = 0
+    validation: int | None = None  # held out of the training examples; None: one twelfth
     limit_train: int | None = None
     limit_test: int | None = None
     out_dir: str | None = None  # default runs/<model>-<data>-<prior>
@@ -65,8 +67,9 @@ class TrainConfig:
         from kwh.bayes.priors import prior_config
         from kwh.models import MODELS
 
-        if self.model not in MODELS:
-            raise KwhError(f"Unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        if self.model not in MODELS and self.model != CUSTOM:
+            raise KwhError(f"Unknown model {self.model!r}; choose one of: {', '.join(MODELS)} "
+                           f"(or {CUSTOM!r} with run_training(config, model=...))")
         if not isinstance(self.data, str) or not self.data:
             raise KwhError(f"data must be a data set name such as 'mnist', got {self.data!r}")
         if not isinstance(self.prior_options, dict):
@@ -80,6 +83,8 @@ class TrainConfig:
             self._int(name, 0)
         for name in ("epochs", "batch_size", "max_failures", "eval_batch_size"):
             self._int(name, 1)
+        if self.validation is not None:
+            self._int("validation", 0)
         for name in ("limit_train", "limit_test", "threads", "checkpoint_every"):
             if getattr(self, name) is not None:
                 self._int(name, 1)

@@ -10,6 +10,7 @@ states of every rank, so a resumed run retraces the uninterrupted one bit for bi
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -27,12 +28,12 @@ from tqdm import tqdm
 
 import kwh
 from kwh.bayes import free_energy
-from kwh.data import get_dataset
 from kwh.errors import FormatError, KwhError, ModelError
 from kwh.train.batches import BatchOrder
 from kwh.train.build import BAYESIAN, PLAIN, build_model, make_optimizer, to_bayesian
 from kwh.train.checkpoint import FILENAME, atomic_write_bytes, read_checkpoint, write_checkpoint
-from kwh.train.config import TrainConfig
+from kwh.train.config import CUSTOM, TrainConfig
+from kwh.train.data import TrainData, load_train_data
 from kwh.train.distributed import DistContext, setup_distributed
 from kwh.train.evaluate import layer_stats, pruned_architecture, test_metrics
 from kwh.train.runlog import RunLog
@@ -69,15 +70,27 @@ class TrainResult:
 
 
 def run_training(config: TrainConfig, resume: bool = False, progress: bool = True,
-                 fault: Fault | None = None) -> TrainResult:
+                 fault: Fault | None = None, *, model: nn.Module | None = None,
+                 data: TrainData | None = None) -> TrainResult:
     """Train as ``config`` says; with ``resume``, continue from out_dir's checkpoint if any.
 
-    Under torchrun (RANK and WORLD_SIZE set) each process trains its shard with
-    DistributedDataParallel; rank 0 evaluates, logs and writes checkpoints. ``fault`` is a
-    test hook: when it returns True for a global step, that step's loss becomes NaN.
+    ``model``: a plain nn.Module to train instead of the config's reference net (its weights
+    are the start: pretrained ones make a dense start, with ``pretrain_epochs=0``; resuming
+    needs the same model again). ``data``: a TrainData (train, validation, test) instead of
+    the config's data set. Under torchrun (RANK and WORLD_SIZE set) each process trains its
+    shard with DistributedDataParallel; rank 0 evaluates, logs and writes checkpoints.
+    ``fault`` is a test hook: when it returns True for a global step, that step's loss
+    becomes NaN.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise KwhError(f"model must be an nn.Module, got {type(model).__name__}")
+    if data is not None and not isinstance(data, TrainData):
+        raise KwhError(f"data must be a kwh.train.TrainData, got {type(data).__name__}")
+    if data is None and config.data == CUSTOM:
+        raise KwhError("this run's data are 'custom': pass them as run_training(config, "
+                       "data=TrainData(train, validation, test))")
     with _runtime(config) as ctx:
-        return _Trainer(config, ctx, progress, fault).run(resume)
+        return _Trainer(config, ctx, progress, fault, model, data).run(resume)
 
 
 @contextlib.contextmanager
@@ -105,13 +118,16 @@ def _runtime(config: TrainConfig):
 class _Trainer:
     """One run's mutable state; the model is kept unwrapped, ``net`` is it or its DDP wrapper."""
 
-    def __init__(self, config: TrainConfig, ctx: DistContext, progress: bool, fault: Fault | None):
+    def __init__(self, config: TrainConfig, ctx: DistContext, progress: bool, fault: Fault | None,
+                 template: nn.Module | None, data: TrainData | None):
         self.c, self.ctx, self.fault = config, ctx, fault
         self.progress = progress and ctx.is_main
         self.out = Path(config.out_dir)
         self.ckpt = self.out / FILENAME
-        train = get_dataset(config.data, "train", config.data_dir, limit=config.limit_train)
-        test = get_dataset(config.data, "test", config.data_dir, limit=config.limit_test)
+        self.template = None if template is None else copy.deepcopy(template).cpu()
+        data = load_train_data(config) if data is None else data
+        train, test = data.train, data.test
+        self.val = data.validation
         self.n_data = len(train)  # N of the free energy: the global training set
         self.order = BatchOrder(train, config.batch_size, derive_seed(config.seed, "data"),
                                 ctx.rank, ctx.world_size)
@@ -124,7 +140,7 @@ class _Trainer:
     # ------------------------------------------------------------------ state
 
     def _fresh(self) -> None:
-        self.model, self.kind = build_model(self.c, PLAIN), PLAIN
+        self.model, self.kind = build_model(self.c, PLAIN, self.template), PLAIN
         self._check_input()
         self.model.to(self.ctx.device)
         self._new_optimizer()
@@ -177,7 +193,7 @@ class _Trainer:
             raise FormatError(f"{where}: malformed training state ({e})") from None
         if not (0 <= epoch <= self.c.total_epochs and 0 <= step < self.order.steps_per_epoch):
             raise FormatError(f"{where}: position epoch {epoch} step {step} lies outside this run")
-        self.model, self.kind = build_model(self.c, kind), kind
+        self.model, self.kind = build_model(self.c, kind, self.template), kind
         load_model_tensors(self.model, tensors, where)
         self.model.to(self.ctx.device)
         self._new_optimizer()
@@ -315,6 +331,10 @@ class _Trainer:
                    "train_loss": sums[1] / sums[2]}
             rec.update(test_metrics(self.model, self.test_x, self.test_y, self.c.eval_batch_size,
                                     self.ctx.device))
+            if self.val is not None:
+                v = test_metrics(self.model, *self.val.tensors[:2], self.c.eval_batch_size,
+                                 self.ctx.device)
+                rec.update({"val_error": v["test_error"], "val_nll": v["test_nll"]})
             rec.update({"kl_weight": beta, "lr": self.c.lr * factor, "lr_scale": self.lr_scale})
             if self.kind == BAYESIAN:
                 rec.update(layer_stats(self.model))
@@ -387,8 +407,11 @@ def _new_stats() -> dict:
 
 def _summary(rec: dict) -> str:
     """One line per epoch: error, NLL, KL weight and what each layer keeps."""
-    s = (f"epoch {rec['epoch']} ({rec['phase']}): test error {rec['test_error']:.2f}%, "
-         f"NLL {rec['test_nll']:.4f}, kl_weight {rec['kl_weight']:.2f}, lr {rec['lr']:.2e}")
+    s = f"epoch {rec['epoch']} ({rec['phase']}): "
+    if "val_error" in rec:
+        s += f"validation error {rec['val_error']:.2f}%, "
+    s += (f"test error {rec['test_error']:.2f}%, NLL {rec['test_nll']:.4f}, "
+          f"kl_weight {rec['kl_weight']:.2f}, lr {rec['lr']:.2e}")
     if "alive" in rec:
         s += ", alive " + " ".join(f"{rec['alive'][n]}/{rec['total'][n]}" for n in rec["alive"])
     if rec.get("architecture"):

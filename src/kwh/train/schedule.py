@@ -25,10 +25,18 @@ class Schedule:
         return epoch - self.config.pretrain_epochs + step / self.steps_per_epoch
 
     def lr_factor(self, epoch: int, step: int) -> float:
-        """Multiplier of each group's base lr for the update at (epoch, step)."""
-        if self.phase(epoch) == PRETRAIN or self.config.lr_decay == "constant":
+        """Multiplier of each group's base lr for the update at (epoch, step).
+
+        With ``lr_decay="linear"`` each phase decays its lr linearly to 0 (Louizos et al.
+        2017): pretraining converges to a good dense start, and the Bayesian phase starts
+        again from the full lr.
+        """
+        c = self.config
+        if c.lr_decay == "constant":
             return 1.0
-        return 1.0 - self.bayes_progress(epoch, step) / self.config.epochs  # linear to 0
+        if self.phase(epoch) == PRETRAIN:
+            return 1.0 - (epoch + step / self.steps_per_epoch) / c.pretrain_epochs
+        return 1.0 - self.bayes_progress(epoch, step) / c.epochs  # linear to 0
 
     def kl_weight(self, epoch: int, step: int) -> float:
         """beta of the free energy at (epoch, step); 0 during pretraining."""

@@ -1,0 +1,135 @@
+"""Ablations of the training defaults: one `kwh train` run per variant, then kwh.compress.
+
+    python -m benchmarks.ablate --model lenet300 --data mnist --prior log-uniform \
+        --epochs 30 --pretrain-epochs 20 --variant base --variant vlr1:variance_lr_mult=1 \
+        --out benchmarks/results/ablations/lenet300_svd
+
+A variant is NAME or NAME:key=value,key=value over TrainConfig fields (prior options as
+prior.key=value). Every variant starts from the same seeded pretraining (the run's seed fixes
+it), trains through kwh.train.run_training with a checkpoint each epoch (an interrupted
+ablation reruns only the variants without a result, and resumes the one that was running),
+is compressed with the default CompressConfig, and adds one row to OUT/results.{json,md}: test
+error before and after quantization, architecture, bits, nonzero weights, the rates, and the
+per-epoch alive units and error from the run's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from kwh.compress import CompressConfig
+from kwh.compress.prune import compress
+from kwh.data import batch_loader, get_dataset
+from kwh.train import TrainConfig, run_training
+
+
+def parse_variant(text: str) -> tuple[str, dict, dict]:
+    """'name:key=v,prior.key=v' -> (name, TrainConfig overrides, prior options)."""
+    name, _, rest = text.partition(":")
+    over, prior = {}, {}
+    for item in filter(None, rest.split(",")):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise SystemExit(f"variant {text!r}: {item!r} is not key=value")
+        value = json.loads(raw) if raw[:1] in "-0123456789[{tfn" else raw
+        if isinstance(value, list):
+            value = tuple(value)
+        (prior if key.startswith("prior.") else over)[key.removeprefix("prior.")] = value
+    return name, over, prior
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_variant(args, name: str, over: dict, prior: dict, out: Path) -> dict:
+    base = dict(model=args.model, data=args.data, prior=args.prior, epochs=args.epochs,
+                pretrain_epochs=args.pretrain_epochs, seed=args.seed, threads=1,
+                out_dir=str(out / name), limit_train=args.limit_train)
+    base.update(over)
+    cfg = TrainConfig(**base, prior_options=prior)
+    t0 = time.process_time()
+    result = run_training(cfg, resume=True, progress=False)
+    cpu = time.process_time() - t0
+    test = get_dataset(cfg.data, "test", cfg.data_dir)
+    small = compress(result.model.cpu(), CompressConfig(input_shape=tuple(test.tensors[0].shape[1:])),
+                     eval_data=batch_loader(test, 1000))
+    s = small.kwh_summary
+    hist = [r for r in result.log if r.get("event") == "epoch" and r.get("phase") == "bayes"]
+    return {"variant": name, "overrides": over, "prior_options": prior,
+            "summary": {k: s[k] for k in ("architecture", "bits", "nonzero", "density",
+                                          "payload_bytes", "rates")},
+            "eval": s.get("eval"),
+            "cpu_seconds_this_call": round(cpu, 1),
+            "curve": [{"epoch": r["epoch"], "test_error": r["test_error"],
+                       "architecture": r.get("architecture"), "alive": r.get("alive"),
+                       "seconds": r.get("seconds")} for r in hist]}
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    out = [header, "", "| variant | settings | error % (before -> after quant.) | arch | bits | "
+           "nonzero % | max compr. | fast pred. | s/epoch |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ev = r.get("eval") or {}
+        before, after = ev.get("error_before_quantization"), ev.get("error_after_quantization")
+        err = (f"{100 * before:.2f} -> {100 * after:.2f}" if before is not None else "-")
+        s = r["summary"]
+        sec = [c["seconds"] for c in r["curve"] if c.get("seconds")]
+        settings = ", ".join(f"{k}={v}" for k, v in {**r["overrides"], **{f"prior.{k}": v for k, v in r["prior_options"].items()}}.items()) or "defaults"
+        out.append(f"| {r['variant']} | {settings} | {err} | {s['architecture']} | {s['bits']} | "
+                   f"{100 * s['density']:.2f} | {s['rates']['max_compression']:.1f} | "
+                   f"{s['rates']['fast_prediction']:.1f} | {sum(sec) / max(1, len(sec)):.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablate", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="lenet300")
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--prior", default="log-uniform")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--pretrain-epochs", type=int, default=20)
+    p.add_argument("--limit-train", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", action="append", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res_path = out / "results.json"
+    rows = json.loads(res_path.read_text())["rows"] if res_path.is_file() else []
+    done = {r["variant"] for r in rows}
+    command = "python -m benchmarks.ablate " + " ".join(sys.argv[1:] if argv is None else argv)
+    for text in a.variant:
+        name, over, prior = parse_variant(text)
+        if name in done:
+            continue
+        row = run_variant(a, name, over, prior, out)
+        row["commit"] = commit()
+        rows.append(row)
+        info = {"command": command, "machine": {"cpu": platform.processor(), "torch": torch.__version__,
+                                                "threads": 1}, "rows": rows}
+        res_path.write_text(json.dumps(info, indent=1) + "\n")
+        header = (f"# Ablation: {a.model} / {a.data} / {a.prior}, {a.pretrain_epochs} plain + "
+                  f"{a.epochs} Bayesian epochs, seed {a.seed}\n\nCommand: `{command}`\n\n"
+                  f"Error is the test error of the compressed model (before and after quantization).")
+        (out / "results.md").write_text(markdown(rows, header))
+        print(markdown(rows[-1:], f"## {name}"), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
