@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -23,13 +24,14 @@ import numpy as np
 import torch
 
 from benchmarks.baselines import deep_compression, plots, sparse_file, structured, table
-from benchmarks.baselines.common import (INPUT_SHAPES, Clock, check_net_data, count_macs, load_data,
-                                         make_net, test_error, throughput, train_plain,
+from benchmarks.baselines.common import (INPUT_SHAPES, Clock, check_net_data, count_macs, fit,
+                                         load_data, make_net, test_error, throughput,
                                          weighted_layers)
 from benchmarks.baselines.kwh_rows import compress_and_save, log_alphas, train_bayes
 
 PRIORS = {"log-uniform": "kwh Sparse VD (log-uniform)", "group-nj": "kwh BC-GNJ (group-nj)",
           "group-horseshoe": "kwh BC-GHS (group-horseshoe)"}
+METHODS = ("dense", *PRIORS, "deep-compression", "torch-pruning")
 
 # pretrain / Bayesian epochs, data limits, Deep Compression rounds, Torch-Pruning fine-tune
 # epochs per candidate, timing repeats. "full" is the paper's 200 epochs (Louizos et al. 2017).
@@ -60,6 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dc-keep", type=float, default=DC_KEEP, help="Deep Compression kept fraction")
     p.add_argument("--tp-ratios", type=float, nargs="+", default=list(structured.RATIOS))
     p.add_argument("--device", default="cpu", help="where to train (cpu, cuda); measured on the CPU")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="train and measure only these (each run resumes where it stopped; the "
+                        "tables are written when all are selected)")
+    p.add_argument("--bits-search", choices=["raise", "fit", "off"], default="raise",
+                   help="kwh rows: the accuracy guard of the bits on the validation split "
+                        "(kwh.compress bits_search)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (training and timing)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--repeats", type=int, help="timed passes per throughput median (overrides)")
@@ -134,13 +142,22 @@ def hist_of(alphas: list[dict]) -> list[dict]:
     return out
 
 
-def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, dict]:
+def _val_error(model, tdata) -> float:
+    from kwh.compress import evaluate
+    from kwh.data import batch_loader
+    d = tdata.validation if tdata.validation is not None else tdata.train
+    return evaluate(model, batch_loader(d, 1000))["error"]
+
+
+def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[list[dict], dict, dict]:
+    """Train (resumably, through kwh.train) and measure every selected method of one seed."""
     cfg = a.cfg
-    tdata = data.to(a.device)  # training (and per-epoch tests) on --device; measuring on the CPU
-    torch.manual_seed(seed)
+    opts = dict(lr=a.lr, device=a.device, threads=a.threads)
+    methods = a.methods
     clock = Clock()
-    dense = make_net(a.net, a.width).eval()
-    train_plain(dense, tdata, cfg["pretrain_epochs"], a.lr, seed)
+    torch.manual_seed(seed)
+    dense = fit(a.net, tdata, runs / "dense", model=make_net(a.net, a.width),
+                pretrain_epochs=cfg["pretrain_epochs"], seed=seed, **opts).model.eval().cpu()
     pre_s = clock()
     w_orig = sum(m.weight.numel() for m in weighted_layers(dense))
     nb = a.bench_batch
@@ -150,19 +167,25 @@ def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, di
     reps = cfg["repeats"]
     base = {"seed": seed}
     rows = []
-    nbytes = _save_plain(dense, files / f"seed{seed}_dense.kwh", data)
-    r = {**base, "method": "dense (pretrained start)", "bits": "-".join(["32"] * len(weighted_layers(dense))),
-         **measure(dense, data, w_orig, x_bench, reps), **table.rates(dense, w_orig, [32] * len(weighted_layers(dense)), True, _payload(dense, data)),
-         "max_compression_huffman": None, "file_bytes": nbytes, "wall_s": pre_s,
-         "epochs": f"{cfg['pretrain_epochs']} pretrain"}
-    rows.append(r)
-    log(f"seed {seed}: dense error {r['error_pct']:.2f}% after {cfg['pretrain_epochs']} epochs ({pre_s:.0f} s)")
+    nl = len(weighted_layers(dense))
+    if "dense" in methods:
+        nbytes = _save_plain(dense, files / f"seed{seed}_dense.kwh", data)
+        r = {**base, "method": "dense (pretrained start)", "bits": "-".join(["32"] * nl),
+             **measure(dense, data, w_orig, x_bench, reps),
+             **table.rates(dense, w_orig, [32] * nl, True, _payload(dense, data)),
+             "max_compression_huffman": None, "file_bytes": nbytes, "wall_s": pre_s,
+             "epochs": f"{cfg['pretrain_epochs']} pretrain", "val_error_pct": 100 * _val_error(dense, tdata)}
+        rows.append(r)
+        log(f"seed {seed}: dense error {r['error_pct']:.2f}% after {cfg['pretrain_epochs']} epochs")
 
     histories, alphas = {}, {}
     for prior, label in PRIORS.items():
+        if prior not in methods:
+            continue
         clock = Clock()
-        model, hist = train_bayes(dense, prior, tdata, cfg["epochs"], a.lr, seed, log=log)
-        small, nbytes = compress_and_save(model, data, files / f"seed{seed}_{prior}.kwh")
+        model, hist = train_bayes(a.net, dense, prior, tdata, cfg["epochs"], runs / prior, seed, **opts)
+        train_s = sum(h["seconds"] or 0 for h in hist)
+        small, nbytes = compress_and_save(model, tdata, files / f"seed{seed}_{prior}.kwh", a.bits_search)
         s = small.kwh_summary
         syms = fixed_point_symbols(small)
         frac = [getattr(m, "kwh_frac_bits", None) for m in weighted_layers(small)]
@@ -173,43 +196,51 @@ def run_seed(a, seed: int, data, files: Path, log) -> tuple[list[dict], dict, di
              "pruning": rt["pruning"], "fast_prediction": rt["fast_prediction"],
              "max_compression": rt["max_compression"],
              "max_compression_huffman": 32 * w_orig / (8 * hf["payload_bytes"]),
-             "file_bytes": nbytes, "huffman_file_bytes": hf["file_bytes"], "wall_s": clock(),
+             "file_bytes": nbytes, "huffman_file_bytes": hf["file_bytes"],
+             "wall_s": train_s + clock(),
              "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} bayes",
-             "bayes_eval_error_pct": 100 * hist[-1]["error"]}
+             "bayes_eval_error_pct": 100 * s["eval"]["error_before_quantization"],
+             "val_error_pct": 100 * _val_error(small, tdata), "bits_guard": s.get("bits_guard")}
         rows.append(r)
         histories[prior] = hist
         alphas[prior] = hist_of(log_alphas(model))
         log(f"seed {seed}: {label}: error {r['error_pct']:.2f}% arch {r['arch']} bits {r['bits']} "
             f"max compression {r['max_compression']:.1f}x file {nbytes} B")
 
-    clock = Clock()
-    dc = deep_compression.prune_retrain(dense, tdata, a.dc_keep, cfg["dc_rounds"], cfg["epochs"], a.lr, seed)
-    dc_pruned_err = 100 * test_error(dc, data)
-    shared = deep_compression.share_weights(dc, 8, 5, seed)
-    dcf = deep_compression.write_file(files / f"seed{seed}_deep_compression.sphf", shared)
-    bits = [d["bits"] for d in shared]
-    r = {**base, "method": "Deep Compression (prune+k-means+Huffman)", **measure(dc, data, w_orig, x_bench, reps),
-         "bits": "-".join(map(str, bits)), **table.rates(dc, w_orig, bits, False, dcf["payload_bytes"] + dcf["bias_bytes"]),
-         "max_compression_huffman": 32 * w_orig / (8 * dcf["payload_bytes"]),
-         "file_bytes": dcf["file_bytes"], "wall_s": clock(),
-         "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} retrain ({cfg['dc_rounds']} rounds)",
-         "error_before_sharing_pct": dc_pruned_err}
-    rows.append(r)
-    log(f"seed {seed}: Deep Compression: error {r['error_pct']:.2f}% (pruned, before sharing "
-        f"{dc_pruned_err:.2f}%) max compression {r['max_compression_huffman']:.1f}x (Huffman)")
+    if "deep-compression" in methods:
+        clock = Clock()
+        dc = deep_compression.prune_retrain(a.net, dense, tdata, a.dc_keep, cfg["dc_rounds"],
+                                            cfg["epochs"], runs / "deep_compression", seed, **opts)
+        dc_pruned_err = 100 * test_error(dc, data)
+        shared = deep_compression.share_weights(dc, 8, 5, seed)
+        dcf = deep_compression.write_file(files / f"seed{seed}_deep_compression.sphf", shared)
+        bits = [d["bits"] for d in shared]
+        r = {**base, "method": "Deep Compression (prune+k-means+Huffman)", **measure(dc, data, w_orig, x_bench, reps),
+             "bits": "-".join(map(str, bits)), **table.rates(dc, w_orig, bits, False, dcf["payload_bytes"] + dcf["bias_bytes"]),
+             "max_compression_huffman": 32 * w_orig / (8 * dcf["payload_bytes"]),
+             "file_bytes": dcf["file_bytes"], "wall_s": clock(),
+             "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} retrain ({cfg['dc_rounds']} rounds)",
+             "error_before_sharing_pct": dc_pruned_err, "val_error_pct": 100 * _val_error(dc, tdata)}
+        rows.append(r)
+        log(f"seed {seed}: Deep Compression: error {r['error_pct']:.2f}% (pruned, before sharing "
+            f"{dc_pruned_err:.2f}%) max compression {r['max_compression_huffman']:.1f}x (Huffman)")
 
-    clock = Clock()
-    target = min(x["error_pct"] for x in rows if x["method"] in PRIORS.values()) / 100
-    tpm, ratio, tried = structured.search(dense, tdata, target, cfg["tp_epochs"], a.lr, seed, a.tp_ratios)
-    nl = len(weighted_layers(tpm))
-    r = {**base, "method": f"Torch-Pruning L1 structured (ratio {ratio})", **measure(tpm, data, w_orig, x_bench, reps),
-         "bits": "-".join(["32"] * nl), **table.rates(tpm, w_orig, [32] * nl, True, _payload(tpm, data)),
-         "max_compression_huffman": None, "file_bytes": _save_plain(tpm, files / f"seed{seed}_torch_pruning.kwh", data),
-         "wall_s": clock(), "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['tp_epochs']} x {len(tried)} fine-tune",
-         "tp_tried": tried, "tp_target_error_pct": 100 * target}
-    rows.append(r)
-    log(f"seed {seed}: Torch-Pruning ratio {ratio}: error {r['error_pct']:.2f}% (target "
-        f"{100 * target:.2f}%) pruning {r['pruning']:.1f}x")
+    if "torch-pruning" in methods:
+        clock = Clock()
+        kwh_val = [x["val_error_pct"] for x in rows if x["method"] in PRIORS.values()]
+        target = (min(kwh_val) if kwh_val else 100 * _val_error(dense, tdata)) / 100
+        tpm, ratio, tried = structured.search(a.net, dense, tdata, target, cfg["tp_epochs"],
+                                              runs / "torch_pruning", seed, a.tp_ratios, **opts)
+        nl = len(weighted_layers(tpm))
+        r = {**base, "method": f"Torch-Pruning L1 structured (ratio {ratio})", **measure(tpm, data, w_orig, x_bench, reps),
+             "bits": "-".join(["32"] * nl), **table.rates(tpm, w_orig, [32] * nl, True, _payload(tpm, data)),
+             "max_compression_huffman": None, "file_bytes": _save_plain(tpm, files / f"seed{seed}_torch_pruning.kwh", data),
+             "wall_s": clock(), "epochs": f"{cfg['pretrain_epochs']} pretrain + {max(1, math.ceil(cfg['tp_epochs']))} x {len(tried)} fine-tune",
+             "tp_tried": tried, "tp_target_val_error_pct": 100 * target,
+             "val_error_pct": 100 * _val_error(tpm, tdata)}
+        rows.append(r)
+        log(f"seed {seed}: Torch-Pruning ratio {ratio}: error {r['error_pct']:.2f}% (validation "
+            f"target {100 * target:.2f}%) pruning {r['pruning']:.1f}x")
     return rows, histories, alphas
 
 
@@ -247,15 +278,21 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
 
     total = Clock()
     info = machine_info()  # the commit the run starts from
-    data = load_data(a.data, a.data_dir, cfg["limit_train"], cfg["limit_test"])
+    tdata, data = load_data(a.data, a.data_dir, cfg["limit_train"], cfg["limit_test"])
     if data.input_shape != INPUT_SHAPES[a.data]:
         raise ValueError(f"{a.data} images have shape {data.input_shape}, expected {INPUT_SHAPES[a.data]}")
-    log(f"{a.net} on {a.data}: {len(data.y_train)} train / {len(data.y_test)} test, budget {a.budget} {cfg}")
+    nval = 0 if tdata.validation is None else len(tdata.validation)
+    log(f"{a.net} on {a.data}: {len(data.y_train)} train / {nval} validation / "
+        f"{len(data.y_test)} test, budget {a.budget} {cfg}, methods {', '.join(a.methods)}")
     rows, histories, alphas = [], {}, {}
     for seed in a.seeds:
-        r, h, al = run_seed(a, seed, data, files, log)
+        r, h, al = run_seed(a, seed, tdata, data, files, out / f"{stem}_runs" / f"seed{seed}", log)
         rows += r
         histories[seed], alphas[seed] = h, al
+    if set(a.methods) != set(METHODS):
+        log("trained and measured the selected methods; the tables are written by a run of all "
+            "methods (finished runs are reused)")
+        return 0
     first = a.seeds[0]
     layer_names = [d["layer"] for d in alphas[first]["log-uniform"]]
     plots.error_vs_compression(rows, a.net, out / f"{stem}_error_vs_compression.png")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kwh.data import get_dataset
 from kwh.models import build
+from kwh.train import TrainConfig, TrainData, TrainResult, run_training
+from kwh.train.data import load_train_data
 
 # Which data sets each net can read (LeNets take 1x28x28, the VGG-like net 3x32x32).
 NET_DATA = {"lenet300": ("mnist", "fashion-mnist"), "lenet5": ("mnist", "fashion-mnist"),
@@ -50,12 +49,14 @@ def check_net_data(net: str, data: str) -> None:
         raise ValueError(f"net {net!r} reads {' or '.join(NET_DATA[net])}, not {data!r}")
 
 
-def load_data(name: str, root: str | None, limit_train: int | None,
-              limit_test: int | None) -> Data:
-    """The data set as tensors (first ``limit`` examples of each split when limits are set)."""
-    train = get_dataset(name, "train", root, limit=limit_train, download=False)
-    test = get_dataset(name, "test", root, limit=limit_test, download=False)
-    return Data(name, *train.tensors, *test.tensors)
+def load_data(name: str, root: str | None, limit_train: int | None, limit_test: int | None,
+              validation: int | None = None) -> tuple[TrainData, Data]:
+    """The data set split as kwh.train splits it (the last examples of the training set held
+    out for validation), as a TrainData for training and as tensors for measuring."""
+    cfg = TrainConfig(data=name, data_dir=root, limit_train=limit_train, limit_test=limit_test,
+                      validation=validation)
+    td = load_train_data(cfg)
+    return td, Data(name, *td.train.tensors, *td.test.tensors)
 
 
 def make_net(net: str, width: float = 1.0) -> nn.Sequential:
@@ -63,41 +64,20 @@ def make_net(net: str, width: float = 1.0) -> nn.Sequential:
     return build("vgg", width=width) if net == "vgg" else build(net)
 
 
-def batches(data: Data, batch_size: int, gen: torch.Generator):
-    """One shuffled epoch of (x, y) training batches."""
-    perm = torch.randperm(len(data.y_train), generator=gen).to(data.y_train.device)
-    for i in range(0, len(perm), batch_size):
-        idx = perm[i:i + batch_size]
-        yield data.x_train[idx], data.y_train[idx]
+def fit(net: str, data: TrainData, out_dir, *, model: nn.Module | None = None,
+        prior: str = "log-uniform", pretrain_epochs: int = 0, epochs: int = 0,
+        seed: int = 0, **options) -> TrainResult:
+    """One run of kwh.train (run_training, resumable: a finished run is returned as it is).
 
-
-def train_plain(model: nn.Module, data: Data, epochs: float, lr: float, seed: int,
-                batch_size: int = 100, decay: bool = False, after_step=None) -> None:
-    """Adam on the cross-entropy for ``epochs`` (fractions allowed); lr constant or linear to 0."""
-    if epochs <= 0:
-        return
-    model.to(data.x_train.device)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
-    total = max(1, int(round(epochs * steps_per_epoch)))
-    step = 0
-    model.train()
-    while step < total:
-        for x, y in batches(data, batch_size, gen):
-            if decay:
-                for g in opt.param_groups:
-                    g["lr"] = lr * (1 - step / total)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if after_step is not None:
-                after_step()
-            step += 1
-            if step >= total:
-                break
-    model.eval().cpu()
+    Plain training is ``pretrain_epochs`` with ``epochs=0``; Bayesian training starts from
+    ``model`` (the dense start) with ``pretrain_epochs=0``. ``options``: TrainConfig fields
+    (lr, device, threads, variance_lr_mult, ...).
+    """
+    val = 0 if data.validation is None else len(data.validation)
+    cfg = TrainConfig(model=net, data=data.name, prior=prior,
+                      pretrain_epochs=pretrain_epochs, epochs=epochs, seed=seed,
+                      validation=val, out_dir=str(out_dir), **options)
+    return run_training(cfg, resume=True, progress=False, model=model, data=data)
 
 
 @torch.no_grad()

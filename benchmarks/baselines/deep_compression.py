@@ -1,7 +1,7 @@
 """Deep Compression baseline (Han, Mao, Dally 2016): prune + retrain, k-means sharing, Huffman.
 
 1. Iterative magnitude pruning: ``rounds`` rounds of global L1 unstructured pruning
-   (torch.nn.utils.prune) to a kept fraction that shrinks geometrically to ``keep``, each
+   (masks as torch.nn.utils.parametrize parametrizations) to a kept fraction that shrinks geometrically to ``keep``, each
    followed by retraining with the mask fixed.
 2. Weight sharing: per layer, 1-D k-means (sklearn, linear initialisation as in the paper)
    of the kept weights into 2**bits centroids; conv layers get ``conv_bits``, fully connected
@@ -14,39 +14,74 @@
 from __future__ import annotations
 
 import copy
+import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
-from torch.nn.utils import prune
+from torch.nn.utils import parametrize
 
 from benchmarks.baselines import sparse_file
-from benchmarks.baselines.common import Data, train_plain, weighted_layers
+from benchmarks.baselines.common import fit, weighted_layers
+from kwh.train import TrainData
 
 KMEANS_FIT_MAX = 20000  # weights used to fit the centroids of a big layer (all are assigned)
 
 
-def prune_retrain(dense: nn.Module, data: Data, keep: float, rounds: int,
-                  epochs: float, lr: float, seed: int) -> nn.Module:
-    """Iterative global magnitude pruning to ``keep`` with retraining; masks made permanent."""
+class _Mask(nn.Module):
+    """A fixed 0/1 mask on a weight (a torch.nn.utils.parametrize parametrization)."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask
+
+
+def _mask_to(model: nn.Module, kept: int) -> None:
+    """Global L1 magnitude pruning: keep the ``kept`` largest |w| over all layers."""
+    layers = weighted_layers(model)
+    with torch.no_grad():
+        mags = torch.cat([m.weight.abs().flatten() for m in layers])  # masked weights
+        keep = torch.zeros_like(mags, dtype=torch.bool)
+        keep[torch.topk(mags, kept, sorted=False).indices] = True
+        at = 0
+        for m in layers:
+            n = m.weight.numel()
+            mask = keep[at:at + n].reshape(m.weight.shape).to(m.weight.dtype)
+            at += n
+            if parametrize.is_parametrized(m, "weight"):
+                m.parametrizations.weight[0].mask.copy_(mask)
+            else:
+                parametrize.register_parametrization(m, "weight", _Mask(mask))
+
+
+def prune_retrain(net: str, dense: nn.Module, data: TrainData, keep: float, rounds: int,
+                  epochs: int, out_dir, seed: int, **options) -> nn.Module:
+    """Iterative global magnitude pruning to ``keep``, each round retrained by kwh.train with
+    the mask fixed (a parametrization multiplies every weight by its mask); masks made
+    permanent at the end.
+
+    ``epochs`` of retraining in all, split over the rounds (at least one each); each round is
+    a resumable plain run in ``out_dir/round<r>``.
+    """
     if not 0 < keep <= 1:
         raise ValueError(f"keep={keep} must be the kept weight fraction in (0, 1]")
     model = copy.deepcopy(dense)
-    params = [(m, "weight") for m in weighted_layers(model)]
-    total = sum(m.weight.numel() for m, _ in params)
-    kept = total
+    total = sum(m.weight.numel() for m in weighted_layers(model))
+    per_round = max(1, math.ceil(epochs / rounds))
     for r in range(1, rounds + 1):
-        target = int(round(total * keep ** (r / rounds)))  # geometric schedule to keep
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured,
-                                  amount=kept - target)  # amount: of the still unpruned ones
-        kept = target
-        train_plain(model, data, epochs / rounds, lr, seed + r)
+        _mask_to(model, int(round(total * keep ** (r / rounds))))  # geometric schedule to keep
+        model = fit(net, data, Path(out_dir) / f"round{r}", model=model,
+                    pretrain_epochs=per_round, seed=seed + r, **options).model
     model.cpu()
-    for m, name in params:
-        prune.remove(m, name)
+    for m in weighted_layers(model):
+        parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
     return model.eval()
 
 

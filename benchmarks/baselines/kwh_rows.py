@@ -1,40 +1,22 @@
-"""kwh rows of the table: bayesify_ a copy of the pretrained net, train the free energy, compress.
+"""kwh rows of the table: the pretrained net through kwh.train with a prior, then kwh.compress.
 
-The loop is the paper's (Louizos et al. 2017, sec. 5): Adam, batch 100, every group's lr
-decayed linearly per step to 0; log-variances at lr x kwh.bayes.param_groups' multiplier;
-the KL weight warmed up from 0 to 1 over the first ``warmup`` fraction of the epochs
-(kwh.bayes.KLWarmup; kwh.train's default 0 -> 0.2). kwh.train.run_training starts from
-random or its own pretraining only, so the shared dense start needs this small loop.
+Training is kwh.train.run_training from the shared dense start with kwh's defaults (Adam,
+batch 100, lr decayed linearly per step to 0, log-scale parameters at the larger step, the
+KL weight warmed up over the first fifth of the epochs), a checkpoint each epoch.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kwh
-from kwh.bayes import KLWarmup, bayes_layers, param_groups
+from kwh.bayes import bayes_layers
+from kwh.compress import CompressConfig
+from kwh.data import batch_loader
+from kwh.train import TrainData
 
-from benchmarks.baselines.common import Data, batches, test_error
-
-
-def alive_units(model: nn.Module) -> list[int]:
-    """Per Bayesian layer: kept input units (Linear) or kept filters (Conv2d), eval mode."""
-    out = []
-    with torch.no_grad():
-        for _, layer in bayes_layers(model):
-            w, _ = layer.eval_weight_bias()
-            nz = w != 0  # (out, in) or (F, C, kh, kw)
-            if isinstance(layer, kwh.bayes.BayesConv2d):
-                keep = nz.flatten(1).any(1)  # filters
-            else:
-                keep = nz.any(0)  # input units
-            out.append(int(keep.sum()))
-    return out
+from benchmarks.baselines.common import fit
 
 
 def log_alphas(model: nn.Module) -> list[dict]:
@@ -48,51 +30,27 @@ def log_alphas(model: nn.Module) -> list[dict]:
     return out
 
 
-def train_bayes(dense: nn.Module, prior: str, data: Data, epochs: int, lr: float, seed: int,
-                warmup: float = 0.2, batch_size: int = 100, log=print) -> tuple[nn.Module, list[dict]]:
-    """Bayesian copy of ``dense`` trained on the free energy; returns (model, per-epoch history)."""
-    torch.manual_seed(seed)
-    model = copy.deepcopy(dense)
-    kwh.bayesify_(model, prior)
-    model.to(data.x_train.device)
-    groups = param_groups(model, lr)
-    for g in groups:
-        g["base_lr"] = g["lr"]
-    opt = torch.optim.Adam(groups)
-    warm = KLWarmup(0.0, warmup * epochs)
-    n = len(data.y_train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(seed)
-    history = [{"epoch": 0, "alive": alive_units(model), "error": test_error(model, data)}]
-    step = 0
-    for e in range(epochs):
-        model.train()
-        loss_sum = 0.0
-        for k, (x, y) in enumerate(batches(data, batch_size, gen)):
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * (1 - step / total)  # linear decay to 0
-            beta = warm(e + k / steps_per_epoch)
-            loss = kwh.free_energy(model, F.cross_entropy(model(x), y), n, beta)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item()
-            step += 1
-        model.eval()
-        rec = {"epoch": e + 1, "alive": alive_units(model), "error": test_error(model, data),
-               "loss": loss_sum / steps_per_epoch, "kl_weight": beta}
-        history.append(rec)
-        log(f"  {prior} epoch {e + 1}/{epochs}: loss {rec['loss']:.4f} test error "
-            f"{100 * rec['error']:.2f}% alive {rec['alive']}")
-    return model.eval().cpu(), history
+def train_bayes(net: str, dense: nn.Module, prior: str, data: TrainData, epochs: int, out_dir,
+                seed: int, **options) -> tuple[nn.Module, list[dict]]:
+    """Bayesian copy of ``dense`` trained by kwh.train with its defaults (resumable run in
+    ``out_dir``); returns (model, per-epoch history from the run's log)."""
+    res = fit(net, data, out_dir, model=dense, prior=prior, epochs=epochs, seed=seed, **options)
+    hist = []
+    for r in res.log:
+        if r.get("event") == "epoch" and r.get("phase") == "bayes":
+            hist.append({"epoch": len(hist) + 1, "alive": list(r["alive"].values()),
+                         "architecture": r.get("architecture"), "error": r["test_error"] / 100,
+                         "val_error": r.get("val_error"), "seconds": r.get("seconds")})
+    return res.model.eval().cpu(), hist
 
 
-def compress_and_save(model: nn.Module, data: Data, path) -> tuple[nn.Sequential, int]:
-    """kwh.compress the trained model and write the .kwh file; returns (small model, file bytes)."""
-    small = kwh.compress(model, input_shape=data.input_shape)
-    save = getattr(kwh, "save", None)
-    if save is None:  # kwh.save not exported at the top level yet: the codec's own save
-        from kwh.compress.codec import save
-    nbytes = save(small, path, input_shape=data.input_shape)
+def compress_and_save(model: nn.Module, data: TrainData, path,
+                      bits_search: str = "raise") -> tuple[nn.Sequential, int]:
+    """kwh.compress the trained model (bits guarded on the validation split, errors on the
+    test set) and write the .kwh file; returns (small model, file bytes)."""
+    guard = None if data.validation is None else batch_loader(data.validation, 1000)
+    small = kwh.compress(model, CompressConfig(input_shape=data.input_shape,
+                                               bits_search=bits_search),
+                         eval_data=batch_loader(data.test, 1000), guard_data=guard)
+    nbytes = kwh.save(small, path, input_shape=data.input_shape)
     return small, int(nbytes)

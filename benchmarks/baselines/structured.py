@@ -3,19 +3,25 @@
 Each candidate pruning ratio (fraction of the channels of every prunable layer removed, the
 classifier's outputs kept) is applied to a copy of the dense net with
 ``torch_pruning.pruner.MagnitudePruner`` (L1 importance, layer-wise), fine-tuned briefly, and
-tested. Candidates are tried from the most aggressive down; the first whose error is at most
-the target (kwh's best error) is kept, else the one with the lowest error.
+tested on the validation split. Candidates are tried from the most aggressive down; the first
+whose validation error is at most the target (kwh's best validation error) is kept, else the
+one with the lowest.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from pathlib import Path
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from benchmarks.baselines.common import Data, test_error, train_plain, weighted_layers
+from benchmarks.baselines.common import fit, weighted_layers
+from kwh.compress import evaluate
+from kwh.data import batch_loader
+from kwh.train import TrainData
 
 RATIOS = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 
@@ -31,16 +37,21 @@ def prune_channels(dense: nn.Module, ratio: float, input_shape: tuple[int, ...])
     return model
 
 
-def search(dense: nn.Module, data: Data, target_error: float, finetune_epochs: float, lr: float,
-           seed: int, ratios=RATIOS) -> tuple[nn.Module, float, list[dict]]:
-    """(model, ratio, tried): the most aggressive ratio that reaches ``target_error``."""
+def search(net: str, dense: nn.Module, data: TrainData, target_error: float,
+           finetune_epochs: float, out_dir, seed: int, ratios=RATIOS,
+           **options) -> tuple[nn.Module, float, list[dict]]:
+    """(model, ratio, tried): the most aggressive ratio whose validation error reaches
+    ``target_error`` (a fraction), each candidate fine-tuned by kwh.train (resumable runs in
+    ``out_dir/ratio<r>``); else the candidate with the lowest validation error."""
     tried, best = [], None
+    val = batch_loader(data.validation if data.validation is not None else data.train, 1000)
     for r in ratios:
         model = prune_channels(dense, r, data.input_shape)
-        train_plain(model, data, finetune_epochs, lr, seed, decay=True)
-        err = test_error(model, data)
-        model.cpu()
-        tried.append({"ratio": r, "error": err})
+        model = fit(net, data, Path(out_dir) / f"ratio{r}", model=model,
+                    pretrain_epochs=max(1, math.ceil(finetune_epochs)), seed=seed,
+                    **options).model.cpu()
+        err = evaluate(model, val)["error"]
+        tried.append({"ratio": r, "validation_error": err})
         if best is None or err < best[2]:
             best = (model, r, err)
         if err <= target_error:

@@ -72,8 +72,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-option", action="append", type=_prior_option, default=[],
                    metavar="KEY=VALUE", help="prior setting, e.g. tau0=1e-5 or threshold=-1; "
                    "repeatable")
-    p.add_argument("--epochs", type=_int_at_least(1), default=d["epochs"].default,
-                   help="Bayesian epochs (default: %(default)s)")
+    p.add_argument("--epochs", type=_int_at_least(0), default=d["epochs"].default,
+                   help="Bayesian epochs (default: %(default)s); 0 with --pretrain-epochs N "
+                        "trains a plain (dense) net only")
     p.add_argument("--pretrain-epochs", type=_int_at_least(0),
                    default=d["pretrain_epochs"].default,
                    help="plain cross-entropy epochs first (default: %(default)s)")

@@ -76,6 +76,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         kind, pos = meta["kind"], meta["position"]
     except (KeyError, TypeError, KwhError) as e:
         raise FormatError(f"{path}: malformed training metadata ({e})") from None
+    if kind != BAYESIAN and config.epochs == 0:
+        raise KwhError(f"{path} is a plain run (--epochs 0): it holds a dense net, not a "
+                       f"Bayesian one; start a Bayesian run from it, or train with --epochs N")
     if kind != BAYESIAN:
         raise KwhError(f"{path} was written during pretraining (epoch {pos.get('epoch')} of "
                        f"{config.pretrain_epochs} plain epochs): it holds no Bayesian model yet; "

@@ -81,8 +81,9 @@ class TrainConfig:
         self.prior = pc.name  # resolve aliases such as 'bc-ghs'
         for name in ("pretrain_epochs", "seed"):
             self._int(name, 0)
-        for name in ("epochs", "batch_size", "max_failures", "eval_batch_size"):
+        for name in ("batch_size", "max_failures", "eval_batch_size"):
             self._int(name, 1)
+        self._int("epochs", 0 if self.pretrain_epochs else 1)  # 0: a plain (dense) run
         if self.validation is not None:
             self._int("validation", 0)
         for name in ("limit_train", "limit_test", "threads", "checkpoint_every"):

@@ -22,6 +22,7 @@ class TrainData:
     train: TensorDataset
     validation: TensorDataset | None
     test: TensorDataset
+    name: str = "custom"  # the data set's name, for logs and configs
 
     def __post_init__(self):
         for name in ("train", "test"):
@@ -62,7 +63,7 @@ def load_train_data(config) -> TrainData:
     full = get_dataset(config.data, "train", config.data_dir, limit=config.limit_train)
     train, val = split_validation(full, validation_size(config.validation, len(full)))
     test = get_dataset(config.data, "test", config.data_dir, limit=config.limit_test)
-    return TrainData(train, val, test)
+    return TrainData(train, val, test, config.data)
 
 
 def as_tensor_dataset(data, what: str) -> TensorDataset:
