@@ -226,6 +226,8 @@ def test_unsupported_layer_is_named_with_the_supported_ones():
 
 def test_conv_net_without_input_shape_asks_for_it():
     model, _ = _bayes("lenet5", "group-nj")
+    assert kwh.compress(model).kwh_summary["input_shape"] == [1, 28, 28]  # reference nets know
+    del model.kwh_input_shape
     with pytest.raises(ModelError, match=r"input_shape=\(C, H, W\)"):
         kwh.compress(model)
     with pytest.raises(ModelError, match="fails on input of shape"):
@@ -284,7 +286,8 @@ def test_bits_guard_raises_bits_until_quantization_costs_at_most_the_tolerance()
     bare = kwh.compress(model, input_shape=shape, eval_data=data)
     ev = bare.kwh_summary["eval"]
     assert ev["error_after_quantization"] - ev["error_before_quantization"] > 0.05  # broken
-    small = kwh.compress(model, input_shape=shape, eval_data=data, guard_data=data)
+    small = kwh.compress(model, input_shape=shape, eval_data=data, guard_data=data,
+                         bits_search="raise")
     s = small.kwh_summary
     g = s["bits_guard"]
     assert g["mode"] == "raise" and g["changes"] and all(v > 0 for v in g["changes"].values())

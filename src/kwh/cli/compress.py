@@ -47,10 +47,11 @@ def register(subparsers) -> None:
                    help="log-alpha pruning threshold for every layer (default: each prior's)")
     p.add_argument("--max-bits", type=_int_in(MIN_TOTAL_BITS, MAX_TOTAL_BITS), default=None,
                    help="cap on the bits per weight of any layer (1 sign + magnitude bits)")
-    p.add_argument("--bits-search", choices=["raise", "fit", "off"], default="raise",
+    p.add_argument("--bits-search", choices=["fit", "raise", "off"], default="fit",
                    help="accuracy guard of the posterior's bits on the run's validation split: "
-                        "raise bits where quantization costs more than --bits-tolerance "
-                        "(default), also lower them where it costs no more (fit), or off")
+                        "raise bits where quantization costs more than --bits-tolerance, then "
+                        "lower them where it costs no more (fit, the default); only raise; or "
+                        "off (the posterior rule alone)")
     p.add_argument("--bits-tolerance", type=_number, default=0.05, metavar="POINTS",
                    help="error (percentage points) quantization may cost on the validation "
                         "split (default: %(default)s)")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kwh.train.data import load_train_data
 
-    model, tconfig = _bayesian_model(args)
+    model, tconfig, records = _bayesian_model(args)
     data_dir = args.data_dir if args.data_dir is not None else tconfig.data_dir
     limit = args.limit_test if args.limit_test is not None else tconfig.limit_test
     test = get_dataset(tconfig.data, "test", data_dir, limit=limit)
@@ -96,17 +97,35 @@ def run(args: argparse.Namespace) -> int:
     size = kwh.save(small, out)
     print(format_summary(small.kwh_summary))
     print(f"file          {size:,} B written to {out}")
+    dense = _dense_start_error(args, records)
+    if dense is not None and small.kwh_summary.get("eval"):
+        s = small.kwh_summary
+        err = 100 * s["eval"]["error_after_quantization"]
+        print(f"vs dense start {dense[0]:.2f}% test error after {dense[1]} plain epochs: "
+              f"{err - dense[0]:+.2f} points; weights {s['rates']['max_compression']:,.1f}x "
+              f"smaller (the .kwh payload against the dense net's float32 weights)")
     return 0
 
 
+def _dense_start_error(args, records: list[dict]) -> tuple[float, int] | None:
+    """(test error %, plain epochs) of the run's last plain epoch, when it pretrained."""
+    plain = [r for r in records if r.get("event") == "epoch" and r.get("phase") == "pretrain"]
+    return (plain[-1]["test_error"], plain[-1]["epoch"]) if plain else None
+
+
 def _bayesian_model(args: argparse.Namespace):
-    """(trained Bayesian model, its TrainConfig): from --checkpoint or a fresh training run."""
+    """(trained Bayesian model, its TrainConfig, the run's log records): from --checkpoint or
+    a fresh training run."""
     from kwh.train import load_checkpoint, run_training
 
     if args.checkpoint is not None:
-        return load_checkpoint(args.checkpoint)
+        from kwh.train import read_checkpoint_meta
+
+        model, tconfig = load_checkpoint(args.checkpoint)
+        return model, tconfig, read_checkpoint_meta(args.checkpoint).get("log", [])
     from kwh.cli.train import config_from_args
 
     tconfig = config_from_args(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    return run_training(tconfig, progress=progress).model, tconfig
+    res = run_training(tconfig, progress=progress)
+    return res.model, tconfig, res.log

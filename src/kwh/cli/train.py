@@ -84,7 +84,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="Adam learning rate (default: %(default)s)")
     p.add_argument("--variance-lr-mult", type=_positive_float,
                    default=d["variance_lr_mult"].default,
-                   help="lr multiplier of the posterior log-variances (default: %(default)s)")
+                   help="lr multiplier of the posterior's log-scale parameters (log-variances, "
+                        "the horseshoe's locations); default: the prior's own, 1 for "
+                        "log-uniform, 10 for the group priors")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=d["lr_decay"].default,
                    help="lr schedule over the Bayesian epochs (default: %(default)s)")
     p.add_argument("--kl-warmup", nargs=2, type=_fraction, metavar=("START", "END"),

@@ -27,6 +27,7 @@ from kwh.compress import format_schema as fs
 from kwh.compress import format_tensors as ft
 from kwh.compress.format_io import atomic_write_bytes
 from kwh.compress.format_shapes import UNKNOWN
+from kwh.compress.summary import Summary
 from kwh.errors import FormatError, ModelError
 
 __all__ = ["save", "load", "file_report", "payload_bytes", "encode", "decode", "read_header",
@@ -480,7 +481,7 @@ def _build(read: _Read) -> nn.Sequential:
             raise FormatError(f"unexpected: module {i} ({layer.kind}) was left without values")
         model.append(module)
     if read.plan.summary is not None:
-        model.kwh_summary = read.plan.summary
+        model.kwh_summary = Summary(read.plan.summary)
     if read.plan.input_shape is not None:
         model.kwh_input_shape = read.plan.input_shape
     return model.eval()

@@ -118,7 +118,8 @@ def search_bits(weights: list[Tensor], precisions: list[LayerPrecision], movable
     the unquantized model's, ``tolerance`` in percentage points. Raise: while over
     budget, give one more fraction bit to the movable layer whose extra bit lowers the error
     most (ties: the layer with fewer weights). Fit (``mode="fit"``) then takes one bit at a
-    time from the layers with the most weights while the budget holds. Returns the new
+    time from the layers with the most weights while the budget holds (never to all zeros).
+    Returns the new
     precisions and their error.
     """
     cur = list(precisions)
@@ -146,8 +147,9 @@ def search_bits(weights: list[Tensor], precisions: list[LayerPrecision], movable
         while changed:
             changed = False
             for i in order:
-                if cur[i].frac_bits == 0:
-                    continue
+                if cur[i].frac_bits == 0 or not bool(
+                        quantize_ints(weights[i], cur[i].frac_bits - 1).any()):
+                    continue  # a layer rounded to all zeros is broken, whatever the data say
                 cand = cur[:i] + [with_frac_bits(weights[i], cur[i], cur[i].frac_bits - 1,
                                                  cur[i].source)] + cur[i + 1:]
                 e = error(cand)

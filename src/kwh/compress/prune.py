@@ -22,7 +22,7 @@ from kwh.compress.precision import LayerPrecision, choose_precision, quantize, s
 from kwh.modules import SelectInputs
 from kwh.compress.propagate import drop_unread_inputs, propagate
 from kwh.compress.stages import Stage, build_stages
-from kwh.compress.summary import summarize
+from kwh.compress.summary import Summary, summarize
 from kwh.errors import ModelError
 
 
@@ -67,7 +67,7 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
             "error_before_quantization": before["error"],  # = the Bayesian model in eval mode
             "error_after_quantization": after["error"],
         }
-    small.kwh_summary = summary
+    small.kwh_summary = Summary(summary)
     return small
 
 

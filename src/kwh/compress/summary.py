@@ -24,6 +24,13 @@ from kwh.compress.precision import LayerPrecision
 from kwh.compress.stages import Stage
 
 SUMMARY_VERSION = 1
+
+
+class Summary(dict):
+    """The summary dict of a compressed model; ``str()`` gives the readable table."""
+
+    def __str__(self) -> str:
+        return format_summary(self)
 PAYLOAD_SOURCE = ("kwh.codec payload_bytes: the entropy-coded tensor sections of the .kwh file "
                   "(packed weights, sparse indices, float32 biases)")
 

@@ -15,19 +15,25 @@ from torch import nn
 __all__ = ["lenet300", "lenet5", "vgg_cifar", "build", "MODELS"]
 
 
+def _with_input(model: nn.Sequential, shape: tuple[int, ...]) -> nn.Sequential:
+    """Record one example's shape (``kwh_input_shape``): kwh.compress and the file use it."""
+    model.kwh_input_shape = shape
+    return model
+
+
 def lenet300(in_features: int = 784, num_classes: int = 10) -> nn.Sequential:
-    """LeNet-300-100: 784-300-100-10 with ReLU."""
-    return nn.Sequential(
+    """LeNet-300-100: 784-300-100-10 with ReLU (inputs: 1x28x28 images, or in_features)."""
+    return _with_input(nn.Sequential(
         nn.Flatten(),
         nn.Linear(in_features, 300), nn.ReLU(),
         nn.Linear(300, 100), nn.ReLU(),
         nn.Linear(100, num_classes),
-    )
+    ), (1, 28, 28) if in_features == 784 else (in_features,))
 
 
 def lenet5(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
     """LeNet-5-Caffe: conv20(5x5) - pool2 - conv50(5x5) - pool2 - fc800-500 - fc500-10."""
-    return nn.Sequential(
+    return _with_input(nn.Sequential(
         nn.Conv2d(in_channels, 20, 5), nn.ReLU(),  # (B, 20, 24, 24)
         nn.MaxPool2d(2),                           # (B, 20, 12, 12)
         nn.Conv2d(20, 50, 5), nn.ReLU(),           # (B, 50, 8, 8)
@@ -35,7 +41,7 @@ def lenet5(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
         nn.Flatten(),                              # (B, 800)
         nn.Linear(800, 500), nn.ReLU(),
         nn.Linear(500, num_classes),
-    )
+    ), (in_channels, 28, 28))
 
 
 # 13 conv layers and 2 fully connected: the 15-layer VGG-like net of the paper (CIFAR-10).
@@ -58,7 +64,7 @@ def vgg_cifar(width: float = 1.0, num_classes: int = 10, in_channels: int = 3) -
     hidden = max(1, int(round(512 * width)))
     layers += [nn.Flatten(), nn.Linear(c, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                nn.Linear(hidden, num_classes)]
-    return nn.Sequential(*layers)
+    return _with_input(nn.Sequential(*layers), (in_channels, 32, 32))
 
 
 MODELS: dict[str, Callable[..., nn.Sequential]] = {

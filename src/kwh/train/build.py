@@ -48,7 +48,7 @@ def build_model(config: TrainConfig, kind: str, template: nn.Module | None = Non
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, kind: str) -> torch.optim.Adam:
-    """Adam; Bayesian models put log-variances in their own group at lr * variance_lr_mult.
+    """Adam; Bayesian models put log-scale parameters in groups at lr * their multiplier.
 
     Every group remembers its ``base_lr``: the schedule sets lr = base_lr * factor each step.
     """

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from kwh.bayes.optim import VARIANCE_LR_MULT
 from kwh.errors import KwhError
 
 CONFIG_VERSION = 1
@@ -30,7 +29,7 @@ class TrainConfig:
     Schedules (Louizos et al. 2017 train with Adam, lr 1e-3, batch 100, lr decayed linearly
     to 0): with ``lr_decay="linear"`` pretraining decays ``lr`` linearly per step to 0 at its
     end, and the Bayesian epochs start again from ``lr`` and decay every group's lr linearly
-    to 0 at the end, log-scale parameters at ``lr * variance_lr_mult``. The KL weight is 0 until ``kl_warmup_start`` and rises
+    to 0 at the end, log-scale parameters at ``lr * variance_lr_mult`` (None: each prior's own). The KL weight is 0 until ``kl_warmup_start`` and rises
     linearly to 1 at ``kl_warmup_end``, both fractions of the Bayesian epochs (Sparse VD's
     5 -> 20 of 200 epochs, REFERENCES sec. 1, is 0.025 -> 0.1). Defaults 0 -> 0.2: with the
     lr decaying linearly, a KL-free first quarter would waste 44% of all the lr a short run
@@ -46,7 +45,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 100
     lr: float = 1e-3
-    variance_lr_mult: float = VARIANCE_LR_MULT
+    variance_lr_mult: float | None = None  # None: each prior's own (kwh.bayes.param_groups)
     lr_decay: str = "linear"
     kl_warmup_start: float = 0.0
     kl_warmup_end: float = 0.2
@@ -89,8 +88,9 @@ class TrainConfig:
         for name in ("limit_train", "limit_test", "threads", "checkpoint_every"):
             if getattr(self, name) is not None:
                 self._int(name, 1)
-        for name in ("lr", "variance_lr_mult"):
-            self._positive(name)
+        self._positive("lr")
+        if self.variance_lr_mult is not None:
+            self._positive("variance_lr_mult")
         if not (isinstance(self.lr_backoff, (int, float)) and 0 < self.lr_backoff < 1):
             raise KwhError(f"lr_backoff must lie in (0, 1), got {self.lr_backoff!r}")
         s, e = self.kl_warmup_start, self.kl_warmup_end
