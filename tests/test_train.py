@@ -293,3 +293,39 @@ def test_validation_split_is_held_out_of_the_training_examples(tmp_path, data_ro
     assert len(load_train_data(tiny(tmp_path, data_root)).validation) == 500 // 12
     with pytest.raises(KwhError, match="leaves no training examples"):
         load_train_data(tiny(tmp_path, data_root, validation=500))
+
+
+# ------------------------------------------------------------------ shrinking while training
+
+
+def test_a_shrinking_run_resumes_bit_for_bit_and_its_checkpoint_rebuilds(tmp_path, data_root):
+    from kwh.compress.shrink import Shrinker
+
+    # A threshold just above where log alpha starts (-8): input pixels go after 2 epochs.
+    kw = dict(prior="group-nj", epochs=4, shrink_patience=1, kl_warmup_end=0.0,
+              prior_options={"threshold": -7.97})
+    ref = run_training(tiny(tmp_path, data_root, "ref", **kw), progress=False)
+    events = [r for r in ref.log if r.get("event") == "shrink"]
+    assert events and events[0]["epoch"] < 4, "nothing was removed before step 17"
+    start = sum(p.numel() for p in build_check_model(kw))
+    assert sum(p.numel() for p in ref.model.parameters()) < start
+    with pytest.raises(Crash):
+        run_training(tiny(tmp_path, data_root, "cut", **kw), progress=False, fault=crash_at(17))
+    done = run_training(tiny(tmp_path, data_root, "cut", **kw), resume=True, progress=False)
+    assert_bit_equal(model_tensors(tmp_path / "ref" / "checkpoint.safetensors"),
+                     model_tensors(tmp_path / "cut" / "checkpoint.safetensors"))
+    assert untimed(read_log(tmp_path / "ref")) == untimed(read_log(tmp_path / "cut"))
+    again, _ = load_checkpoint(tmp_path / "ref")
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again(x), ref.model.eval()(x))
+        assert torch.equal(done.model.eval()(x), ref.model(x))
+    assert isinstance(Shrinker, type)
+
+
+def build_check_model(kw):
+    import kwh
+
+    m = kwh.models.lenet300()
+    kwh.bayesify_(m, kw["prior"], **kw["prior_options"])
+    return list(m.parameters())

@@ -46,6 +46,26 @@ class BayesLayer(nn.Module):
         """Deterministic weight and bias as eval mode uses them: E[w] with the prune mask."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def select_outputs_(self, index: Tensor) -> dict[str, tuple[int, Tensor]]:
+        """Keep only the output units (rows, filters) ``index``; {param: (dim, index)}."""
+        done = {f"prior.{k}": v for k, v in self.prior.select_(0, index).items()}
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias.index_select(0, index).clone())
+            done["bias"] = (0, index)
+        self._set_sizes()
+        return done
+
+    @torch.no_grad()
+    def select_inputs_(self, index: Tensor) -> dict[str, tuple[int, Tensor]]:
+        """Keep only the input units (columns, channels) ``index`` of the weight."""
+        done = {f"prior.{k}": v for k, v in self.prior.select_(1, index).items()}
+        self._set_sizes()
+        return done
+
+    def _set_sizes(self) -> None:
+        raise NotImplementedError
+
 
 class BayesLinear(BayesLayer):
     """y = (x * z) W^T + b; z scales input units (a pruned z removes an input column)."""
@@ -59,6 +79,12 @@ class BayesLinear(BayesLayer):
             weight, bias_init = ref.weight, ref.bias
         super().__init__(weight, bias_init if bias else None, prior)
         self.in_features, self.out_features = in_features, out_features
+        # Set by shrinking (kwh.compress.shrink): the input features the weight still reads,
+        # gathered before the layer when they cannot be dropped upstream (after a Flatten).
+        self.register_buffer("input_index", None)
+
+    def _set_sizes(self) -> None:
+        self.out_features, self.in_features = (int(d) for d in self.prior.weight_shape)
 
     @classmethod
     def from_module(cls, m: nn.Linear, prior: PriorConfig) -> BayesLinear:
@@ -70,6 +96,8 @@ class BayesLinear(BayesLayer):
         return mean * self.prior.weight_mask(self.threshold), self.bias
 
     def forward(self, x: Tensor) -> Tensor:  # (B, ..., in) -> (B, ..., out)
+        if self.input_index is not None:
+            x = x.index_select(-1, self.input_index)  # the inputs the weight still reads
         if not self.stochastic:
             w, b = self.eval_weight_bias()
             return F.linear(x, w, b)
@@ -106,6 +134,10 @@ class BayesConv2d(BayesLayer):
         self.stride, self.padding, self.dilation, self.groups = (
             _pair(stride), _pair(padding) if not isinstance(padding, str) else padding,
             _pair(dilation), groups)
+
+    def _set_sizes(self) -> None:
+        self.out_channels = int(self.prior.weight_shape[0])
+        self.in_channels = int(self.prior.weight_shape[1]) * self.groups
 
     @classmethod
     def from_module(cls, m: nn.Conv2d, prior: PriorConfig) -> BayesConv2d:

@@ -112,6 +112,10 @@ class Prior(nn.Module):
     # each by about lr per step, so kwh.bayes.param_groups gives them a larger step.
     log_scale_parameters: ClassVar[tuple[str, ...]] = ()
     log_scale_lr_mult: ClassVar[float] = 10.0  # their lr multiplier (kwh.bayes.param_groups)
+    # Layout, for physical shrinking (select_): parameters shaped like the weight, and
+    # parameters with one entry per group (along group_dim of the weight).
+    weight_parameters: ClassVar[tuple[str, ...]] = ()
+    group_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config, weight: Tensor, group_dim: int):
         super().__init__()
@@ -170,6 +174,34 @@ class Prior(nn.Module):
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @torch.no_grad()
+    def select_(self, dim: int, index: Tensor) -> dict[str, tuple[int, Tensor]]:
+        """Keep only the entries ``index`` (long) of the weight's dim 0 or 1, in place.
+
+        Slices every weight-shaped parameter along ``dim`` and, where ``dim`` is the group
+        dimension, every per-group parameter. Returns {parameter name: (dim it was sliced
+        along, index)} so that an optimizer's state can follow.
+        """
+        done = {}
+        for name in self.weight_parameters:
+            _replace(self, name, getattr(self, name).index_select(dim, index))
+            done[name] = (dim, index)
+        if self.structured and dim == self.group_dim:
+            for name in self.group_parameters:
+                _replace(self, name, getattr(self, name).index_select(0, index))
+                done[name] = (0, index)
+            self.n_groups = int(index.numel())
+        shape = list(self.weight_shape)
+        shape[dim] = int(index.numel())
+        self.weight_shape = torch.Size(shape)
+        return done
+
+
+def _replace(module: nn.Module, name: str, value: Tensor) -> None:
+    """A new Parameter (same requires_grad) holding ``value`` in place of module.name."""
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
+
 
 # ----------------------------------------------------------------------------- Sparse VD
 
@@ -183,6 +215,7 @@ class LogUniform(Prior):
 
     structured = False
     log_scale_parameters = ("log_sigma2",)
+    weight_parameters = ("theta", "log_sigma2")
     # 1x: on LeNet-300 (30 epochs) 3.3% of the weights kept at 1x against 6.9% at 10x, same
     # error (benchmarks/results/ablations/lenet300_mnist_svd)
     log_scale_lr_mult = 1.0
@@ -208,6 +241,8 @@ class LogUniform(Prior):
 
 class _GroupPrior(Prior):
     """Shared part of the group priors: w~ ~ N(mu, s2) with KL against N(0, 1) per weight."""
+
+    weight_parameters = ("weight_mu", "weight_log_var")
 
     def __init__(self, config, weight: Tensor, group_dim: int):
         super().__init__(config, weight, group_dim)
@@ -249,6 +284,7 @@ class GroupNJ(_GroupPrior):
     """
 
     log_scale_parameters = ("weight_log_var", "z_log_var")
+    group_parameters = ("z_mu", "z_log_var")
 
     def __init__(self, config: GroupNJConfig, weight: Tensor, group_dim: int):
         super().__init__(config, weight, group_dim)
@@ -297,6 +333,7 @@ class GroupHorseshoe(_GroupPrior):
     # The log-normal locations are log scales too: they start near 2 ln(z0 / tau0) ~ 20.
     log_scale_parameters = ("weight_log_var", "sa_mu", "sa_log_var", "sb_mu", "sb_log_var",
                             "a_mu", "a_log_var", "b_mu", "b_log_var")
+    group_parameters = ("a_mu", "a_log_var", "b_mu", "b_log_var")
 
     def __init__(self, config: GroupHorseshoeConfig, weight: Tensor, group_dim: int):
         super().__init__(config, weight, group_dim)

@@ -157,13 +157,24 @@ def _read_layer(n: Node, after: list[Node], config: CompressConfig) -> Stage:
             threshold = m.prior.threshold if m.threshold is None else m.threshold
         finally:
             m.threshold = old
-        return Stage(weight=w.detach().to("cpu", _F64), bias=_bias(b, w), had_bias=b is not None,
-                     var=var.detach().to("cpu", _F64), kept=kept.expand(w.shape).clone(),
+        w, var = w.detach().to("cpu", _F64), var.detach().to("cpu", _F64)
+        kept = kept.expand(w.shape).clone()
+        index = getattr(m, "input_index", None)
+        if index is not None:  # a shrunk layer reads some inputs: back to the full width
+            w, var, kept = (_widen(t, index.cpu(), n.in_shape[0]) for t in (w, var, kept))
+        return Stage(weight=w, bias=_bias(b, w), had_bias=b is not None, var=var, kept=kept,
                      prior=m.prior.config.name, structured=m.prior.structured,
                      threshold=float(threshold), **common)
     w, b = m.weight, m.bias
     return Stage(weight=w.detach().to("cpu", _F64), bias=_bias(b, w), had_bias=b is not None,
                  var=None, kept=w.detach().cpu() != 0, **common)
+
+
+def _widen(t: Tensor, index: Tensor, width: int) -> Tensor:
+    """(O, k) columns placed at ``index`` of an (O, width) tensor of zeros (False)."""
+    out = torch.zeros(t.shape[0], width, dtype=t.dtype)
+    out[:, index] = t
+    return out
 
 
 def _bias(b: Tensor | None, w: Tensor) -> Tensor:

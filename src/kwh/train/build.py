@@ -62,6 +62,16 @@ def make_optimizer(model: nn.Module, config: TrainConfig, kind: str) -> torch.op
     return torch.optim.Adam(groups, lr=config.lr)
 
 
+def _input_shape(model: nn.Module, config: TrainConfig) -> tuple[int, ...]:
+    """One example's shape for the shrink plan: the model's own, else the data set's."""
+    shape = getattr(model, "kwh_input_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    from kwh.train.data import load_train_data
+
+    return load_train_data(config).input_shape
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     model: nn.Module | None = None) -> tuple[nn.Module, TrainConfig]:
     """(Bayesian model in eval mode, its TrainConfig) from a checkpoint file or run directory.
@@ -84,5 +94,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                        f"{config.pretrain_epochs} plain epochs): it holds no Bayesian model yet; "
                        f"continue the run with `kwh train --resume --out-dir {path.parent}`")
     bayes = build_model(config, BAYESIAN, model)
+    if meta.get("shrink"):  # the run shrank its network: the same units go here first
+        from kwh.compress.shrink import Shrinker
+
+        Shrinker(bayes, _input_shape(bayes, config), config.shrink_patience
+                 ).load_state(meta["shrink"])
     load_model_tensors(bayes, tensors, str(path))
     return bayes.to(device).eval(), config

@@ -50,6 +50,7 @@ class TrainConfig:
     kl_warmup_start: float = 0.0
     kl_warmup_end: float = 0.2
     seed: int = 0
+    shrink_patience: int = 0  # remove groups dead this many epochs in a row; 0: never
     validation: int | None = None  # held out of the training examples; None: one twelfth
     limit_train: int | None = None
     limit_test: int | None = None
@@ -78,7 +79,7 @@ class TrainConfig:
         except (ValueError, TypeError) as e:
             raise KwhError(str(e)) from None
         self.prior = pc.name  # resolve aliases such as 'bc-ghs'
-        for name in ("pretrain_epochs", "seed"):
+        for name in ("pretrain_epochs", "seed", "shrink_patience"):
             self._int(name, 0)
         for name in ("batch_size", "max_failures", "eval_batch_size"):
             self._int(name, 1)

@@ -31,6 +31,7 @@ from kwh.bayes import free_energy
 from kwh.errors import FormatError, KwhError, ModelError
 from kwh.train.batches import BatchOrder
 from kwh.train.build import BAYESIAN, PLAIN, build_model, make_optimizer, to_bayesian
+from kwh.compress.shrink import Shrinker, carry_optimizer_state
 from kwh.train.checkpoint import FILENAME, atomic_write_bytes, read_checkpoint, write_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.data import TrainData, load_train_data
@@ -141,6 +142,7 @@ class _Trainer:
 
     def _fresh(self) -> None:
         self.model, self.kind = build_model(self.c, PLAIN, self.template), PLAIN
+        self.shrinker = None
         self._check_input()
         self.model.to(self.ctx.device)
         self._new_optimizer()
@@ -179,6 +181,7 @@ class _Trainer:
                 "lr_scale": self.lr_scale, "stats": dict(self.stats), "optimizer": opt_meta,
                 "rng": rng_meta, "world_size": self.ctx.world_size,
                 "log": list(self.log.records), "kwh_version": kwh.__version__,
+                "shrink": None if self.shrinker is None else self.shrinker.state(),
                 "torch_version": torch.__version__}
         return tensors, meta
 
@@ -194,6 +197,7 @@ class _Trainer:
         if not (0 <= epoch <= self.c.total_epochs and 0 <= step < self.order.steps_per_epoch):
             raise FormatError(f"{where}: position epoch {epoch} step {step} lies outside this run")
         self.model, self.kind = build_model(self.c, kind, self.template), kind
+        self.shrinker = self._new_shrinker(meta.get("shrink")) if kind == BAYESIAN else None
         load_model_tensors(self.model, tensors, where)
         self.model.to(self.ctx.device)
         self._new_optimizer()
@@ -273,6 +277,7 @@ class _Trainer:
         if self.sched.phase(e) == "bayes" and self.kind == PLAIN:
             self.model = to_bayesian(self.model.cpu(), c).to(self.ctx.device)
             self.kind = BAYESIAN
+            self.shrinker = self._new_shrinker(None)
             self._new_optimizer()
         if self.step == 0:
             seed_all(derive_seed(c.seed, self.ctx.rank, e))
@@ -344,7 +349,40 @@ class _Trainer:
             self.log.append(rec)
             log.info("%s", _summary(rec))
         self.epoch, self.step = e + 1, 0
+        if self.shrinker is not None:
+            self._shrink(e)
         self._checkpoint()
+
+    # ------------------------------------------------------------------ shrinking
+
+    def _new_shrinker(self, state: dict | None) -> Shrinker | None:
+        """A Shrinker over the Bayesian model when the run shrinks (state: from a checkpoint)."""
+        if not self.c.shrink_patience:
+            return None
+        was = self.model.training
+        sh = Shrinker(self.model.cpu(), tuple(self.order.x.shape[1:]), self.c.shrink_patience)
+        if state is not None:
+            sh.load_state(state)
+        self.model.to(self.ctx.device).train(was)
+        return sh
+
+    def _shrink(self, e: int) -> None:
+        """Remove groups dead for shrink_patience epochs; Adam's state follows the weights."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        old = self.opt
+        removed = self.shrinker.step()
+        if removed is None:
+            return
+        self._new_optimizer()
+        carry_optimizer_state(old, names, self.opt, self.model, self.shrinker.moves)
+        sizes = self.shrinker.sizes()
+        if self.ctx.is_main:
+            self.log.append({"event": "shrink", "epoch": e + 1, "removed": removed,
+                             "sizes": {n: list(v) for n, v in sizes.items()}})
+            log.info("shrink after epoch %d: removed %s; layers now %s", e + 1,
+                     ", ".join(f"{n}: {r['outputs']} out / {r['inputs']} in"
+                               for n, r in removed.items()),
+                     " ".join(f"{o}x{i}" for o, i in sizes.values()))
 
     # ------------------------------------------------------------------ divergence guard
 
