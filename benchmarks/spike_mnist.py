@@ -1,9 +1,10 @@
 """Sigma-delta LeNet-5 on moving MNIST: dense MACs vs sigma-delta additions per frame.
 
-Trains LeNet-5-Caffe on MNIST (or loads a checkpoint), builds moving-digit sequences with
-kwh.data.sequences (test split for evaluation, train split for scale training and selection),
-learns one scale per layer for each lambda (O'Connor and Welling 2016, section 5), and runs
-dense, rounding, sigma-delta and send-on-threshold networks on the same frames.
+Trains LeNet-5-Caffe on MNIST through kwh.train (or loads a checkpoint), builds moving-digit
+sequences with kwh.data.sequences (test split for evaluation, train split for scale training
+and selection), learns one scale per layer for each lambda (O'Connor and Welling 2016,
+section 5), and runs dense, rounding, sigma-delta and send-on-threshold networks on the same
+frames. The training runs (resumable, reused when finished) go under <out>_runs/.
 
     python benchmarks/spike_mnist.py                # writes benchmarks/results/spike_mnist.*
 
@@ -26,14 +27,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.utils.data import TensorDataset
 
 from kwh.data import batch_loader, load_mnist, normalization, sequence_dataset
 from kwh.models import lenet5
 from kwh.spike import (DenseFrameNet, RoundingNet, SigmaDeltaNet, ThresholdNet, build_plan,
                        summarize, sweep_lambda, train_scales)
+from kwh.train import TrainData, TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+if str(ROOT) not in sys.path:  # run as `python benchmarks/spike_mnist.py`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.baselines.common import fit  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -42,6 +49,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--checkpoint", default=str(ROOT / "out" / "spike_lenet5.safetensors"),
                    help="LeNet-5 weights; trained and written here when missing")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--limit-train", type=int, default=0,
+                   help="smoke tests: train the LeNet-5 on the first N MNIST images (0: all)")
     p.add_argument("--train-shift", type=float, default=4.0,
                    help="random translation (px) while training, as the sequences move")
     p.add_argument("--frames", type=int, default=20)
@@ -81,26 +90,47 @@ def shift(x: torch.Tensor, max_shift: float, gen: torch.Generator) -> torch.Tens
     return (moved - mean) / std
 
 
-def train_lenet5(data_dir: str | None, epochs: int, seed: int,
-                 max_shift: float) -> torch.nn.Sequential:
-    """LeNet-5-Caffe trained with Adam (lr 1e-3, batch 128) on normalised, shifted MNIST."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = lenet5()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = batch_loader(load_mnist("train", data_dir), 128, shuffle=True, seed=seed)
-    for epoch in range(epochs):
-        t0 = time.time()
-        for x, y in loader:
-            if max_shift > 0:
-                x = shift(x, max_shift, gen)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        print(f"epoch {epoch + 1}: last loss {loss.item():.4f}, {time.time() - t0:.0f} s",
-              flush=True)
-    return model.eval()
+def shifted_mnist(data_dir: str | None, limit: int | None, max_shift: float,
+                  seed: int) -> TensorDataset:
+    """MNIST training images (the first ``limit``; None: all), each moved once by shift()."""
+    x, y = load_mnist("train", data_dir, limit=limit).tensors  # (N, 1, 28, 28), (N,)
+    if max_shift > 0:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.cat([shift(x[i:i + 10000], max_shift, gen) for i in range(0, len(x), 10000)])
+    return TensorDataset(x, y)
+
+
+def runs_dir(args) -> Path:
+    """Where the training runs of this benchmark go: next to its results."""
+    out = Path(args.out)
+    return out.with_name(out.name + "_runs")
+
+
+def print_run(res: TrainResult, what: str) -> None:
+    """One line per epoch of a kwh.train run (and any rollback), from its log."""
+    for r in res.log:
+        if r.get("event") != "epoch":
+            print(f"{what}: {r}", flush=True)
+            continue
+        line = (f"{what} epoch {r['epoch']}: train loss {r['train_loss']:.4f}, static test "
+                f"error {r['test_error']:.2f} %")
+        if r["phase"] == "bayes":
+            line += f", kl_weight {r['kl_weight']:.2f}, alive {list(r['alive'].values())}"
+        print(line + f", {r['seconds']:.0f} s", flush=True)
+
+
+def train_lenet5(args) -> torch.nn.Sequential:
+    """LeNet-5-Caffe trained by kwh.train: Adam (lr 1e-3, constant, batch 128) on normalised
+    MNIST, each image shifted once at random by up to --train-shift px."""
+    limit = args.limit_train or None
+    data = TrainData(shifted_mnist(args.data_dir, limit, args.train_shift, args.seed), None,
+                     load_mnist("test", args.data_dir), "mnist")
+    name = f"lenet5_e{args.epochs}_shift{args.train_shift:g}" + (f"_n{limit}" if limit else "")
+    res = fit("lenet5", data, runs_dir(args) / name, pretrain_epochs=args.epochs,
+              batch_size=128, lr_decay="constant", limit_train=limit, seed=args.seed,
+              threads=args.threads)
+    print_run(res, "dense")
+    return res.model.eval().cpu()
 
 
 def load_or_train(args) -> torch.nn.Sequential:
@@ -110,7 +140,7 @@ def load_or_train(args) -> torch.nn.Sequential:
         model.load_state_dict(load_file(str(path)))
         print(f"loaded {path}")
         return model.eval()
-    model = train_lenet5(args.data_dir, args.epochs, args.seed, args.train_shift)
+    model = train_lenet5(args)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
@@ -212,37 +242,23 @@ def test_rows(args, plan, sweep, chosen, x_test, y_test):
 
 
 def compress_lenet5(model, args) -> Path:
-    """kwh-compress a copy of ``model``: --compress-prior, free energy on shifted MNIST
-    (first --compress-limit examples, Adam lr 1e-3, batch 100, KL weight 0 -> 1 over the first
-    half), then kwh.compress."""
-    import copy
-
+    """kwh-compress ``model``: a kwh.train run with --compress-prior from it as the dense start
+    (free energy on the first --compress-limit MNIST examples, each shifted once; Adam lr 1e-3
+    constant, batch 100, KL weight 0 -> 1 over the first half), then kwh.compress."""
     import kwh
-    from kwh.bayes import KLWarmup, param_groups
     path = Path(args.checkpoint).with_name(f"spike_lenet5_{args.compress_prior}.kwh")
     if path.exists():
         return path
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    bayes = copy.deepcopy(model)
-    kwh.bayesify_(bayes, args.compress_prior)
-    opt = torch.optim.Adam(param_groups(bayes, 1e-3))
-    train = load_mnist("train", args.data_dir, limit=args.compress_limit)
-    loader = batch_loader(train, 100, shuffle=True, seed=args.seed)
-    warm, n, steps = KLWarmup(0.0, args.compress_epochs / 2), len(train), len(loader)
-    for epoch in range(args.compress_epochs):
-        bayes.train()
-        t0 = time.time()
-        for i, (x, y) in enumerate(loader):
-            x = shift(x, args.train_shift, gen)
-            nll = F.cross_entropy(bayes(x), y)
-            loss = kwh.free_energy(bayes, nll, n, warm(epoch + i / steps))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        print(f"compress epoch {epoch + 1}: loss {loss.item():.4f}, {time.time() - t0:.0f} s",
-              flush=True)
-    small = kwh.compress(bayes.eval(), input_shape=(1, 28, 28))
+    data = TrainData(shifted_mnist(args.data_dir, args.compress_limit, args.train_shift,
+                                   args.seed), None, load_mnist("test", args.data_dir), "mnist")
+    name = (f"compress_{args.compress_prior}_e{args.compress_epochs}_n{args.compress_limit}"
+            f"_shift{args.train_shift:g}")
+    res = fit("lenet5", data, runs_dir(args) / name, model=model, prior=args.compress_prior,
+              epochs=args.compress_epochs, kl_warmup_start=0.0, kl_warmup_end=0.5,
+              lr_decay="constant", limit_train=args.compress_limit, seed=args.seed,
+              threads=args.threads)
+    print_run(res, "compress")
+    small = kwh.compress(res.model.eval().cpu(), input_shape=(1, 28, 28))
     kwh.save(small, path, input_shape=(1, 28, 28))
     return path
 
@@ -381,7 +397,8 @@ def _markdown(args, rows, chosen, acc_static, base_val, extra, comp, seconds,
         f"{args.val_sequences} other train-split sequences as the largest steady-state saving "
         f"with accuracy within {args.max_loss_pp} pp of dense there (dense val accuracy "
         f"{100 * base_val:.2f} %); the send-on-threshold threshold likewise. The dense net "
-        f"was trained with random shifts of up to {args.train_shift:g} px, as the digits move.",
+        f"was trained with random shifts of up to {args.train_shift:g} px (one per image, drawn "
+        "once), as the digits move.",
         "",
         "Ops are per frame and per sequence. Dense: exact MACs of one frame-by-frame "
         f"evaluation ({dense.dense_macs:,.0f}; no padding in LeNet-5, so exact = naive). "

@@ -1,13 +1,17 @@
 """Uncertainty of LeNet-5 on MNIST: Bayesian compression priors against dense, MC dropout and
 temperature scaling, with OOD detection on Fashion-MNIST (and the reverse pair if asked).
 
-All models are trained and evaluated in the same run on the same examples:
-  dense        LeNet-5, Adam 1e-3, batch 100, cross-entropy
+All models are trained and evaluated in the same run on the same examples, every one by
+kwh.train.run_training (Adam lr 1e-3 constant, batch 100, a resumable run each under
+<out>_runs/<data>/; a finished run is reused):
+  dense        LeNet-5, cross-entropy, as two consecutive runs (the second from the first's
+               model): one ends after --pretrain-epochs, where the Bayesian nets start
   dense + T    the same net, temperature fitted on a held-out split of the training data
   MC dropout   LeNet-5 with Dropout(0.5) on the inputs of both fully connected layers, S samples
-  Bayesian     the dense net after --pretrain-epochs, bayesify_(prior), free-energy training,
-               S posterior samples (kwh.predict); also its posterior mean (eval mode, pruned,
-               float) and the kwh.compress output (pruned + quantized) when kwh.compress imports
+  Bayesian     the dense net after --pretrain-epochs, bayesify_(prior), free-energy training
+               (KL weight 0 -> 1 over --warmup-epochs, log-scale parameters at lr x
+               --var-lr-mult), S posterior samples (kwh.predict); also its posterior mean
+               (eval mode, pruned, float) and the kwh.compress output (pruned + quantized)
 Metrics: kwh.metrics (test error, NLL, Brier summed over classes, ECE with 15 equal-width
 top-1 confidence bins, OOD AUROC with predictive entropy and with mutual information).
 
@@ -17,7 +21,6 @@ top-1 confidence bins, OOD AUROC with predictive entropy and with mutual informa
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import os
@@ -28,16 +31,22 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import kwh
 from kwh import metrics
-from kwh.bayes import KLWarmup, bayes_layers
+from kwh.bayes import bayes_layers
 from kwh.bayes.uncertainty import load_ood, predict
 from kwh.models import lenet5
+from kwh.train import TrainData, TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python benchmarks/uncertainty_lenet5.py`
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.baselines.common import fit  # noqa: E402
+
 FIELDS = ["train_data", "ood_data", "model", "method", "samples", "epochs", "test_error", "nll",
           "brier", "ece", "auroc_entropy", "auroc_mi", "mean_mi_test", "mean_mi_ood",
           "temperature", "kept", "train_s", "eval_s"]
@@ -57,57 +66,27 @@ def lenet5_dropout(p: float = 0.5) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def batches(x, y, batch: int, gen: torch.Generator):
-    perm = torch.randperm(len(y), generator=gen)
-    for i in range(0, len(y), batch):
-        idx = perm[i:i + batch]
-        yield x[idx], y[idx]
+def log_run(res: TrainResult, what: str, offset: int = 0) -> None:
+    """One line per epoch of a kwh.train run (and any rollback), from its log; epochs are
+    numbered from ``offset`` (the epochs of the run this one goes on from)."""
+    for r in res.log:
+        if r.get("event") != "epoch":
+            log(f"  {what}: {r}")
+            continue
+        line = (f"  {what} epoch {offset + r['epoch']} ({r['phase']}): train loss "
+                f"{r['train_loss']:.4f}, test error {r['test_error']:.2f}%")
+        if "val_error" in r:
+            line += f", held-out error {r['val_error']:.2f}%"
+        if r["phase"] == "bayes":
+            kept = "-".join(map(str, r["alive"].values()))
+            line += f", kl_weight {r['kl_weight']:.2f}, kept {kept}"
+        log(line + f", {r['seconds']:.0f} s")
 
 
-def train_plain(model: nn.Module, x, y, epochs: int, seed: int, snapshot_at: int | None = None):
-    """Adam 1e-3, batch 100, cross-entropy; returns the state after ``snapshot_at`` epochs too."""
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    snap = None
-    for epoch in range(epochs):
-        model.train()
-        for xb, yb in batches(x, y, 100, gen):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        log(f"  epoch {epoch + 1}/{epochs} loss {loss.item():.4f}")
-        if snapshot_at is not None and epoch + 1 == snapshot_at:
-            snap = copy.deepcopy(model.state_dict())
-    model.eval()
-    return snap
-
-
-def param_groups(model: nn.Module, lr: float, var_mult: float) -> list[dict]:
-    """Means at lr, posterior log-variances at lr * var_mult (Adam steps ~lr whatever the scale)."""
-    var = [p for n, p in model.named_parameters() if n.endswith("log_var") or n.endswith("log_sigma2")]
-    ids = {id(p) for p in var}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    return [{"params": rest, "lr": lr}, {"params": var, "lr": lr * var_mult}]
-
-
-def train_bayes(model: nn.Module, x, y, epochs: int, seed: int, warmup: KLWarmup, var_mult: float):
-    """Free energy (kwh.free_energy) with KL warm-up per fractional epoch; Adam, batch 100."""
-    opt = torch.optim.Adam(param_groups(model, 1e-3, var_mult))
-    gen = torch.Generator().manual_seed(seed)
-    n = len(y)
-    steps = (n + 99) // 100
-    for epoch in range(epochs):
-        model.train()
-        for i, (xb, yb) in enumerate(batches(x, y, 100, gen)):
-            beta = warmup(epoch + i / steps)
-            loss = kwh.free_energy(model, F.cross_entropy(model(xb), yb), n_data=n, kl_weight=beta)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        kept = kept_groups(model)
-        log(f"  epoch {epoch + 1}/{epochs} free energy {loss.item():.4f} kl_weight {beta:.2f} kept {kept}")
-    model.eval()
+def train_seconds(*results: TrainResult) -> float:
+    """Wall seconds of the runs' epochs (each with its end-of-epoch evaluation), from the logs."""
+    return sum(r.get("seconds", 0.0) for res in results for r in res.log
+               if r.get("event") == "epoch")
 
 
 def kept_groups(model: nn.Module) -> str:
@@ -172,15 +151,33 @@ def run_pair(args, train_name: str, ood_name: str, writer, rel_out: dict):
             rel = metrics.reliability_data(probs, y_te, 15).to_dict()
             rel_out[f"{train_name}/{row['model']}"] = rel
 
+    tdata = TrainData(TensorDataset(x_tr, y_tr),
+                      TensorDataset(x_ho, y_ho) if len(y_ho) else None,
+                      TensorDataset(x_te, y_te), train_name)
+    runs = Path(f"{args.out}_runs") / train_name
+    opts = dict(seed=args.seed, threads=args.threads, lr_decay="constant",
+                limit_train=args.limit_train or None)
     total = args.pretrain_epochs + args.bayes_epochs
     dense_epochs = args.dense_epochs or total
-    # dense, and its snapshot after the pretraining epochs (the Bayesian nets start there)
+    # dense in two consecutive runs: the first ends at the Bayesian nets' start (or at the
+    # dense net when that is shorter), the second goes on from its model to the other
     torch.manual_seed(args.seed)
-    dense = lenet5()
-    log(f"dense LeNet-5, {dense_epochs} epochs")
-    t = time.time()
-    snap = train_plain(dense, x_tr, y_tr, dense_epochs, args.seed, snapshot_at=args.pretrain_epochs)
-    t_dense = time.time() - t
+    init = lenet5()  # the dropout net below starts from the same weights
+    first = min(args.pretrain_epochs, dense_epochs)
+    rest = max(args.pretrain_epochs, dense_epochs) - first
+    log(f"dense LeNet-5, {dense_epochs} epochs (Bayesian start after {args.pretrain_epochs})")
+    run_a = fit("lenet5", tdata, runs / f"dense_e{first}", model=init, pretrain_epochs=first,
+                **opts)
+    log_run(run_a, "dense")
+    run_b = run_a
+    if rest:
+        run_b = fit("lenet5", tdata, runs / f"dense_e{first}+{rest}", model=run_a.model,
+                    pretrain_epochs=rest, **opts)
+        log_run(run_b, "dense", offset=first)
+    dense_runs = (run_a, run_b) if dense_epochs > args.pretrain_epochs else (run_a,)
+    start = (run_a if dense_epochs >= args.pretrain_epochs else run_b).model.eval().cpu()
+    dense = dense_runs[-1].model.eval().cpu()
+    t_dense = train_seconds(*dense_runs)
     s, probs, te = evaluate(dense, x_te, y_te, x_ood, 1, "deterministic")
     emit({"model": "dense", "epochs": dense_epochs, "train_s": t_dense, "eval_s": te, **s}, probs)
     # temperature scaling on the held-out split
@@ -197,28 +194,27 @@ def run_pair(args, train_name: str, ood_name: str, writer, rel_out: dict):
     torch.manual_seed(args.seed)
     drop = lenet5_dropout(0.5)
     log(f"LeNet-5 + dropout 0.5 on the fc inputs, {dense_epochs} epochs")
-    t = time.time()
-    train_plain(drop, x_tr, y_tr, dense_epochs, args.seed)
-    t_drop = time.time() - t
+    res = fit("custom", tdata, runs / f"dropout_e{dense_epochs}", model=drop,
+              pretrain_epochs=dense_epochs, **opts)
+    log_run(res, "dropout")
+    drop, t_drop = res.model.eval().cpu(), train_seconds(res)
     s, probs, te = evaluate(drop, x_te, y_te, x_ood, 1, "deterministic")
     emit({"model": "dropout net (deterministic)", "epochs": dense_epochs, "train_s": t_drop,
           "eval_s": te, **s}, probs)
     s, probs, te = evaluate(drop, x_te, y_te, x_ood, args.samples, "mc-dropout")
     emit({"model": "MC dropout", "epochs": dense_epochs, "train_s": t_drop, "eval_s": te, **s},
          probs)
-    # Bayesian LeNet-5 per prior, its posterior mean, and its compressed model
+    # Bayesian LeNet-5 per prior from the dense start, its posterior mean, its compressed model
+    warmup_end = min(1.0, args.warmup_epochs / max(1, args.bayes_epochs))  # of Bayesian epochs
     for prior in args.priors:
-        torch.manual_seed(args.seed)
-        bnet = lenet5()
-        bnet.load_state_dict(snap)
-        kwh.bayesify_(bnet, prior)
         log(f"Bayesian LeNet-5 ({prior}): {args.pretrain_epochs} dense + {args.bayes_epochs} "
             "Bayesian epochs")
-        t = time.time()
-        train_bayes(bnet, x_tr, y_tr, args.bayes_epochs, args.seed,
-                    KLWarmup(0.0, args.warmup_epochs), args.var_lr_mult)
-        t_b = time.time() - t
         epochs = f"{args.pretrain_epochs}+{args.bayes_epochs}"
+        res = fit("lenet5", tdata, runs / f"{prior}_e{epochs}", model=start, prior=prior,
+                  epochs=args.bayes_epochs, variance_lr_mult=args.var_lr_mult,
+                  kl_warmup_start=0.0, kl_warmup_end=warmup_end, **opts)
+        log_run(res, prior)
+        bnet, t_b = res.model.eval().cpu(), train_seconds(res)
         kept = kept_groups(bnet)
         s, probs, te = evaluate(bnet, x_te, y_te, x_ood, args.samples, "bayes")
         emit({"model": f"Bayesian {prior}", "epochs": epochs, "kept": kept, "train_s": t_b,
@@ -285,6 +281,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/uncertainty_lenet5"))
     args = ap.parse_args(argv)
     args.priors = [p for p in args.priors.split(",") if p]
+    if args.pretrain_epochs < 1:
+        ap.error("--pretrain-epochs must be >= 1: the Bayesian nets start from that dense net")
     torch.set_num_threads(args.threads)
     info = machine_info()
     info["command"] = " ".join(["python benchmarks/uncertainty_lenet5.py", *sys.argv[1:]])
