@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="train and measure only these (each run resumes where it stopped; the "
                         "tables are written when all are selected)")
-    p.add_argument("--bits-search", choices=["raise", "fit", "off"], default="raise",
+    p.add_argument("--bits-search", choices=["fit", "raise", "off"], default="fit",
                    help="kwh rows: the accuracy guard of the bits on the validation split "
                         "(kwh.compress bits_search)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (training and timing)")

@@ -45,7 +45,7 @@ def train_bayes(net: str, dense: nn.Module, prior: str, data: TrainData, epochs:
 
 
 def compress_and_save(model: nn.Module, data: TrainData, path,
-                      bits_search: str = "raise") -> tuple[nn.Sequential, int]:
+                      bits_search: str = "fit") -> tuple[nn.Sequential, int]:
     """kwh.compress the trained model (bits guarded on the validation split, errors on the
     test set) and write the .kwh file; returns (small model, file bytes)."""
     guard = None if data.validation is None else batch_loader(data.validation, 1000)
