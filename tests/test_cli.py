@@ -37,6 +37,30 @@ def run_main(argv, capsys) -> tuple[int, str, str]:
 def test_nonsense_arguments_exit_2_with_a_message(argv, fragment, capsys):
     code, out, err = run_main(argv, capsys)
     assert code == 2 and fragment in err and "Traceback" not in err and out == ""
+    assert len(err.splitlines()) == 1 and "usage:" not in err  # one line, no usage block
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "--epochs", "banana"], "kwh train: error: argument --epochs: expected an "
+     "integer, got 'banana' (see kwh train --help)"),
+    (["env", "--bogus"], "kwh env: error: unrecognized arguments: --bogus (see kwh env --help)"),
+    (["export", "m.kwh"], "kwh export: error: the following arguments are required: --onnx "
+     "(see kwh export --help)"),
+    ([], "kwh: error: the following arguments are required: <command> (see kwh --help)"),
+])
+def test_usage_errors_are_one_line_naming_the_subcommand(argv, line, capsys):
+    code, out, err = run_main(argv, capsys)
+    assert (code, out, err) == (2, "", line + "\n")
+
+
+def test_every_subcommand_parser_answers_in_one_line(capsys):
+    """Each registered subcommand (subparsers included) uses the one-line error format."""
+    sub = cli.build_parser()._subparsers._group_actions[0]
+    for name in sub.choices:
+        code, out, err = run_main([name, "--no-such-option"], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1, name
+        assert err.startswith(f"kwh {name}: error: "), name  # missing MODEL or the option
+        assert err.endswith(f" (see kwh {name} --help)\n"), name
 
 
 def test_unknown_model_and_prior_name_the_valid_choices(capsys):
@@ -155,3 +179,5 @@ def test_python_dash_m_kwh_exits_2_without_traceback():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "invalid choice: 'resnet'" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("kwh train: error: argument --model: invalid choice")
+    assert proc.stderr.endswith(" (see kwh train --help)\n") and proc.stderr.count("\n") == 1

@@ -232,21 +232,24 @@ def test_a_bad_copy_is_passed_over_for_a_good_one(offline, monkeypatch, tmp_path
     bad = copy_t10k(data_root / "mnist", tmp_path / "bad")
     (bad / "t10k-labels-idx1-ubyte.gz").unlink()
     (bad / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b junk")
-    good = copy_t10k(data_root / "mnist", tmp_path / "good")
+    good = copy_t10k(data_root / "mnist", tmp_path / "system" / "mnist")
     (good / "t10k-labels-idx1-ubyte.gz").unlink()
-    monkeypatch.setenv("KWH_DATA", str(good))
+    monkeypatch.setenv("KWH_DATA", str(bad))  # searched first, then the system folder
+    monkeypatch.setattr(locate, "SYSTEM_ROOTS", (str(tmp_path / "system"),))
     with pytest.raises(DataError, match="missing t10k-labels-idx1-ubyte.gz") as e:
-        load_mnist("test", root=bad, download=False)  # images found in good: not reported
+        load_mnist("test", download=False)  # images found in good: not reported
     assert "junk" not in str(e.value) and "corrupt" not in str(e.value)
     shutil.copyfile(data_root / "mnist" / T10K[1], good / T10K[1])
-    assert load_mnist("test", root=bad, limit=3).tensors[1].tolist() == [7, 2, 1]
+    assert load_mnist("test", limit=3).tensors[1].tolist() == [7, 2, 1]
 
 
-def test_missing_file_says_where_it_looked_and_where_to_put_it(offline, tmp_path, data_root):
+def test_missing_file_says_where_it_looked_and_where_to_put_it(offline, monkeypatch, tmp_path,
+                                                              data_root):
     copy_t10k(data_root / "mnist", tmp_path / "d")
     (tmp_path / "d" / "t10k-images-idx3-ubyte.gz").unlink()
+    monkeypatch.setenv("KWH_DATA", str(tmp_path / "d"))
     with pytest.raises(DataError) as e:
-        load_mnist("test", root=tmp_path / "d", download=False)
+        load_mnist("test", download=False)
     msg = str(e.value)
     assert "mnist test set: missing t10k-images-idx3-ubyte.gz (downloads are off)" in msg
     assert "labels" not in msg.split("Looked in")[0]  # only the missing one is named
@@ -254,6 +257,29 @@ def test_missing_file_says_where_it_looked_and_where_to_put_it(offline, tmp_path
     assert f"Put the files in {tmp_path / 'cache' / 'kwh' / 'mnist'}" in msg
     assert "KWH_DATA=DIR" in msg and "--data-dir" in msg
     assert offline == []
+
+
+def test_an_explicit_root_is_used_alone(offline, monkeypatch, tmp_path, data_root):
+    """root (CLI --data-dir) lacking a file is an error naming it: no $KWH_DATA, no download."""
+    monkeypatch.setenv("KWH_DATA", str(data_root))  # holds every file: must not be used
+    (tmp_path / "cache" / "kwh").mkdir(parents=True)
+    shutil.copytree(data_root / "mnist", tmp_path / "cache" / "kwh" / "mnist")  # nor this
+    partial = copy_t10k(data_root / "mnist", tmp_path / "partial")
+    (partial / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError) as e:
+        load_mnist("test", root=partial)  # downloads on: still none tried
+    msg = str(e.value)
+    assert msg.startswith(f"mnist test set: the data folder {partial} lacks "
+                          "t10k-labels-idx1-ubyte.gz (expected t10k-labels-idx1-ubyte.gz in "
+                          f"{partial / 'mnist'} or {partial})")
+    assert "\n" not in msg and "images" not in msg and offline == []
+    with pytest.raises(DataError) as e:
+        load_mnist("test", root=tmp_path / "typo")
+    assert str(e.value).startswith(
+        f"mnist test set: the data folder {tmp_path / 'typo'} does not exist (expected "
+        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in ")
+    assert offline == []
+    assert load_mnist("test", limit=2).tensors[1].tolist() == [7, 2]  # no root: $KWH_DATA
 
 
 def test_unknown_name_and_split_list_the_choices(offline):

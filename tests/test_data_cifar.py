@@ -105,19 +105,20 @@ def test_kwh_data_is_searched(offline, monkeypatch, tmp_path):
     assert load_cifar10("test").tensors[0].shape == (2, 3, 32, 32)
 
 
-def test_missing_files_with_network_closed(offline, tmp_path):
+def test_missing_files_with_network_closed(offline, monkeypatch, tmp_path):
     folder = tmp_path / "d" / "cifar-10-batches-bin"
     write_batches(folder)
     (folder / "data_batch_4.bin").unlink()
+    monkeypatch.setenv("KWH_DATA", str(tmp_path / "d"))
     with pytest.raises(DataError) as e:
-        load_cifar10("train", tmp_path / "d")
+        load_cifar10("train")
     msg = str(e.value)
     assert "cifar10 train set: missing data_batch_4.bin" in msg and "data_batch_3" not in msg
     assert cifar.URL in msg and "network closed in tests" in msg
     assert f"Looked in: {folder}, {tmp_path / 'd'}," in msg
     assert f"Put the files in {tmp_path / 'cache' / 'kwh' / 'cifar-10-batches-bin'}" in msg
     assert offline == [cifar.URL]
-    assert load_cifar10("test", tmp_path / "d").tensors[1].shape == (7,)  # test split intact
+    assert load_cifar10("test").tensors[1].shape == (7,)  # test split intact
 
 
 def tarball(members: dict[str, bytes]) -> bytes:
@@ -152,3 +153,19 @@ def test_download_checks_md5_and_unpacks_only_batch_files(offline, monkeypatch, 
     assert sorted(p.name for p in (cache / "cifar-10-batches-bin").iterdir()) == sorted(NAMES)
     assert [p.name for p in cache.iterdir()] == ["cifar-10-batches-bin"]  # tarball removed
     assert calls == [cifar.URL, cifar.URL]
+
+
+def test_an_explicit_root_is_used_alone(offline, monkeypatch, tmp_path):
+    write_batches(tmp_path / "full" / "cifar-10-batches-bin", n=2)
+    monkeypatch.setenv("KWH_DATA", str(tmp_path / "full"))  # complete, but not asked for
+    folder = tmp_path / "d" / "cifar-10-batches-bin"
+    write_batches(folder)
+    (folder / "test_batch.bin").unlink()
+    with pytest.raises(DataError) as e:
+        load_cifar10("test", tmp_path / "d")
+    msg = str(e.value)
+    assert msg.startswith(f"cifar10 test set: the data folder {tmp_path / 'd'} lacks "
+                          f"test_batch.bin (expected test_batch.bin in {folder} or "
+                          f"{tmp_path / 'd'})")
+    assert offline == []  # nothing downloaded for an explicit folder
+    assert load_cifar10("test").tensors[1].shape == (2,)  # without it: $KWH_DATA

@@ -30,3 +30,25 @@ def test_evaluate_rejects_a_missing_file(tmp_path, capsys):
     code = main(["evaluate", str(tmp_path / "nope.kwh"), "--uncertainty"])
     assert code == 2
     assert "kwh: error:" in capsys.readouterr().err
+
+
+def test_an_explicit_data_dir_is_used_alone(tmp_path, data_root, monkeypatch, capsys):
+    """--data-dir without the files: one line naming that folder, though $KWH_DATA has them."""
+    import urllib.request
+
+    def closed(url, timeout=None):
+        raise AssertionError(f"no download for an explicit --data-dir: {url}")
+
+    monkeypatch.setenv("KWH_DATA", str(data_root))
+    monkeypatch.setattr(urllib.request, "urlopen", closed)
+    kwh.save(lenet300().eval(), tmp_path / "m.kwh", input_shape=(1, 28, 28))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["evaluate", str(tmp_path / "m.kwh"), "--data-dir", str(empty)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"kwh: error: mnist test set: the data folder {empty} lacks "
+                          "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (expected "
+                          f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in "
+                          f"{empty / 'mnist'} or {empty})")
+    assert main(["evaluate", str(tmp_path / "m.kwh"), "--limit-test", "10"]) == 0  # $KWH_DATA

@@ -12,7 +12,7 @@ layers, the usual approximation for convolutions (Kingma et al. 2015).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -242,17 +242,37 @@ def load_model_file(path) -> tuple[nn.Module, str, str | None]:
     return model, "checkpoint", config.data
 
 
+def _counted(loader: Iterable, progress: Callable[[int, int], None], start: int,
+             total: int) -> Iterator:
+    """The batches of ``loader``; once each is used, ``progress(examples done, total)``."""
+    done = start
+    for batch in loader:
+        yield batch
+        done += len(batch[0])
+        progress(done, total)
+
+
 def evaluate_model_file(path, data: str = "mnist", ood: str | None = None, samples: int = 20, *,
                         data_dir=None, limit_test: int | None = None, batch_size: int = 500,
-                        method: str = "auto") -> dict:
-    """evaluate_uncertainty for `kwh evaluate MODEL --data D --uncertainty [--ood O]`."""
+                        method: str = "auto",
+                        progress: Callable[[int, int], None] | None = None) -> dict:
+    """evaluate_uncertainty for `kwh evaluate MODEL --data D --uncertainty [--ood O]`.
+
+    ``progress(done, total)``, when given, is called after each batch with the examples done,
+    test set then OOD set (total: both together).
+    """
     from kwh.data import batch_loader, get_dataset
 
     model, kind, trained_on = load_model_file(path)
-    test = batch_loader(get_dataset(data, "test", data_dir, limit=limit_test), batch_size)
-    ood_loader = None
-    if ood is not None:
-        ood_loader = batch_loader(load_ood(ood, data, data_dir, limit=limit_test), batch_size)
+    test_set = get_dataset(data, "test", data_dir, limit=limit_test)
+    ood_set = None if ood is None else load_ood(ood, data, data_dir, limit=limit_test)
+    test = batch_loader(test_set, batch_size)
+    ood_loader = None if ood_set is None else batch_loader(ood_set, batch_size)
+    if progress is not None:
+        total = len(test_set) + (0 if ood_set is None else len(ood_set))
+        test = _counted(test, progress, 0, total)
+        if ood_loader is not None:
+            ood_loader = _counted(ood_loader, progress, len(test_set), total)
     out = evaluate_uncertainty(model, test, ood_loader, samples, method=method)
     out.update(model_file=str(path), model_kind=kind, data=data, ood_data=ood)
     if kind == "kwh" and out["method"] == "deterministic":

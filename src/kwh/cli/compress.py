@@ -70,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
     """Train or load, compress, save; prints the summary and the file written."""
     import kwh
     from kwh.compress import CompressConfig, format_summary
+    from kwh.compress.format_io import check_destination
     from kwh.data import batch_loader, get_dataset
 
     from kwh.train.data import load_train_data
 
+    if args.out is not None:
+        check_destination(args.out)  # a missing folder fails now, not after the training
     model, tconfig, records = _bayesian_model(args)
     data_dir = args.data_dir if args.data_dir is not None else tconfig.data_dir
     limit = args.limit_test if args.limit_test is not None else tconfig.limit_test

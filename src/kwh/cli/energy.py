@@ -13,8 +13,8 @@ def add_energy_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `kwh energy` and `kwh report`: data, price table, hardware model."""
     p.add_argument("--data", default=None, help="test data set for accuracy and input shape "
                    "(mnist, fashion-mnist, cifar10)")
-    p.add_argument("--data-dir", default=None, help="folder with the data sets (default: "
-                   "$KWH_DATA, then the cache)")
+    p.add_argument("--data-dir", default=None, help="folder with the data sets, searched "
+                   "alone (default: $KWH_DATA, standard places, then the cache)")
     p.add_argument("--limit", type=int, default=None, help="test examples for the accuracy "
                    "(default: the whole test split)")
     p.add_argument("--table", default=None, help="energy table .json/.toml (default: Horowitz "

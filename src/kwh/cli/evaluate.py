@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "checkpoint or run folder from 'kwh train', whose posterior is sampled)")
     p.add_argument("--data", choices=list(DATASETS), default="mnist",
                    help="test set (default: %(default)s)")
-    p.add_argument("--data-dir", default=None, help="folder holding the data set files "
-                   "(default: $KWH_DATA, standard places, then download)")
+    p.add_argument("--data-dir", default=None, help="folder holding the data set files, "
+                   "searched alone (default: $KWH_DATA, standard places, then download)")
     p.add_argument("--limit-test", type=_positive_int, default=None,
                    help="use only the first N test examples")
     p.add_argument("--batch-size", type=_positive_int, default=1000,
@@ -59,9 +59,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.uncertainty or args.ood:
         from kwh.bayes.uncertainty import evaluate_model_file, format_uncertainty
+        from kwh.progress import Progress
 
-        result = evaluate_model_file(args.file, args.data, args.ood, args.samples,
-                                     data_dir=args.data_dir, limit_test=args.limit_test)
+        talk = not getattr(args, "quiet", False)  # progress on stderr unless -q
+        with Progress("kwh evaluate", "examples", enabled=talk) as bar:
+            result = evaluate_model_file(args.file, args.data, args.ood, args.samples,
+                                         data_dir=args.data_dir, limit_test=args.limit_test,
+                                         progress=bar)
         print(format_uncertainty(result))
         return 0
     model = kwh.load(args.file)

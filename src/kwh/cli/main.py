@@ -21,12 +21,42 @@ EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 USER_ERRORS = (KwhError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
                NotADirectoryError)
 
-__all__ = ["build_parser", "main", "SUBCOMMANDS"]
+__all__ = ["build_parser", "main", "SUBCOMMANDS", "Parser"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `kwh train: error: MESSAGE (see kwh train --help)`.
+
+    Subparsers are of the same class (argparse's default), so every subcommand answers alike.
+    """
+
+    _subcommands: argparse.Action | None = None
+
+    def add_subparsers(self, **kwargs):
+        self._subcommands = super().add_subparsers(**kwargs)
+        return self._subcommands
+
+    def error(self, message: str):
+        message = " ".join(str(message).split())
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # argparse reports these from the root; name the subcommand that got them
+            self._chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> Parser:
+        """The innermost (sub)parser that parsed[.command] selected."""
+        sub = self._subcommands
+        name = getattr(parsed, sub.dest, None) if sub is not None else None
+        child = sub.choices.get(name) if name is not None else None
+        return child._chosen(parsed) if isinstance(child, Parser) else self
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The root parser with every subcommand module that exists (kwh.cli.<name>.register)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kwh", description="Intelligence per kilowatt-hour: Bayesian compression, "
                                 "sigma-delta inference and energy accounting for PyTorch.")
     parser.add_argument("--version", action="version", version=f"kwh {kwh.__version__}")
@@ -67,7 +97,7 @@ def _setup_logging(quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns its exit code (2 for bad input, 130 when interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)  # usage errors exit 2 here, with argparse's message
+    args = parser.parse_args(argv)  # usage errors exit 2 here, with one line (Parser.error)
     _setup_logging(args.quiet)
     func = getattr(args, "func", None)
     if func is None:

@@ -40,8 +40,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="state dict (.safetensors, or .pt read "
                    "with weights_only) of the reference model")
     p.add_argument("--data", default="mnist-video", choices=list(VIDEO_DATA))
-    p.add_argument("--data-dir", default=None, help="folder with the data sets (default: "
-                   "$KWH_DATA, then the cache)")
+    p.add_argument("--data-dir", default=None, help="folder with the data sets, searched "
+                   "alone (default: $KWH_DATA, standard places, then the cache)")
     p.add_argument("--frames", type=int, default=20, help="frames per sequence (default 20)")
     p.add_argument("--sequences", type=int, default=200, help="test sequences (default 200)")
     p.add_argument("--seed", type=int, default=0)
@@ -103,17 +103,24 @@ def load_sequences(data: str, split: str, n: int, frames: int, seed: int, root):
 
 def run(args: argparse.Namespace) -> int:
     """Print one row per network; returns the exit code."""
+    from kwh.progress import Progress
     from kwh.spike import build_plan, compare, train_scales
     plan = build_plan(load_model(args.model, args.checkpoint))
+    talk = not getattr(args, "quiet", False)  # progress on stderr unless -q
     x, y = load_sequences(args.data, "test", args.sequences, args.frames, args.seed,
                           args.data_dir)
     scales = args.scales
     if scales == "auto":
         fit, _ = load_sequences(args.data, "train", 32, min(args.frames, 10), args.seed + 1,
                                 args.data_dir)
-        scales = train_scales(plan, fit, args.lam, init=4.0, steps=60, lr=0.05)
+        with Progress("kwh spike (learning scales)", "steps", enabled=talk) as bar:
+            scales = train_scales(plan, fit, args.lam, init=4.0, steps=60, lr=0.05,
+                                  progress=bar)
     scales = scales[0] if len(scales) == 1 else scales
-    rows = compare(plan, x, y, scales=scales, threshold=args.threshold)
+    batch = min(256, -(-x.shape[1] // 20))  # ~20 batches: progress as it goes, same memory cap
+    with Progress("kwh spike", "sequences", enabled=talk) as bar:
+        rows = compare(plan, x, y, scales=scales, threshold=args.threshold, batch_size=batch,
+                       progress=bar)
     shown = ", ".join(f"{k:.3g}" for k in ([scales] if isinstance(scales, float) else scales))
     print(f"{args.model} on {args.data}: {x.shape[1]} sequences x {x.shape[0]} frames; "
           f"scales k = {shown}; threshold {args.threshold:g}")

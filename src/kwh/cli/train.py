@@ -65,8 +65,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="reference network (default: %(default)s)")
     p.add_argument("--data", choices=list(DATASETS), default=d["data"].default,
                    help="data set (default: %(default)s)")
-    p.add_argument("--data-dir", default=None, help="folder holding the data set files "
-                   "(default: $KWH_DATA, standard places, then download)")
+    p.add_argument("--data-dir", default=None, help="folder holding the data set files, "
+                   "searched alone (default: $KWH_DATA, standard places, then download)")
     p.add_argument("--prior", choices=list(PRIORS), default=d["prior"].default,
                    help="sparsity prior (default: %(default)s)")
     p.add_argument("--prior-option", action="append", type=_prior_option, default=[],
@@ -95,6 +95,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: %(default)s)")
     p.add_argument("--seed", type=_int_at_least(0), default=d["seed"].default,
                    help="random seed (default: %(default)s)")
+    p.add_argument("--shrink-patience", type=_int_at_least(0), default=0, metavar="EPOCHS",
+                   help="remove groups (filters, units) from the training network once they "
+                        "have been pruned this many epochs in a row, so later epochs cost less "
+                        "(nn.Sequential chains); 0: never (default)")
     p.add_argument("--limit-train", type=_int_at_least(1), default=None,
                    help="use only the first N training examples")
     p.add_argument("--validation", type=_int_at_least(0), default=None, metavar="N",
@@ -126,7 +130,8 @@ def config_from_args(args: argparse.Namespace):
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         variance_lr_mult=args.variance_lr_mult, lr_decay=args.lr_decay,
         kl_warmup_start=args.kl_warmup[0], kl_warmup_end=args.kl_warmup[1], seed=args.seed,
-        validation=args.validation, limit_train=args.limit_train, limit_test=args.limit_test,
+        validation=args.validation, shrink_patience=args.shrink_patience,
+        limit_train=args.limit_train, limit_test=args.limit_test,
         out_dir=args.out_dir,
         threads=args.threads, checkpoint_every=args.checkpoint_every,
         max_failures=args.max_failures, device=args.device)

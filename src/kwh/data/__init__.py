@@ -1,8 +1,9 @@
 """Data sets for kwh: MNIST-format IDX files, CIFAR-10 binary batches, temporal sequences.
 
-Files are searched in: the root argument (CLI --data-dir), $KWH_DATA, /usr/share/datasets,
-then the user cache ($XDG_CACHE_HOME/kwh or ~/.cache/kwh), and downloaded into the cache from
-the official mirrors with checksum verification when missing. Every problem is a DataError.
+An explicit root argument (CLI --data-dir) is the only folder searched: files missing there are
+an error. Without one, files are searched in $KWH_DATA, /usr/share/datasets, then the user cache
+($XDG_CACHE_HOME/kwh or ~/.cache/kwh), and downloaded into the cache from the official mirrors
+with checksum verification when missing. Every problem is a DataError.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .errors import DataError
-from .locate import atomic_write, cache_root, fetch, missing_error, search_dirs
+from .locate import (atomic_write, cache_root, fetch, missing_error,
+                     missing_in_root_error, search_dirs)
 from .mnist import check_limit, to_unit_float
 from .registry import SPLITS
 
@@ -102,6 +103,8 @@ def load_cifar_arrays(split: str = "train", root: str | os.PathLike | None = Non
         return next((d / name for d in dirs if (d / name).is_file()), None)
 
     missing = [n for n in names if find(n) is None]
+    if missing and root is not None:  # an explicit folder is used alone, never downloaded into
+        raise missing_in_root_error(what, missing, root, FOLDER)
     if missing and not download:
         raise missing_error(what, missing, dirs, FOLDER, "downloads are off")
     if missing:

@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from kwh.errors import write_error
+
 from .errors import DataError
 
 __all__ = ["search_dirs", "cache_root", "atomic_write", "fetch", "missing_error",
-           "SYSTEM_ROOTS", "TIMEOUT_S"]
+           "missing_in_root_error", "SYSTEM_ROOTS", "TIMEOUT_S"]
 
 SYSTEM_ROOTS: tuple[str, ...] = ("/usr/share/datasets",)  # Debian's dataset-* packages
 TIMEOUT_S = 15.0  # per network operation
@@ -29,12 +31,15 @@ def cache_root() -> Path:
 
 
 def search_dirs(folder: str, root: str | os.PathLike | None = None) -> list[Path]:
-    """Folders to search, in order: root, $KWH_DATA (each as parent, then direct), system, cache."""
+    """Folders to search, in order. An explicit root is used alone (root/folder, then root);
+    without one: $KWH_DATA (as parent, then direct), the system folders, then the cache."""
+    if root is not None:
+        base = Path(root).expanduser()
+        return [base / folder, base]
     dirs: list[Path] = []
-    for base in (root, os.environ.get("KWH_DATA") or None):
-        if base is not None:
-            base = Path(base).expanduser()
-            dirs += [base / folder, base]
+    if env := os.environ.get("KWH_DATA"):
+        base = Path(env).expanduser()
+        dirs += [base / folder, base]
     dirs += [Path(r) / folder for r in SYSTEM_ROOTS]
     dirs.append(cache_root() / folder)
     return list(dict.fromkeys(dirs))
@@ -42,9 +47,15 @@ def search_dirs(folder: str, root: str | os.PathLike | None = None) -> list[Path
 
 def atomic_write(dest: Path, fill: Callable[[BinaryIO], None],
                  check: Callable[[Path], object] | None = None) -> None:
-    """Write dest via a temp file in the same folder: fill it, fsync, check it, os.replace."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    """Write dest via a temp file in the same folder: fill it, fsync, check it, os.replace.
+
+    Errors of the file system name dest, not the temp file; fill's own errors pass unchanged.
+    """
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as e:
+        raise write_error(e, dest) from e
     try:
         with os.fdopen(fd, "wb") as out:
             fill(out)
@@ -52,7 +63,10 @@ def atomic_write(dest: Path, fill: Callable[[BinaryIO], None],
             os.fsync(out.fileno())
         if check is not None:
             check(Path(tmp))
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise write_error(e, dest) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -91,3 +105,17 @@ def missing_error(what: str, missing: Iterable[str], dirs: Iterable[Path], folde
         f"{what}: missing {', '.join(missing)}{reason}. Looked in: {looked}. "
         f"Put the files in {cache_root() / folder}, or in DIR/{folder} and pass "
         f"root=DIR (CLI: --data-dir DIR) or set KWH_DATA=DIR.")
+
+
+def missing_in_root_error(what: str, missing: Iterable[str], root: str | os.PathLike,
+                          folder: str) -> DataError:
+    """A one-line DataError for an explicit data folder that lacks files (nothing else is
+    searched and nothing is downloaded when the caller names the folder)."""
+    base = Path(root).expanduser()
+    files = ", ".join(missing)
+    where = (f"the data folder {base} does not exist" if not base.is_dir()
+             else f"the data folder {base} lacks {files}")
+    return DataError(
+        f"{what}: {where} (expected {files} in {base / folder} or {base}). Put the files "
+        f"there, or give no data folder (no --data-dir) to search $KWH_DATA, the system "
+        f"folders and the cache {cache_root() / folder}, downloading what is missing.")

@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 from .errors import DataError
 from .idx import decode_idx, read_stored
-from .locate import cache_root, fetch, missing_error, search_dirs
+from .locate import cache_root, fetch, missing_error, missing_in_root_error, search_dirs
 from .registry import IdxFile, idx_dataset
 
 __all__ = ["load_mnist", "load_idx_arrays", "normalization", "check_limit", "to_unit_float",
@@ -82,6 +82,8 @@ def load_idx_arrays(name: str = "mnist", split: str = "train",
     if bad := [s.name for s in missing if problems[s.name]]:  # found, but every copy was bad
         raise DataError(f"{what}: no valid copy of {', '.join(bad)}: "
                         + " | ".join(p for n in bad for p in problems[n]))
+    if missing and root is not None:  # an explicit folder is used alone, never downloaded into
+        raise missing_in_root_error(what, [f"{s.name}.gz" for s in missing], root, ds.folder)
     if missing and not download:
         raise missing_error(what, [f"{s.name}.gz" for s in missing], dirs, ds.folder,
                             "downloads are off")

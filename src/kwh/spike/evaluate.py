@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
@@ -63,18 +63,32 @@ def summarize(name: str, run: SpikeRun, dense: SpikeRun, labels: Tensor | None) 
 
 def compare(model: nn.Module | Plan, sequences: Tensor, labels: Tensor | None = None, *,
             scales: float | Sequence[float] = 16.0, threshold: float | Sequence[float] = 0.05,
-            batch_size: int | None = 256) -> list[Row]:
-    """Rows for dense, rounding, sigma-delta and send-on-threshold on ``sequences`` (T, B, ...)."""
+            batch_size: int | None = 256,
+            progress: Callable[[int, int], None] | None = None) -> list[Row]:
+    """Rows for dense, rounding, sigma-delta and send-on-threshold on ``sequences`` (T, B, ...).
+
+    The B sequences run in batches of ``batch_size`` through all four networks; after each
+    batch ``progress(done, B)`` is called with the sequences done, when given.
+    """
     plan = model if isinstance(model, Plan) else build_plan(model)
-    dense = DenseFrameNet(plan).run(sequences, batch_size)
     nets: list[tuple[str, SequenceNet]] = [
+        ("dense", DenseFrameNet(plan)),
         ("rounding", RoundingNet(plan, scales)),
         ("sigma-delta", SigmaDeltaNet(plan, scales)),
         ("send-on-threshold", ThresholdNet(plan, threshold)),
     ]
-    rows = [summarize("dense", dense, dense, labels)]
-    rows += [summarize(name, net.run(sequences, batch_size), dense, labels) for name, net in nets]
-    return rows
+    whole = batch_size is None or sequences.dim() < 2  # run() checks the shape itself
+    batches = [sequences] if whole else sequences.split(batch_size, dim=1)  # (T, b, ...) each
+    parts: list[list[SpikeRun]] = [[] for _ in nets]
+    done = 0
+    for batch in batches:
+        for runs, (_, net) in zip(parts, nets):
+            runs.append(net.run(batch))
+        done += batch.shape[1]
+        if progress is not None:
+            progress(done, sequences.shape[1])
+    runs = [r[0] if len(r) == 1 else SpikeRun.cat(r) for r in parts]
+    return [summarize(name, run, runs[0], labels) for (name, _), run in zip(nets, runs)]
 
 
 def sweep_lambda(model: nn.Module | Plan, train_sequences: Tensor, eval_sequences: Tensor,

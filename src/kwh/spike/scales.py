@@ -11,7 +11,7 @@ fraction of dense work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,10 @@ def relaxed_cost(plan: Plan, x: Tensor, log_k: Tensor, fans: list[Tensor]) -> tu
 
 def train_scales(model: nn.Module | Plan, sequences: Tensor, lam: float, *,
                  init: float | Sequence[float] = 16.0, steps: int = 100, lr: float = 0.05,
-                 batch_size: int = 16, error: str = "kl", seed: int = 0) -> list[float]:
-    """Scales ``k_l`` trained on ``sequences`` (T, B, *frame) for the trade-off ``lam``."""
+                 batch_size: int = 16, error: str = "kl", seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> list[float]:
+    """Scales ``k_l`` trained on ``sequences`` (T, B, *frame) for the trade-off ``lam``;
+    ``progress(step, steps)`` is called after each optimizer step, when given."""
     if error not in ERRORS:
         raise ValueError(f"Unknown error {error!r}; choose one of: {', '.join(ERRORS)}")
     if lam < 0:
@@ -80,7 +82,7 @@ def train_scales(model: nn.Module | Plan, sequences: Tensor, lam: float, *,
     log_k = torch.tensor(init_k, dtype=torch.float32).log().requires_grad_(True)
     opt = torch.optim.Adam([log_k], lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+    for step in range(steps):
         idx = torch.randperm(x.shape[1], generator=gen)[:batch_size]
         xb = x[:, idx]                                        # (T, b, *frame)
         with torch.no_grad():
@@ -90,5 +92,7 @@ def train_scales(model: nn.Module | Plan, sequences: Tensor, lam: float, *,
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if progress is not None:
+            progress(step + 1, steps)
     return [float(v) for v in log_k.detach().exp()]
 
