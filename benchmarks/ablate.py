@@ -88,7 +88,10 @@ def run_variant(args, name: str, over: dict, prior: dict, out: Path) -> dict:
             "cpu_seconds_this_call": round(cpu, 1),
             "curve": [{"epoch": r["epoch"], "test_error": r["test_error"],
                        "architecture": r.get("architecture"), "alive": r.get("alive"),
-                       "seconds": r.get("seconds")} for r in hist]}
+                       "seconds": r.get("seconds"), "cpu_seconds": r.get("cpu_seconds"),
+                       "val_error": r.get("val_error")} for r in hist],
+            "bayes_cpu_seconds": round(sum(r.get("cpu_seconds") or 0 for r in hist), 1),
+            "shrink_events": [r for r in result.log if r.get("event") == "shrink"]}
 
 
 def kept_bits_rate(s: dict) -> float:
@@ -116,8 +119,8 @@ def _fitted(f: dict | None) -> str:
 
 def markdown(rows: list[dict], header: str) -> str:
     out = [header, "", "| variant | settings | error % (before -> after quant.) | arch | bits | "
-           "nonzero % | max compr. | kept x bits | fitted bits: bits, error %, max compr., kept x bits | s/epoch |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "nonzero % | max compr. | kept x bits | fitted bits: bits, error %, max compr., kept x bits | "
+           "s/epoch | Bayesian CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ev = r.get("eval") or {}
         before, after = ev.get("error_before_quantization"), ev.get("error_after_quantization")
@@ -128,7 +131,7 @@ def markdown(rows: list[dict], header: str) -> str:
         out.append(f"| {r['variant']} | {settings} | {err} | {s['architecture']} | {s['bits']} | "
                    f"{100 * s['density']:.2f} | {s['rates']['max_compression']:.1f} | "
                    f"{r.get('kept_bits_rate') or 0:.1f} | {_fitted(r.get('fitted_bits'))} | "
-                   f"{sum(sec) / max(1, len(sec)):.1f} |")
+                   f"{sum(sec) / max(1, len(sec)):.1f} | {r.get('bayes_cpu_seconds', '-')} |")
     return "\n".join(out) + "\n"
 
 
