@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 
 import pytest
 import torch
@@ -146,3 +148,52 @@ def test_sigma_delta_variant_per_frame(kwh_file, data_root, capsys, tmp_path):
     assert sd["key"] == "sigma-delta" and sd["estimate"]["unit"] == "frame"
     assert sd["estimate"]["mults"] == 0 and sd["estimate"]["adds"] > 0
     assert 0.0 <= sd["estimate"]["accuracy"] <= 1.0
+
+
+def _sensitivity(kwh_file, tmp_path, capsys, *argv):
+    out_json = tmp_path / "e.json"
+    args = parse(str(kwh_file), "--no-measure", "--json", str(out_json), *argv)
+    assert args.func(args) == 0
+    d = json.loads(out_json.read_text())
+    return capsys.readouterr().out, d, {s["name"]: s for s in
+                                        d["weight_memory_sensitivity"]["scenarios"]}
+
+
+def test_energy_ratio_is_printed_with_its_memory_sensitivity(kwh_file, tmp_path, capsys):
+    out, d, sc = _sensitivity(kwh_file, tmp_path, capsys)
+    dense, small = d["variants"]
+    assert sc["as modelled"]["ratio"] == pytest.approx(
+        dense["estimate"]["total_j"] / small["estimate"]["total_j"], rel=1e-12)
+    head = re.search(r"dense / compressed: energy per inference ([\d.,]+)x", out).group(1)
+    lines = {name: re.search(rf"^\s+([\d.,]+)x  {name}: ", out, re.M) for name in sc}
+    assert all(lines.values()), out
+    assert lines["as modelled"].group(1) == head  # the headline is the modelled line
+    assert "by where the weights are read from" in out
+    # LeNet-5's dense float32 weights (1.7 MB) miss the 1 MB SRAM; the compressed ones fit
+    assert dense["estimate"]["layers"][0]["weight_mem"] == "DRAM"
+    assert small["estimate"]["layers"][0]["weight_mem"].startswith("SRAM")
+    assert sc["both from SRAM"]["ratio"] < sc["as modelled"]["ratio"]
+    assert sc["both from DRAM"]["ratio"] < sc["as modelled"]["ratio"]
+    need = d["weight_memory_sensitivity"]["dense_on_chip_kb"]
+    assert f"--sram-kb {math.ceil(need):,} or more" in out
+
+
+@pytest.mark.parametrize("sram_kb, where, scenario", [
+    ("64", "DRAM", "both from DRAM"),          # neither model's weights fit: all from DRAM
+    ("16384", "SRAM 16384 KB", "both from SRAM"),  # both fit: all from that SRAM
+])
+def test_memory_scenario_equals_the_model_when_it_holds(kwh_file, tmp_path, capsys, sram_kb,
+                                                        where, scenario):
+    """Oracle: where the energy model itself put both models' weights in one memory, that
+    scenario's ratio is the modelled one."""
+    _, d, sc = _sensitivity(kwh_file, tmp_path, capsys, "--sram-kb", sram_kb)
+    assert [v["estimate"]["layers"][0]["weight_mem"] for v in d["variants"]] == [where] * 2
+    assert sc[scenario]["dense_j"] == pytest.approx(sc["as modelled"]["dense_j"], rel=1e-12)
+    assert sc[scenario]["compressed_j"] == pytest.approx(sc["as modelled"]["compressed_j"],
+                                                         rel=1e-12)
+
+
+def test_no_sram_scenario_without_sram(kwh_file, tmp_path, capsys):
+    out, _, sc = _sensitivity(kwh_file, tmp_path, capsys, "--sram-kb", "0")
+    assert set(sc) == {"as modelled", "both from DRAM"}
+    assert "both from SRAM" not in out

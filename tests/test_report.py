@@ -7,14 +7,20 @@ import base64
 import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import kwh
+
 from kwh.cli import report as report_cli
 from kwh.energy.sources import LoadedModel, load_model
-from kwh.report import SECTION_IDS, build_report, read_curves
+from kwh.report import SECTION_IDS, build_report, read_comparison
+from kwh.report.figures import series_styles
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,9 +60,17 @@ def check_self_contained(html: str) -> Resources:
     return r
 
 
+def section(html: str, id_: str) -> str:
+    """The HTML of one <section>, images left out."""
+    body = html[html.index(f'<section id="{id_}"'):]
+    body = body[:body.index("</section>")]
+    return re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', body)
+
+
 @pytest.fixture(scope="module")
 def kwh_file(tmp_path_factory):
-    """LeNet-5 (group-NJ), three conv1 filters pruned, compressed and saved as a .kwh file."""
+    """LeNet-5 (group-NJ), three conv1 filters pruned, compressed with a test error measured on
+    64 random examples (as kwh compress records it), saved as a .kwh file."""
     codec = pytest.importorskip("kwh.compress.codec", reason="the .kwh codec is not in this "
                                 "checkout")
     import kwh
@@ -70,40 +84,87 @@ def kwh_file(tmp_path_factory):
     with torch.no_grad():
         conv1.prior.z_log_var[:3] = 5.0
     path = tmp_path_factory.mktemp("kwh") / "lenet5.kwh"
-    codec.save(compress(m, input_shape=(1, 28, 28)), path)
+    test = [(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))]
+    codec.save(compress(m, input_shape=(1, 28, 28), eval_data=test), path)
     return path
 
 
 def test_report_of_kwh_file_has_every_section_and_is_self_contained(kwh_file, tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "table.csv").write_text(
-        "method,error,fast_prediction,macs\nBC-GNJ,0.010,361,300000\nBC-GHS,0.011,419,250000\n"
-        "dense,0.009,1,2293000\n")
-    html = build_report(load_model(str(kwh_file)), results_dir=results, accuracy=0.98,
+    csv = tmp_path / "table_lenet5_mnist.csv"
+    csv.write_text("method,error,fast_prediction,macs\nBC-GNJ,0.010,361,300000\n"
+                   "BC-GHS,0.011,419,250000\ndense,0.009,1,2293000\n")
+    html = build_report(load_model(str(kwh_file)), compare_csv=csv, accuracy=0.98,
                         dense_accuracy=0.991)
     r = check_self_contained(html)
     assert list(r.sections) == list(SECTION_IDS)
     assert r.sections["architecture"] == "yes" and r.sections["bits"] == "yes"
     assert r.sections["rates"] == "yes" and r.sections["energy"] == "yes"
-    assert r.sections["curves"] == "yes"
+    assert r.sections["comparison"] == "yes"
     assert r.sections["log-alpha"] == "no"  # a .kwh file has no posterior
-    assert "Not available because no Bayesian checkpoint was given" in html
+    assert "Give --checkpoint RUN" in html
     assert "17-50-800-500" in html       # kept filters of conv1
     assert "dense fp32 (lenet5)" in html and "compressed (lenet5.kwh)" in html
-    assert len(re.findall(r'<img src="data:image/png', html)) >= 5
+    assert len(re.findall(r'<img src="data:image/png', html)) >= 6
     assert f"file {kwh_file.stat().st_size:,} bytes on disk" in html
-    assert "no test data was given (--data)" in html
+    assert "Give --data mnist" in html
+    comparison = section(html, "comparison")
+    assert "BC-GNJ" in comparison and "3 rows of lenet5 on mnist" in comparison
+    assert "Test error of this model: 2.00% (given (--accuracy))" in comparison
+
+
+def test_report_is_about_the_model_in_hand(kwh_file, monkeypatch):
+    """No --compare: no repository CSV (run where benchmarks/results holds some); each
+    section that needs more than the file names the option that gives it; the file's own
+    test error is used."""
+    assert any((ROOT / "benchmarks" / "results").glob("*.csv"))  # they are there to be found
+    monkeypatch.chdir(ROOT)
+    html = build_report(load_model(str(kwh_file)))
+    r = check_self_contained(html)
+    assert ".csv" not in html and "paper_table" not in html and "benchmarks" not in html
+    assert r.sections["comparison"] == "yes"  # this model against its dense original
+    assert "give --compare CSV" in section(html, "comparison")
+    na = {k for k, v in r.sections.items() if v == "no"}
+    assert na == {"log-alpha", "reliability"}
+    assert "--checkpoint RUN" in section(html, "log-alpha")
+    assert "Give --data mnist" in section(html, "reliability")
+    s = kwh.load(kwh_file).kwh_summary
+    err = f"{100 * s['eval']['error_after_quantization']:.2f}% after quantization"
+    assert f"Test error: {err}" in section(html, "overview")
+    assert "recorded in the file" in section(html, "energy")  # per correct from the file
+    # human axis labels, not column names; the dense original is the model's own
+    comparison = section(html, "comparison")
+    assert "multiply-accumulates per inference (nonzero weights)" in comparison
+    assert "macs_nonzero" not in html and "fast_prediction" not in html
+    assert "Of the dense original: not in the file; give --dense-accuracy" in comparison
+
+
+def test_rates_and_bits_say_what_they_count(kwh_file):
+    html = build_report(load_model(str(kwh_file)))
+    s = kwh.load(kwh_file).kwh_summary
+    rates = section(html, "rates")
+    for measure, paper in (("weights", "pruning"), ("weights&#x27;", "fast prediction"),
+                           ("MACs", "-"), ("weight bytes", "max compression"),
+                           ("file bytes", "-")):
+        assert f"<td>{measure}" in rates and f"<td>{paper}</td>" in rates, measure
+    macs = s["macs_original"] / s["macs_nonzero"]
+    assert f"<td>{macs:.2f}x</td>" in rates  # the MACs rate beside fast prediction
+    assert "counts stored bits, not speed" in rates
+    bits = section(html, "bits")
+    assert "magnitude bits m" in bits and "1 sign + m magnitude bits" in bits
+    for d in s["layers"]:
+        t, e = d["frac_bits"], d["exp_bits"]
+        assert d["bits"] == 1 + e + t
+        assert (f"<td>{d['bits']}</td><td>{d['bits'] - 1}</td><td>{t}</td><td>{e}</td>"
+                in bits), d["name"]
 
 
 def test_report_degrades_without_summary_or_data(tmp_path):
-    html = build_report(load_model("lenet300"), results_dir=tmp_path / "none")
+    html = build_report(load_model("lenet300"))
     r = check_self_contained(html)
     assert r.sections["architecture"] == "no" and r.sections["bits"] == "no"
-    assert r.sections["energy"] == "yes"
-    assert html.count("Not available because MODEL carries no compression summary") == 3
-    assert "Not available because no benchmark results folder" not in html
-    assert "none is not a folder" in html or "no CSV in" in html
+    assert r.sections["energy"] == "yes" and r.sections["comparison"] == "no"
+    assert html.count("Not available because MODEL carries no compression summary") == 4
+    assert "untrained reference architecture" in section(html, "overview")
 
 
 def test_log_alpha_histograms_from_a_bayesian_model():
@@ -111,7 +172,7 @@ def test_log_alpha_histograms_from_a_bayesian_model():
     from kwh.models import lenet300
     m = lenet300()
     kwh.bayesify_(m, "group-nj")
-    html = build_report(LoadedModel(m.eval(), None, "lenet300 (Bayesian)"), results_dir=None)
+    html = build_report(LoadedModel(m.eval(), None, "lenet300 (Bayesian)"))
     r = check_self_contained(html)
     assert r.sections["log-alpha"] == "yes"
     assert "From the Bayesian checkpoint" in html
@@ -140,7 +201,7 @@ def test_reliability_diagram_with_data(monkeypatch):
                         lambda *a, **k: torch.utils.data.TensorDataset(x, y))
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     html = build_report(LoadedModel(model, None, "tiny", Path("tiny.pt")), data="mnist",
-                        accuracy=0.5, results_dir=None)
+                        accuracy=0.5)
     assert check_self_contained(html).sections["reliability"] == "yes"
     assert "64 test examples" in html and "softmax of the deterministic model" in html
     from kwh.report import sections
@@ -148,21 +209,65 @@ def test_reliability_diagram_with_data(monkeypatch):
     assert not untrained.available and "no model to evaluate" in untrained.body
 
 
-def test_read_curves_finds_columns_and_skips_others(tmp_path):
-    (tmp_path / "a.csv").write_text("name,accuracy,compression\nx,0.98,10\ny,99.1,20\n")
+def test_compare_keeps_one_network_and_data_set(tmp_path):
+    path = tmp_path / "published.csv"
+    path.write_text("network,dataset,method,error_pct,max_compression,macs_nonzero\n"
+                    "LeNet-5-Caffe,MNIST,BC-GNJ,1.0,771,300000\n"
+                    "LeNet-5-Caffe,MNIST,BC-GHS,1.0,1115,250000\n"
+                    "LeNet-5-Caffe,Fashion-MNIST,BC-GNJ,9.5,500,280000\n"
+                    "LeNet-300-100,MNIST,BC-GNJ,1.8,58,20000\n"
+                    "LeNet-300-100,MNIST,DC,1.6,40,25000\n")
+    c = read_comparison(path, "lenet5", "mnist")
+    assert c.compression == {"BC-GNJ": [(771.0, 1.0)], "BC-GHS": [(1115.0, 1.0)]}
+    assert c.ops == {"BC-GNJ": [(300000.0, 1.0)], "BC-GHS": [(250000.0, 1.0)]}
+    assert c.rows_used == 2
+    assert c.left_out == {"other networks (lenet300)": 2,
+                          "lenet5 on other data sets (fashion-mnist)": 1}
+    assert read_comparison(path, "lenet300").data == "mnist"  # the only one for LeNet-300
+    with pytest.raises(ValueError, match=r"lenet5 rows cover fashion-mnist, mnist; give --data"):
+        read_comparison(path, "lenet5")
+    with pytest.raises(ValueError, match=r"no rows for this model's network 'vgg'.*lenet300, "
+                                         r"lenet5"):
+        read_comparison(path, "vgg", "cifar10")
+    unnamed = tmp_path / "results.csv"
+    unnamed.write_text("method,error,fast_prediction\na,0.01,100\n")
+    with pytest.raises(ValueError, match="cannot tell which network"):
+        read_comparison(unnamed, "lenet5")
     (tmp_path / "b.csv").write_text("name,seconds\nx,3\n")
-    (tmp_path / "c.csv").write_text("")
-    c = read_curves(tmp_path)
-    assert c.compression == {"a: x": [(10.0, 98.0)], "a: y": [(20.0, 99.1)]}
-    assert c.sources == ["a.csv"] and len(c.skipped) == 2
+    with pytest.raises(ValueError, match="needs an error or accuracy column"):
+        read_comparison(tmp_path / "b.csv", "lenet5")
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        read_comparison(tmp_path / "missing.csv", "lenet5")
+
+
+def test_compare_in_the_report_shows_only_the_model_s_network(kwh_file, tmp_path):
+    path = tmp_path / "published.csv"
+    path.write_text("network,data,method,error,fast_prediction\n"
+                    "lenet5,mnist,Sparse VD,0.0075,280\nlenet5,mnist,BC-GHS,0.010,419\n"
+                    "lenet300,mnist,Pruning,0.016,40\nlenet300,fashion-mnist,BC-GHS,0.12,20\n")
+    html = build_report(load_model(str(kwh_file)), compare_csv=path)
+    comparison = section(html, "comparison")
+    assert "Sparse VD" in comparison and "BC-GHS" in comparison
+    assert "Pruning" not in comparison  # a LeNet-300 row
+    assert "2 rows of lenet5 on mnist from published.csv" in comparison
+    assert "Left out: 2 rows of other networks (lenet300)" in comparison
+    assert "(paper: fast prediction)" in comparison  # the axis, in words
+    with pytest.raises(ValueError, match="cannot tell this model's network"):
+        build_report(LoadedModel(nn.Linear(784, 10), None, "x", tmp_path / "x.pt"),
+                     compare_csv=path)
+
+
+def test_every_series_has_its_own_marker():
+    styles = series_styles(22)  # the newcomer's chart had 18-22 series
+    assert len(set(styles)) == 22
+    assert len(set(series_styles(60))) == 60
 
 
 def test_cli_writes_atomically_and_reports_errors(kwh_file, tmp_path, capsys):
     p = argparse.ArgumentParser(prog="kwh")
     report_cli.register(p.add_subparsers())
     out = tmp_path / "r.html"
-    args = p.parse_args(["report", str(kwh_file), "--out", str(out), "--results",
-                         str(tmp_path)])
+    args = p.parse_args(["report", str(kwh_file), "--out", str(out)])
     assert args.func(args) == 0
     assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
     assert [f.name for f in tmp_path.iterdir()] == ["r.html"]  # no temp file left behind

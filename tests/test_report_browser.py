@@ -46,11 +46,11 @@ def compressed_model() -> LoadedModel:
 
 def test_report_renders_in_headless_chromium(tmp_path):
     from PIL import Image
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "r.csv").write_text("method,error,fast_prediction\na,0.01,100\na,0.02,300\n")
+    results = tmp_path / "results_lenet5_mnist.csv"
+    results.write_text("method,error,fast_prediction\na,0.01,100\na,0.02,300\n")
     page = tmp_path / "report.html"
-    write_report(page, compressed_model(), results_dir=results, accuracy=0.99)
+    loaded = compressed_model()
+    write_report(page, loaded, compare_csv=results if loaded.summary else None, accuracy=0.99)
     html = page.read_text()
     n_img = len(re.findall(r"<img ", html))
     assert n_img >= 4

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import kwh
     from kwh.compress import CompressConfig, format_summary
     from kwh.compress.format_io import check_destination
+    from kwh.compress.summary import format_file_line
     from kwh.data import batch_loader, get_dataset
 
     from kwh.train.data import load_train_data
@@ -99,14 +100,12 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"{tconfig.model}-{tconfig.data}-{tconfig.prior}.kwh"
     size = kwh.save(small, out)
     print(format_summary(small.kwh_summary))
-    print(f"file          {size:,} B written to {out}")
+    print(format_file_line(small.kwh_summary, size, f"written to {out}"))
     dense = _dense_start_error(args, records)
     if dense is not None and small.kwh_summary.get("eval"):
-        s = small.kwh_summary
-        err = 100 * s["eval"]["error_after_quantization"]
+        err = 100 * small.kwh_summary["eval"]["error_after_quantization"]
         print(f"vs dense start {dense[0]:.2f}% test error after {dense[1]} plain epochs: "
-              f"{err - dense[0]:+.2f} points; weights {s['rates']['max_compression']:,.1f}x "
-              f"smaller (the .kwh payload against the dense net's float32 weights)")
+              f"{err - dense[0]:+.2f} points")
     return 0
 
 

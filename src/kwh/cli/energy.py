@@ -20,7 +20,8 @@ def add_energy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", default=None, help="energy table .json/.toml (default: Horowitz "
                    "2014, 45 nm)")
     p.add_argument("--sram-kb", type=float, default=1024.0, help="on-chip SRAM size in KB "
-                   "(default 1024)")
+                   "(default 1024); weights that do not fit (with the activations) are read "
+                   "from DRAM")
     p.add_argument("--act-bits", type=int, default=16, help="fixed-point activation bits of "
                    "compressed layers (default 16)")
     p.add_argument("--acc-bits", type=int, default=None, help="accumulator bits (default: the "
@@ -57,7 +58,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Per-layer modelled energy (ops and memory traffic x pJ per op, Horowitz "
                     "2014 by default) of MODEL and its dense original side by side, the "
                     "sigma-delta version with --sigma-delta, and measured energy where the "
-                    "machine has counters (RAPL, NVML).")
+                    "machine has counters (RAPL, NVML). The dense / compressed ratio is "
+                    "printed as modelled and with both models' weights in DRAM, and in SRAM, "
+                    "since much of it can rest on where the weights are assumed to live.")
     p.add_argument("model", metavar="MODEL", help="a .kwh file, a training checkpoint, or a "
                    "reference model name (lenet300, lenet5, vgg)")
     add_energy_options(p)
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the comparison; returns the exit code."""
     from kwh.energy.compare import compare
     from kwh.energy.format import format_comparison
+    from kwh.energy.sensitivity import weight_memory_sensitivity
     from kwh.energy.sources import load_model
     table, config = energy_settings(args)
     comp = compare(load_model(args.model), data=args.data, data_dir=args.data_dir,
@@ -86,8 +90,11 @@ def run(args: argparse.Namespace) -> int:
                    measure=not args.no_measure, window_s=args.window,
                    sigma_delta=args.sigma_delta, scale=args.scale, sequences=args.sequences,
                    frames=args.frames, progress=sys.stderr.isatty())
-    print(format_comparison(comp))
+    sensitivity = weight_memory_sensitivity(comp, table, config)
+    print(format_comparison(comp, sensitivity))
     if args.json:
         from kwh.train.checkpoint import atomic_write_bytes
-        atomic_write_bytes(args.json, (json.dumps(comp.to_dict(), indent=1) + "\n").encode())
+        d = comp.to_dict()
+        d["weight_memory_sensitivity"] = None if sensitivity is None else sensitivity.to_dict()
+        atomic_write_bytes(args.json, (json.dumps(d, indent=1) + "\n").encode())
     return 0

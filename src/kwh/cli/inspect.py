@@ -13,7 +13,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "inspect", help="print the summary stored in a .kwh file",
         description="Verify a .kwh file and print the compression summary it carries "
-                    "(architecture, bits, rates, errors) and its real byte sizes.")
+                    "(architecture, bits, rates, errors) and its real byte sizes, against the "
+                    "dense original (the original model's float32 weights and biases).")
     p.add_argument("file", help="the .kwh file")
     p.add_argument("--json", action="store_true",
                    help="print the summary and the file's sizes as JSON instead")
@@ -23,18 +24,24 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the summary (or JSON) of args.file."""
     from kwh.compress import codec, format_summary
+    from kwh.compress.summary import dense_original, format_file_line
 
     summary = codec.read_header(args.file).get("summary")
     report = codec.file_report(args.file)
     if args.json:
-        print(json.dumps({"summary": summary, "file": report}, indent=1))
+        out = {"summary": summary, "file": report}
+        if summary is not None:
+            base = summary["size_fp32_original_bytes"]
+            out["dense_original"] = {"bytes": base, "what": dense_original(summary),
+                                     "ratio_file": base / report["file_bytes"]}
+        print(json.dumps(out, indent=1))
         return 0
+    detail = (f"{report['payload_bytes']:,} B payload in {len(report['sections'])} sections, "
+              f"{report['header_bytes']:,} B header")
     if summary is None:
         print(f"{args.file}: no compression summary (saved without kwh.compress)")
+        detail += f"; its tensors as float32 would take {report['dense_fp32_bytes']:,} B"
     else:
         print(format_summary(summary))
-    print(f"file          {report['file_bytes']:,} B ({report['payload_bytes']:,} B payload in "
-          f"{len(report['sections'])} sections, {report['header_bytes']:,} B header); "
-          f"{report['ratio_vs_fp32']:.1f}x smaller than its {report['dense_fp32_bytes']:,} B "
-          "as dense float32")
+    print(format_file_line(summary, report["file_bytes"], detail))
     return 0

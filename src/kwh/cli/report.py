@@ -13,12 +13,15 @@ __all__ = ["register", "run"]
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the `report` subcommand."""
     p = subparsers.add_parser(
-        "report", help="one self-contained HTML report: architecture, log alpha, bits, rates, "
-                       "energy, accuracy curves, calibration",
-        description="Write one HTML file (images inlined, no external resources) about MODEL: "
-                    "kept units per layer, log-alpha histograms (with --checkpoint), bits, "
-                    "compression rates, modelled energy per layer, accuracy-vs-compression "
-                    "curves from benchmark CSVs, reliability diagrams (with --data).")
+        "report", help="one self-contained HTML report about MODEL: architecture, bits, "
+                       "rates, energy, comparison with its dense original, calibration",
+        description="Write one HTML file (images inlined, no external resources) about MODEL "
+                    "against its dense original: kept units per layer, bits, what shrank "
+                    "(weights, weights' bits, MACs, bytes), modelled energy per layer and how "
+                    "it rests on where the weights live, test error against compression and "
+                    "MACs. Options add what the file does not hold: --checkpoint the "
+                    "posterior's log-alpha histograms, --data the test error and reliability "
+                    "diagrams, --compare results of other methods on the same network.")
     p.add_argument("model", metavar="MODEL", help="a .kwh file, a training checkpoint, or a "
                    "reference model name")
     p.add_argument("--out", default="report.html", help="the HTML file to write "
@@ -26,8 +29,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, metavar="RUN", help="Bayesian checkpoint or "
                    "run folder: log-alpha histograms and the Bayesian reliability diagram")
     p.add_argument("--log", default=None, help="training log.jsonl (default: the checkpoint's)")
-    p.add_argument("--results", default=None, metavar="DIR", help="benchmark CSVs for the "
-                   "accuracy curves (default: ./benchmarks/results when present)")
+    p.add_argument("--compare", default=None, metavar="CSV", help="results to plot beside "
+                   "MODEL (e.g. a paper table): only the rows of MODEL's network and of one "
+                   "data set (--data, else the only one in the file)")
     p.add_argument("--samples", type=int, default=10, help="posterior samples for the "
                    "Bayesian reliability diagram (default 10)")
     p.add_argument("--reliability-examples", type=int, default=1000, help="test examples for "
@@ -48,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
                              f"got {getattr(args, name)}")
     n = write_report(args.out, load_model(args.model), checkpoint=args.checkpoint, log=args.log,
-                     results_dir=args.results, data=args.data, data_dir=args.data_dir,
+                     compare_csv=args.compare, data=args.data, data_dir=args.data_dir,
                      limit=args.limit, table=table, config=config, dense=args.dense,
                      dense_accuracy=args.dense_accuracy, accuracy=args.accuracy,
                      measure=args.measure, samples=args.samples,

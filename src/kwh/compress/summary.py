@@ -156,7 +156,75 @@ def _pct(x: float) -> str:
 
 
 def _rate(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:,.1f}x"
+    """A ratio with three significant figures below 10x: '1.05x', '6.70x', '60.8x'."""
+    if x is None:
+        return "n/a"
+    return f"{x:,.2f}x" if x < 10 else f"{x:,.1f}x"
+
+
+def dense_original(summary: dict) -> str:
+    """The one baseline of every "x smaller": the original model's float32 parameters."""
+    nbytes = summary["size_fp32_original_bytes"]
+    bn = any(d.get("batchnorm_folded") for d in summary.get("layers", []))
+    what = "weights, biases and BatchNorm parameters" if bn else "weights and biases"
+    return f"{nbytes // 4:,} float32 {what} = {nbytes:,} B"
+
+
+def smaller_than_dense(summary: dict, file_bytes: int) -> str:
+    """'57.2x smaller than the dense original (431,080 float32 weights and biases = ...)'."""
+    ratio = summary["size_fp32_original_bytes"] / file_bytes if file_bytes else None
+    return f"{_rate(ratio)} smaller than the dense original ({dense_original(summary)})"
+
+
+def format_file_line(summary: dict | None, file_bytes: int, detail: str = "") -> str:
+    """'file  N B (detail); R x smaller than the dense original (...)': the same words in
+    `kwh compress`, `kwh inspect` and `kwh report`."""
+    head = f"file          {file_bytes:,} B" + (f" ({detail})" if detail else "")
+    if not summary or "size_fp32_original_bytes" not in summary:
+        return head + "; no compression summary, so no dense original to compare with"
+    return f"{head}; {smaller_than_dense(summary, file_bytes)}"
+
+
+def rate_rows(summary: dict, file_bytes: int | None = None) -> list[tuple]:
+    """What shrank, against the dense original: (measure, before, after, ratio, paper's name).
+
+    The ratios are the summary's rates; each is named for what it counts, with the name
+    Louizos et al. 2017 (Table 1) give it beside it where it has one.
+    """
+    s, r = summary, summary["rates"]
+    csr = str(r.get("kind", "")).startswith("csr")
+    layers = s["layers"]
+    w_orig, nnz = s["weights_original"], s["nonzero"]
+    if csr:
+        kept = f"{nnz:,} nonzero as CSR (a value and an index each)"
+        stored = sum(2 * d["nonzero"] * d["bits"] for d in layers)
+    else:
+        kept = f"{s['weights_pruned_dense']:,} in the pruned layout, {nnz:,} nonzero"
+        stored = sum(d["weights_pruned_dense"] * d["bits"] for d in layers)
+    bits_note = "" if s.get("quantized", True) else ", not applied"
+    payload = s.get("payload_bytes")
+    rows = [
+        ("weights", f"{w_orig:,}", kept, r.get("pruning"), "pruning"),
+        ("weights' bits", f"{32 * w_orig:,} (32 each)", f"{stored:,} ({s['bits']}{bits_note})",
+         r.get("fast_prediction"), "fast prediction"),
+        ("MACs", f"{s['macs_original']:,}", f"{s['macs_nonzero']:,} (nonzero weights)",
+         _ratio(s["macs_original"], s["macs_nonzero"]), ""),
+        ("weight bytes", f"{4 * w_orig:,} B float32",
+         "not measured (not quantized)" if payload is None else f"{payload:,} B .kwh payload",
+         r.get("max_compression"), "max compression"),
+    ]
+    if file_bytes is not None:
+        rows.append(("file bytes", f"{s['size_fp32_original_bytes']:,} B dense original",
+                     f"{file_bytes:,} B on disk",
+                     _ratio(s["size_fp32_original_bytes"], file_bytes), ""))
+    return rows
+
+
+BITS_NOTE = ("bits = 1 sign + e + t: t fraction bits set the step 2^-t; e = magnitude bits - t "
+             "is negative when every |w| < 2^e (the top -e fraction bits are always zero and "
+             "not stored)")
+SPEED_NOTE = ("fast prediction counts stored bits, not speed: the arithmetic of one inference "
+              "fell by the MACs rate")
 
 
 def format_summary(summary: dict) -> str:
@@ -167,7 +235,7 @@ def format_summary(summary: dict) -> str:
         f"input {tuple(s['input_shape'])}, {s['num_classes']} outputs, prior: {priors}",
         f"architecture  {s['architecture_original']}  ->  {s['architecture']}"
         "   (conv: kept filters, fc: kept input units)",
-        f"bits          {s['bits']}   (1 sign + e + t per weight; biases float32)"
+        f"bits          {s['bits']}   total bits per weight, per layer (biases float32)"
         + ("" if s["quantized"] else "   [not applied: weights left float32]"),
         "",
         f"{'layer':<12} {'type':<7} {'weight shape':<24} {'bits':>4} {'e':>3} {'t':>3} "
@@ -186,23 +254,17 @@ def format_summary(summary: dict) -> str:
         note = f"  [{', '.join(extra)}]" if extra else ""
         lines.append(f"{d['name']:<12} {d['type']:<7} {shape:<24} {d['bits']:>4} "
                      f"{d['exp_bits']:>3} {d['frac_bits']:>3} {nz:>22} {macs:>22}{note}")
+    lines.append(f"  ({BITS_NOTE})")
     r = s["rates"]
     lines += [
         "",
-        f"weights       {s['weights_original']:,} -> {s['weights_pruned_dense']:,} in the pruned "
-        f"dense architecture; {s['nonzero']:,} nonzero ({_pct(s['density'])} of the original)",
-        f"MACs          {s['macs_original']:,} -> {s['macs']:,} "
-        f"({s['macs_nonzero']:,} with nonzero weights)",
-        f"size          {s['size_fp32_original_bytes']:,} B fp32 dense -> "
-        f"{s['size_fp32_bytes']:,} B fp32 dense small net"
-        + ("" if s["payload_bytes"] is None else f"; .kwh payload {s['payload_bytes']:,} B "
-           f"(of which float32 biases {s['bias_bytes']:,} B)"),
-        f"rates ({r['kind']})  pruning {_rate(r['pruning'])}   fast prediction "
-        f"{_rate(r['fast_prediction'])}   max compression {_rate(r['max_compression'])}",
-        f"              max compression from: {r['max_compression_source']}",
+        f"dense original  {dense_original(s)}: the baseline of every \"x smaller\"",
+        f"rates ({r['kind']}), dense original -> this model, [Louizos et al. 2017's name]:",
     ]
-    if s.get("file_bytes") is not None:
-        lines.append(f"file          {s['file_bytes']:,} B on disk")
+    for measure, before, after, ratio, paper in rate_rows(s, s.get("file_bytes")):
+        tag = f"[{paper}]" if paper else ""
+        lines.append(f"  {measure:<14} {_rate(ratio):>8}  {tag:<18} {before} -> {after}")
+    lines.append(f"  ({SPEED_NOTE})")
     g = s.get("bits_guard")
     if g:
         changes = ", ".join(f"{k} {v:+d}" for k, v in g["changes"].items()) or "none"

@@ -7,8 +7,9 @@ import math
 from .compare import Comparison
 from .measure import Measurement, Unavailable
 from .result import EnergyEstimate
+from .sensitivity import MemorySensitivity
 
-__all__ = ["joules", "format_layers", "format_comparison"]
+__all__ = ["joules", "format_layers", "format_comparison", "format_sensitivity", "ratio"]
 
 _UNITS = [(1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ"), (1e-12, "pJ"), (1e-15, "fJ")]
 
@@ -25,6 +26,27 @@ def joules(x: float | None) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.3g} {unit}"
     return f"{x:.3g} J"
+
+
+def ratio(x: float) -> str:
+    """A ratio with three significant figures below 10x: '1.05x', '6.62x', '60.8x'."""
+    if not math.isfinite(x):
+        return "inf"
+    return f"{x:,.2f}x" if x < 10 else f"{x:,.1f}x"
+
+
+def format_sensitivity(s: MemorySensitivity) -> list[str]:
+    """The dense / compressed ratio as modelled and with both models' weights in one memory."""
+    lines = ["dense / compressed energy per inference, by where the weights are read from "
+             "(compute and activations unchanged):"]
+    for sc in s.scenarios:
+        lines.append(f"  {ratio(sc.ratio):>8}  {sc.name}: {sc.where}")
+    same = [sc.ratio for sc in s.scenarios if sc.name != "as modelled"]
+    if same:
+        lines.append(f"  with both in the same memory the ratio is {ratio(min(same))} to "
+                     f"{ratio(max(same))}; --sram-kb {math.ceil(s.dense_on_chip_kb):,} or more "
+                     "holds the dense original's weights and activations on chip")
+    return lines
 
 
 def _count(x: float) -> str:
@@ -60,8 +82,9 @@ def _measured(m, dynamic: bool) -> str:
     return joules(m.dynamic_per_inference_j if dynamic else m.total_per_inference_j)
 
 
-def format_comparison(comp: Comparison) -> str:
-    """Per-layer tables of every variant, then the totals side by side with ratios."""
+def format_comparison(comp: Comparison, sensitivity: MemorySensitivity | None = None) -> str:
+    """Per-layer tables of every variant, then the totals side by side with ratios, and the
+    energy ratio's sensitivity to where the weights live (when given)."""
     out = []
     for v in comp.variants:
         out.append(format_layers(v.estimate, f"== {v.label}: modelled energy per "
@@ -96,13 +119,17 @@ def format_comparison(comp: Comparison) -> str:
     dense, other = comp.get("dense"), comp.get("compressed") or comp.get("model")
     if dense is not None and other is not None and other is not dense:
         out.append("")
-        out.append(f"dense / compressed: energy per inference "
-                   f"{dense.estimate.total_j / other.estimate.total_j:,.1f}x"
-                   f" (compute {dense.estimate.compute_j / other.estimate.compute_j:,.1f}x, "
-                   f"memory {dense.estimate.memory_j / other.estimate.memory_j:,.1f}x)")
-        if dense.estimate.per_correct_j and other.estimate.per_correct_j:
+        d, c = dense.estimate, other.estimate
+        out.append(f"dense / compressed: energy per inference {ratio(d.total_j / c.total_j)}"
+                   f" (compute {ratio(d.compute_j / c.compute_j)}, memory "
+                   f"{ratio(d.memory_j / c.memory_j)}; weights of the dense original in "
+                   f"{d.layers[0].weight_mem}, of the compressed model in "
+                   f"{c.layers[0].weight_mem})")
+        if d.per_correct_j and c.per_correct_j:
             out.append(f"dense / compressed: energy per correct prediction "
-                       f"{dense.estimate.per_correct_j / other.estimate.per_correct_j:,.1f}x")
+                       f"{ratio(d.per_correct_j / c.per_correct_j)}")
+        if sensitivity is not None:
+            out += format_sensitivity(sensitivity)
     out.append("")
     for v in comp.variants:
         out.append(f"accuracy of {v.label}: {v.accuracy_note}")

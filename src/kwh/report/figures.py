@@ -9,11 +9,17 @@ import math
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
-__all__ = ["new_figure", "to_data_uri", "kept_units", "bits_per_layer", "energy_stacked",
-           "log_alpha_histograms", "log_alpha_trajectories", "scatter_curves", "reliability"]
+__all__ = ["new_figure", "to_data_uri", "kept_units", "bits_per_layer", "rates",
+           "energy_stacked", "log_alpha_histograms", "log_alpha_trajectories", "series_styles",
+           "error_against", "reliability"]
 
 COMPUTE, MEMORY = "#4c72b0", "#dd8452"
+# Distinct (colour, marker) pairs: 10 colours x 12 markers repeat only after 60 series.
+COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
+           "#8c8c8c", "#ccb974", "#64b5cd")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "d")
 
 
 def new_figure(width: float = 7.5, height: float = 3.2, ncols: int = 1, nrows: int = 1):
@@ -29,6 +35,24 @@ def to_data_uri(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class _PlainLog(LogFormatter):
+    """Log-axis tick labels as plain numbers ('2x', '300,000'), not powers of ten; matplotlib
+    still picks which minor ticks to label so that they do not crowd."""
+
+    def __init__(self, suffix: str = ""):
+        super().__init__(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+        self.suffix = suffix
+
+    def _num_to_string(self, x, vmin, vmax):
+        return f"{x:,.4g}{self.suffix}" if x < 1e4 else f"{x:,.0f}{self.suffix}"
+
+
+def _plain_log(axis, suffix: str = "") -> None:
+    axis.set_major_formatter(_PlainLog(suffix))
+    axis.set_minor_formatter(_PlainLog(suffix))
+    axis.set_tick_params(which="minor", labelsize=7)
 
 
 def _bars(ax, labels: list[str], series: dict[str, list[float]], ylabel: str,
@@ -53,14 +77,36 @@ def kept_units(labels: list[str], before: list[int], after: list[int]) -> str:
     return to_data_uri(fig)
 
 
-def bits_per_layer(labels: list[str], bits: list[int], exp_bits: list[int],
-                   frac_bits: list[int]) -> str:
-    """Bars: total bits per weight and its fraction/exponent parts, per layer."""
+def bits_per_layer(labels: list[str], bits: list[int]) -> str:
+    """Bars: total bits per weight (sign included) per layer, float32's 32 dashed."""
     fig, ax = new_figure()
-    _bars(ax[0, 0], labels, {"total (1 + e + t)": bits, "fraction t": frac_bits,
-                             "exponent e": exp_bits}, "bits")
-    ax[0, 0].axhline(32, color="grey", lw=0.8, ls="--")
-    ax[0, 0].set_title("Bits per weight (dashed: fp32)", fontsize=10)
+    a = ax[0, 0]
+    bars = a.bar(np.arange(len(labels)), bits, 0.6, color=COMPUTE)
+    a.bar_label(bars, labels=[str(b) for b in bits], fontsize=8, padding=1)
+    a.axhline(32, color="grey", lw=0.8, ls="--")
+    a.set_xticks(np.arange(len(labels)), labels, fontsize=8)
+    a.set_ylabel("bits per weight (sign included)")
+    a.set_ylim(0, 34)
+    a.set_title("Total bits per weight, per layer (dashed: float32)", fontsize=10)
+    return to_data_uri(fig)
+
+
+def rates(names: list[str], values: list[float | None]) -> str:
+    """Horizontal bars: how many times smaller each measure got (log scale, 1x = unchanged)."""
+    fig, ax = new_figure(height=0.5 * len(names) + 1.0)
+    a = ax[0, 0]
+    y = np.arange(len(names))[::-1]
+    vals = [v if v else np.nan for v in values]
+    bars = a.barh(y, vals, 0.6, color=COMPUTE)
+    a.bar_label(bars, labels=["n/a" if not v else (f"{v:.2f}x" if v < 10 else f"{v:.1f}x")
+                              for v in values], fontsize=8, padding=2)
+    a.set_yticks(y, names, fontsize=8)
+    a.set_xscale("log")
+    _plain_log(a.xaxis, "x")
+    a.axvline(1, color="grey", lw=0.8)
+    a.set_xlim(0.8, max([v for v in values if v] + [2]) * 3)
+    a.set_xlabel("dense original / this model (log scale)")
+    a.set_title("How many times smaller, against the dense original", fontsize=10)
     return to_data_uri(fig)
 
 
@@ -125,20 +171,37 @@ def log_alpha_trajectories(epochs: list[int], quantiles: dict[str, list[dict]]) 
     return to_data_uri(fig)
 
 
-def scatter_curves(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
-                   title: str, logx: bool = True) -> str:
-    """Accuracy (y) against compression or ops (x), one marker series per method."""
+def series_styles(n: int) -> list[tuple[str, str]]:
+    """(colour, marker) of n series, no two alike for n <= 60."""
+    return [(COLOURS[i % len(COLOURS)], MARKERS[i % len(MARKERS)]) for i in range(n)]
+
+
+def error_against(series: dict[str, list[tuple[float, float]]], xlabel: str, title: str,
+                  suffix: str, model: tuple[str, float | None, float | None],
+                  dense: tuple[str, float | None, float | None]) -> str:
+    """Test error (y) against compression or ops (x, log): this model (a star) and its dense
+    original (a hollow circle), each a vertical line where its error is unknown (left out
+    where its x is), and the rows of a results file, one (colour, marker) per method."""
     fig, ax = new_figure(width=10.5, height=3.8)
     a = ax[0, 0]
-    for name, pts in series.items():
-        pts = sorted(pts)
-        a.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=name)
-    if logx:
-        a.set_xscale("log")
+    for (name, pts), (colour, marker) in zip(series.items(), series_styles(len(series))):
+        a.scatter([p[0] for p in pts], [p[1] for p in pts], color=colour, marker=marker, s=28,
+                  label=name)
+    for (name, x, err), style, line in (
+            (dense, dict(marker="o", facecolors="none", edgecolors="black", s=70), ":"),
+            (model, dict(marker="*", c="black", s=180), "--")):
+        if x is None:
+            continue
+        if err is None:
+            a.axvline(x, color="black", ls=line, lw=1.2, label=f"{name} (test error unknown)")
+        else:
+            a.scatter([x], [err], zorder=5, label=name, **style)
+    a.set_xscale("log")
+    _plain_log(a.xaxis, suffix)
     a.set_xlabel(xlabel)
-    a.set_ylabel(ylabel)
+    a.set_ylabel("test error (%)")
     a.set_title(title, fontsize=10)
-    a.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    a.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return to_data_uri(fig)
 
 

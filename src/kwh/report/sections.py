@@ -1,4 +1,7 @@
-"""The report's sections: each returns a :class:`Section` (figures and tables, or a note)."""
+"""The report's sections: each returns a :class:`Section` (figures and tables, or a note).
+
+A section that needs more than MODEL itself says in one line which option gives it.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +9,27 @@ import importlib
 import json
 from dataclasses import dataclass
 from html import escape
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from kwh.energy.compare import Comparison
-from kwh.energy.format import joules
+from kwh.energy.format import joules, ratio
 from kwh.energy.measure import Unavailable
+from kwh.energy.sensitivity import MemorySensitivity
 
 from . import figures
-from .results import read_curves
+from .results import Comparison as Rows
+from .results import axis_label
 
 __all__ = ["Section", "overview", "architecture", "log_alpha", "bits", "rates", "energy",
-           "curves", "reliability", "SECTION_IDS"]
+           "comparison", "reliability", "SECTION_IDS", "data_hint", "NO_SUMMARY"]
 
-SECTION_IDS = ("overview", "architecture", "log-alpha", "bits", "rates", "energy", "curves",
+SECTION_IDS = ("overview", "architecture", "log-alpha", "bits", "rates", "energy", "comparison",
                "reliability")
+NO_SUMMARY = ("MODEL carries no compression summary (give a .kwh file written by "
+              "kwh compress)")
 
 
 @dataclass
@@ -44,6 +50,10 @@ def note(text: str) -> str:
     return f'<p class="na">{escape(text)}</p>'
 
 
+def small(text: str) -> str:
+    return f'<p class="small">{escape(text)}</p>'
+
+
 def table(head: list[str], rows: list[list[str]]) -> str:
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>"
@@ -55,25 +65,46 @@ def _na(id_: str, title: str, why: str) -> Section:
     return Section(id_, title, note(f"Not available because {why}."), available=False)
 
 
+def _needs(id_: str, title: str, line: str) -> Section:
+    """A section that needs an option: one line saying which, and what it gives."""
+    return Section(id_, title, note(line), available=False)
+
+
 def _layer_labels(summary: dict) -> list[str]:
     return [f"{d['name']}:{d['type']}" for d in summary["layers"]]
+
+
+def data_hint(summary: dict | None) -> str:
+    """The --data option to suggest for a model of this input shape."""
+    shape = tuple((summary or {}).get("input_shape") or ())
+    if shape == (1, 28, 28):
+        return "--data mnist (or fashion-mnist, the data set it was trained on)"
+    if shape == (3, 32, 32):
+        return "--data cifar10"
+    return "--data NAME (mnist, fashion-mnist or cifar10)"
 
 
 # ----------------------------------------------------------------------------- sections
 
 
-def overview(label: str, summary: dict | None, file_bytes: int | None) -> Section:
-    """What the model is: the compression summary as text, or why there is none."""
+def overview(label: str, summary: dict | None, file_bytes: int | None,
+             headlines: list[str]) -> Section:
+    """What the model is: the headline figures in words, the compression summary as text."""
     parts = [f"<p>Model: <b>{escape(label)}</b>"
              + (f", file {file_bytes:,} bytes on disk" if file_bytes is not None else "")
              + "</p>"]
+    if headlines:
+        parts.append("<ul>" + "".join(f"<li>{escape(h)}</li>" for h in headlines) + "</ul>")
     if summary is None:
         parts.append(note("No compression summary: MODEL is not a kwh-compressed model, so the "
                           "sections that need one say so below."))
     else:
         try:
             from kwh.compress import format_summary
+            from kwh.compress.summary import format_file_line
             text = format_summary(summary)
+            if file_bytes is not None:
+                text += "\n" + format_file_line(summary, file_bytes)
         except (ImportError, KeyError, TypeError):
             text = json.dumps({k: v for k, v in summary.items() if k != "layers"}, indent=1)
         parts.append(f"<pre>{escape(text)}</pre>")
@@ -84,7 +115,7 @@ def architecture(summary: dict | None) -> Section:
     """Kept units per layer, before and after."""
     title = "Architecture before and after"
     if not summary or not summary.get("layers"):
-        return _na("architecture", title, "MODEL carries no compression summary")
+        return _na("architecture", title, NO_SUMMARY)
     L = summary["layers"]
     uri = figures.kept_units(_layer_labels(summary), [d["arch_original"] for d in L],
                              [d["arch"] for d in L])
@@ -98,7 +129,7 @@ def architecture(summary: dict | None) -> Section:
 
 
 def log_alpha(bayes_model: nn.Module | None, log_records: list[dict] | None,
-              summary: dict | None, why_no_checkpoint: str) -> Section:
+              summary: dict | None) -> Section:
     """Histograms of log alpha with thresholds (checkpoint), else their course (training log)."""
     title = "log alpha and pruning thresholds"
     thresholds = {d["name"]: d.get("threshold") for d in (summary or {}).get("layers", [])}
@@ -114,6 +145,8 @@ def log_alpha(bayes_model: nn.Module | None, log_records: list[dict] | None,
             return Section("log-alpha", title, "<p>From the Bayesian checkpoint: one value per "
                            "group (per weight for log-uniform); red: the threshold above which "
                            "it is pruned.</p>" + img(uri, "log alpha histograms"))
+    need = ("Give --checkpoint RUN (the run folder of kwh train) for the posterior's log-alpha "
+            "histograms: a .kwh file keeps the pruned weights, not the posterior.")
     epochs = [r for r in (log_records or []) if r.get("event") == "epoch" and r.get("log_alpha")]
     if epochs:
         names = list(epochs[-1]["log_alpha"])
@@ -123,56 +156,62 @@ def log_alpha(bayes_model: nn.Module | None, log_records: list[dict] | None,
         rows = [[n, last.get("alive", {}).get(n, ""), last.get("total", {}).get(n, ""),
                  thresholds.get(n, "")] for n in names]
         return Section("log-alpha", title, note(
-            f"Histograms not available because {why_no_checkpoint}; the training log has "
-            "log-alpha quantiles per epoch instead.") + img(uri, "log alpha over epochs")
+            need + " The training log has log-alpha quantiles per epoch instead.")
+            + img(uri, "log alpha over epochs")
             + table(["layer", "kept (last epoch)", "groups", "threshold"], rows))
-    why = why_no_checkpoint + " and no training log with log-alpha statistics was found"
-    s = _na("log-alpha", title, why)
+    s = _needs("log-alpha", title, need)
     if thresholds:
         s.body += table(["layer", "threshold used"], [[k, v] for k, v in thresholds.items()])
     return s
 
 
 def bits(summary: dict | None) -> Section:
-    """Bits per weight, per layer."""
+    """Total bits per weight, per layer; the fixed-point split in the table and its note."""
     title = "Bits per layer"
     if not summary or not summary.get("layers"):
-        return _na("bits", title, "MODEL carries no compression summary")
+        return _na("bits", title, NO_SUMMARY)
     if not summary.get("quantized", True):
         return _na("bits", title, "the model was compressed without quantization (fp32 weights)")
     L = summary["layers"]
-    uri = figures.bits_per_layer(_layer_labels(summary), [d["bits"] for d in L],
-                                 [d.get("exp_bits", 0) for d in L],
-                                 [d.get("frac_bits", 0) for d in L])
-    return Section("bits", title, f"<p>Bits {escape(summary.get('bits', ''))} (1 sign + e "
-                   "exponent + t fraction bits, from the posterior variance, Louizos et al. "
-                   "2017).</p>" + img(uri, "bits per layer"))
+    uri = figures.bits_per_layer(_layer_labels(summary), [d["bits"] for d in L])
+    rows = []
+    for label, d in zip(_layer_labels(summary), L):
+        t, e = d.get("frac_bits", 0), d.get("exp_bits", 0)
+        rows.append([label, d["bits"], d["bits"] - 1, t, e, f"2^-{t} = {2.0 ** -t:.3g}",
+                     f"2^{e} = {2.0 ** e:.3g}", d.get("bits_source", "")])
+    body = (f"<p>Bits per weight {escape(summary.get('bits', ''))}, chosen from the posterior "
+            "variance (Louizos et al. 2017, sec. 4); biases stay float32.</p>"
+            + img(uri, "total bits per layer")
+            + table(["layer", "total bits", "magnitude bits m", "fraction bits t",
+                     "e = m - t", "step", "every |w| below", "from"], rows)
+            + small("Each weight is a signed integer q times the step 2^-t, stored in "
+                    "1 sign + m magnitude bits = 1 + e + t bits. t sets the resolution; e is "
+                    "negative when every weight is below 2^e in magnitude, and then the top -e "
+                    "fraction bits are always zero and are not stored (which is how a layer "
+                    "with t = 8 needs only 7 bits when e = -2)."))
+    return Section("bits", title, body)
 
 
 def rates(summary: dict | None, file_bytes: int | None) -> Section:
-    """Compression rates as the paper counts them, and the real file size."""
-    title = "Compression rates"
+    """What shrank against the dense original: each rate named for what it counts, the
+    paper's name beside it, and the real file size."""
+    title = "What shrank, against the dense original"
     if not summary or "rates" not in summary:
-        return _na("rates", title, "MODEL carries no compression summary")
-    r = summary["rates"]
-
-    def x(v):
-        return "n/a" if v is None else f"{v:,.1f}x"
-
-    rows = [["pruning (" + str(r.get("kind", "")) + ")", x(r.get("pruning"))],
-            ["fast prediction", x(r.get("fast_prediction"))],
-            ["maximum compression", x(r.get("max_compression"))],
-            ["weights", f"{summary['weights_original']:,} -> {summary['weights_pruned_dense']:,}"
-                        f" ({summary['nonzero']:,} nonzero)"],
-            ["MACs", f"{summary['macs_original']:,} -> {summary['macs_nonzero']:,} nonzero"]]
-    if file_bytes is not None:
-        orig = summary.get("size_fp32_original_bytes")
-        rows.append(["file on disk", f"{file_bytes:,} B" + (
-            f" ({orig / file_bytes:,.1f}x smaller than {orig:,} B of fp32)" if orig else "")])
-    src = r.get("max_compression_source")
-    return Section("rates", title, table(["rate", "value"], rows)
-                   + (f"<p class='small'>maximum compression from: {escape(src)}</p>"
-                      if src else ""))
+        return _na("rates", title, NO_SUMMARY)
+    from kwh.compress.summary import SPEED_NOTE, dense_original, rate_rows
+    rows = rate_rows(summary, file_bytes)
+    names = [m + (f" [{p}]" if p else "") for m, _, _, _, p in rows]
+    uri = figures.rates(names, [r for _, _, _, r, _ in rows])
+    cells = [[m, p or "-", b, a, "n/a" if r is None else ratio(r)] for m, b, a, r, p in rows]
+    src = summary["rates"].get("max_compression_source")
+    return Section("rates", title, img(uri, "how many times smaller, per measure")
+                   + table(["measure", "paper's name (Louizos et al. 2017)", "dense original",
+                            "this model", "dense / this"], cells)
+                   + small(f"Dense original: {dense_original(summary)}, the baseline of every "
+                           f"\"x smaller\" that kwh compress, kwh inspect and this report "
+                           f"print. The {summary['rates'].get('kind', '')} rates count as the "
+                           f"paper does; {SPEED_NOTE}."
+                           + (f" Max compression from: {src}." if src else "")))
 
 
 def _measured(m) -> str:
@@ -184,8 +223,10 @@ def _measured(m) -> str:
             f"dynamic per inference ({m.counter}, {m.window_s:.1f} s window)")
 
 
-def energy(comp: Comparison | None, why: str = "") -> Section:
-    """Stacked bars per layer (compute vs memory) per variant, and the totals."""
+def energy(comp: Comparison | None, sensitivity: MemorySensitivity | None = None,
+           why: str = "") -> Section:
+    """Stacked bars per layer (compute vs memory) per variant, the totals, and how the
+    dense / compressed ratio moves with where the weights are read from."""
     title = "Energy per layer (modelled)"
     if comp is None:
         return _na("energy", title, why or "the energy model was not run")
@@ -198,43 +239,101 @@ def energy(comp: Comparison | None, why: str = "") -> Section:
     for v in comp.variants:
         e = v.estimate
         rows.append([v.label, e.unit, joules(e.total_j), joules(e.compute_j),
-                     joules(e.memory_j),
+                     joules(e.memory_j), e.layers[0].weight_mem if e.layers else "",
                      "n/a" if e.accuracy is None else f"{100 * e.accuracy:.2f}%",
                      joules(e.per_correct_j),
                      "n/a" if e.correct_per_kwh is None else f"{e.correct_per_kwh:.3g}",
                      f"{e.landauer_ratio:.3g}", _measured(v.measured)])
     first = comp.variants[0].estimate
     body = (img(uri, "energy per layer, compute vs memory")
-            + table(["variant", "per", "energy", "compute", "memory", "accuracy",
-                     "per correct", "correct / kWh", "x Landauer", "measured"], rows)
-            + f"<p class='small'>Table: {escape(first.table)}; assumptions: "
-            + escape(", ".join(f"{k}={v}" for k, v in first.config.items()))
-            + ". " + escape(" ".join(n for v in comp.variants for n in v.estimate.notes))
-            + "</p>")
+            + table(["variant", "per", "energy", "compute", "memory", "weights in", "accuracy",
+                     "per correct", "correct / kWh", "x Landauer", "measured"], rows))
+    if sensitivity is not None:
+        srows = [[sc.name, sc.where, joules(sc.dense_j), joules(sc.compressed_j),
+                  ratio(sc.ratio)] for sc in sensitivity.scenarios]
+        same = [sc.ratio for sc in sensitivity.scenarios if sc.name != "as modelled"]
+        body += ("<p>The dense / compressed ratio rests on where the weights are read from: "
+                 "the same two models, compute and activations unchanged, with the weights "
+                 "where the model put them and with both models' weights in one memory.</p>"
+                 + table(["weights", "where", "dense original", "compressed", "dense / "
+                          "compressed"], srows)
+                 + (small(f"With both in the same memory the ratio is {ratio(min(same))} to "
+                          f"{ratio(max(same))}; --sram-kb "
+                          f"{int(np.ceil(sensitivity.dense_on_chip_kb)):,} or more holds the "
+                          "dense original's weights and activations on chip.") if same else ""))
+    notes = [f"accuracy of {v.label}: {v.accuracy_note}." for v in comp.variants]
+    body += (small(" ".join(notes))
+             + f"<p class='small'>Table: {escape(first.table)}; assumptions: "
+             + escape(", ".join(f"{k}={v}" for k, v in first.config.items()))
+             + ". " + escape(" ".join(n for v in comp.variants for n in v.estimate.notes))
+             + "</p>")
     return Section("energy", title, body)
 
 
-def curves(results_dir: Path | None) -> Section:
-    """Accuracy against compression and against ops, from benchmark CSVs."""
-    title = "Accuracy vs compression and vs operations"
-    if results_dir is None:
-        return _na("curves", title, "no benchmark results folder was found (give --results DIR)")
-    c = read_curves(results_dir)
-    parts = []
-    if c.compression:
-        parts.append(img(figures.scatter_curves(
-            c.compression, c.compression_label, "accuracy %", "Accuracy vs compression"),
-            "accuracy vs compression"))
-    if c.ops:
-        parts.append(img(figures.scatter_curves(
-            c.ops, c.ops_label, "accuracy %", "Accuracy vs operations"), "accuracy vs ops"))
-    if not parts:
-        why = (f"no CSV in {results_dir} has an accuracy or error column together with a "
-               "compression or ops column" + (f" ({'; '.join(c.skipped)})" if c.skipped else ""))
-        return _na("curves", title, why)
-    return Section("curves", title, "".join(parts)
-                   + f"<p class='small'>From {escape(', '.join(c.sources))} in "
-                     f"{escape(str(results_dir))}.</p>")
+# The summary's value of a results column, for this model and for its dense original.
+_MODEL_X = {
+    "max_compression": lambda s: (s["rates"].get("max_compression"), 1.0),
+    "fast_prediction": lambda s: (s["rates"].get("fast_prediction"), 1.0),
+    "pruning": lambda s: (s["rates"].get("pruning"), 1.0),
+    "macs_nonzero": lambda s: (s["macs_nonzero"], s["macs_original"]),
+    "mults": lambda s: (s["macs_nonzero"], s["macs_original"]),
+    "macs": lambda s: (s["macs"], s["macs_original"]),
+}
+
+
+def _chart(summary: dict, rows: Rows | None, col: str, kind: str, model: tuple,
+           dense: tuple, where: str) -> tuple[str, str]:
+    """One test-error chart (compression or ops) and its caption."""
+    series = {} if rows is None else (rows.compression if kind == "compression" else rows.ops)
+    x_model, x_dense = _MODEL_X.get(col, lambda s: (None, None))(summary)
+    label = axis_label(col)
+    uri = figures.error_against(series, label, f"Test error vs {kind}: {where}",
+                                "x" if kind == "compression" else "",
+                                (model[0], x_model, model[1]), (dense[0], x_dense, dense[1]))
+    caption = f"x: {label} (log scale); y: test error (%)."
+    if x_model is None:
+        caption += f" This model has no counterpart of the column {col!r}, so it is not drawn."
+    return img(uri, f"test error vs {kind}"), caption
+
+
+def comparison(summary: dict | None, network: str | None, model_error: tuple[float | None, str],
+               dense_error: tuple[float | None, str], rows: Rows | None) -> Section:
+    """Test error against compression and against MACs: this model and its dense original
+    (from the summary), and with --compare the rows of one network and data set."""
+    title = "This model against its dense original"
+    if not summary or "rates" not in summary:
+        return _na("comparison", title, NO_SUMMARY)
+    arch = summary["architecture_original"]
+    model = (f"this model ({summary['architecture']})", model_error[0])
+    dense = (f"dense original ({arch})", dense_error[0])
+    where = f"{network or 'this network'}" + (f" on {rows.data}" if rows and rows.data else "")
+    comp_col = rows.compression_col if rows else (
+        "max_compression" if summary["rates"].get("max_compression") else "fast_prediction")
+    ops_col = rows.ops_col if rows else "macs_nonzero"
+    parts, captions = [], []
+    for col, kind in ((comp_col, "compression"), (ops_col, "MACs")):
+        if col is None:
+            continue
+        uri, caption = _chart(summary, rows, col, kind, model, dense, where)
+        parts.append(uri)
+        captions.append(caption)
+    body = "".join(p + small(c) for p, c in zip(parts, captions))
+    body += small(f"Test error of this model: {model_error[1]}. Of the dense original: "
+                  f"{dense_error[1]}.")
+    if rows is None:
+        body += note("Published or benchmark results are not shown: give --compare CSV to plot "
+                     f"the rows of {network or 'this network'} (one data set) beside this "
+                     "model.")
+    else:
+        names = dict.fromkeys([*rows.compression, *rows.ops])
+        counts = [[n, max(len(rows.compression.get(n, [])), len(rows.ops.get(n, [])))]
+                  for n in names]
+        left = "; ".join(f"{n} rows of {why}" for why, n in rows.left_out.items())
+        body += (table(["series from " + rows.source, "points"], counts)
+                 + small(f"{rows.rows_used} rows of {rows.network}"
+                         + (f" on {rows.data}" if rows.data else " (data set not stated)")
+                         + f" from {rows.source}." + (f" Left out: {left}." if left else "")))
+    return Section("comparison", title, body)
 
 
 def _reliability_data_fn():
@@ -261,7 +360,7 @@ def _probs(model: nn.Module, x: torch.Tensor, samples: int) -> tuple[torch.Tenso
 
 
 def reliability(models: list[tuple[str, nn.Module]], data: tuple | None, samples: int,
-                why_no_data: str) -> Section:
+                needs: str) -> Section:
     """Reliability diagrams of the Bayesian model (and the compressed one) on test data."""
     title = "Calibration (reliability diagram)"
     fn = _reliability_data_fn()
@@ -269,7 +368,7 @@ def reliability(models: list[tuple[str, nn.Module]], data: tuple | None, samples
         return _na("reliability", title, "no reliability_data function is installed "
                    "(kwh.uncertainty / kwh.metrics)")
     if data is None:
-        return _na("reliability", title, why_no_data)
+        return _needs("reliability", title, needs)
     if not models:
         return _na("reliability", title, "there is no model to evaluate")
     x, y = data
