@@ -12,8 +12,8 @@ from tqdm import tqdm
 import kwh
 from kwh.errors import KwhError
 
-SUBCOMMANDS = ("train", "compress", "evaluate", "inspect", "export", "spike", "energy", "report",
-               "env")
+SUBCOMMANDS = ("train", "compress", "evaluate", "inspect", "export", "spike", "energy", "bench",
+               "report", "env")
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 # Bad input the user can fix: one line on stderr, no traceback. Anything else is a bug and
