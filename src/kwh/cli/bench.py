@@ -11,27 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
+from kwh.cli.args import int_at_least
+
 __all__ = ["register", "run"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -52,18 +36,18 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "int8 (default: none; random inputs, speed only)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set files, "
                    "searched alone (default: $KWH_DATA, standard places, then download)")
-    p.add_argument("--limit-test", type=_positive_int, default=None,
+    p.add_argument("--limit-test", type=int_at_least(1), default=None,
                    help="test examples for the errors (default: the whole test split)")
-    p.add_argument("--calib", type=_positive_int, default=300,
+    p.add_argument("--calib", type=int_at_least(1), default=300,
                    help="training examples that calibrate int8 activations (default: %(default)s)")
-    p.add_argument("--threads", type=_positive_int, default=1,
+    p.add_argument("--threads", type=int_at_least(1), default=1,
                    help="torch and onnxruntime intra-op threads (default: %(default)s)")
-    p.add_argument("--batch", type=_positive_int, default=1000,
+    p.add_argument("--batch", type=int_at_least(1), default=1000,
                    help="batch size of the throughput runs (default: %(default)s)")
-    p.add_argument("--repeats", type=_positive_int, default=30,
+    p.add_argument("--repeats", type=int_at_least(1), default=30,
                    help="timed runs per variant and batch size; the median counts "
                         "(default: %(default)s)")
-    p.add_argument("--warmup", type=_count, default=5,
+    p.add_argument("--warmup", type=int_at_least(0), default=5,
                    help="untimed runs before them (default: %(default)s)")
     p.add_argument("--dense", default=None, metavar="NAME", help="dense original to compare "
                    "with (default: recognised from the file's summary)")

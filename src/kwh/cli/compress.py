@@ -5,27 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kwh.cli.args import int_in, number
+
 __all__ = ["register", "run"]
 
 
-def _int_in(low: int, high: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not low <= v <= high:
-            raise argparse.ArgumentTypeError(f"must lie in [{low}, {high}], got {v}")
-        return v
-    parse.__name__ = f"integer in [{low}, {high}]"
-    return parse
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def register(subparsers) -> None:
@@ -43,21 +27,21 @@ def register(subparsers) -> None:
                    help="compress this checkpoint (file or run folder of `kwh train`) instead of "
                         "training; its data set is used for the test error")
     add_training_arguments(p)
-    p.add_argument("--threshold", type=_number, default=None,
+    p.add_argument("--threshold", type=number, default=None,
                    help="log-alpha pruning threshold for every layer (default: each prior's)")
-    p.add_argument("--max-bits", type=_int_in(MIN_TOTAL_BITS, MAX_TOTAL_BITS), default=None,
+    p.add_argument("--max-bits", type=int_in(MIN_TOTAL_BITS, MAX_TOTAL_BITS), default=None,
                    help="cap on the bits per weight of any layer (1 sign + magnitude bits)")
     p.add_argument("--bits-search", choices=["fit", "raise", "off"], default="fit",
                    help="accuracy guard of the posterior's bits on the run's validation split: "
                         "raise bits where quantization costs more than --bits-tolerance, then "
                         "lower them where it costs no more (fit, the default); only raise; or "
                         "off (the posterior rule alone)")
-    p.add_argument("--bits-tolerance", type=_number, default=0.05, metavar="POINTS",
+    p.add_argument("--bits-tolerance", type=number, default=0.05, metavar="POINTS",
                    help="error (percentage points) quantization may cost on the validation "
                         "split (default: %(default)s)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="the .kwh file to write (default: MODEL-DATA-PRIOR.kwh)")
-    p.add_argument("--test-batch-size", type=_int_in(1, 1 << 20), default=1000,
+    p.add_argument("--test-batch-size", type=int_in(1, 1 << 20), default=1000,
                    help="batch size of the test-set evaluation (default: %(default)s)")
     bar = p.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,

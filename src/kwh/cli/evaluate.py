@@ -8,17 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from kwh.cli.args import int_at_least
+
 __all__ = ["register", "run", "add_arguments"]
 
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test set (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set files, "
                    "searched alone (default: $KWH_DATA, standard places, then download)")
-    p.add_argument("--limit-test", type=_positive_int, default=None,
+    p.add_argument("--limit-test", type=int_at_least(1), default=None,
                    help="use only the first N test examples")
-    p.add_argument("--batch-size", type=_positive_int, default=1000,
+    p.add_argument("--batch-size", type=int_at_least(1), default=1000,
                    help="examples per forward pass (default: %(default)s)")
 
 
@@ -46,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument("--uncertainty", action="store_true",
                    help="also NLL, Brier, ECE (15 bins) and, with --ood, OOD detection AUROC")
     p.add_argument("--ood", default=None, help="out-of-distribution test set, e.g. fashion-mnist")
-    p.add_argument("--samples", type=_positive_int, default=20,
+    p.add_argument("--samples", type=int_at_least(1), default=20,
                    help="posterior samples per input for Bayesian checkpoints (default: %(default)s)")
     p.set_defaults(func=run)
 

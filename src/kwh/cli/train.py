@@ -6,40 +6,12 @@ import argparse
 import os
 import sys
 
+from kwh.cli.args import fraction, int_at_least, positive_float
+
 __all__ = ["register", "run", "config_from_args"]
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
-        return v
-    parse.__name__ = f"integer >= {low}"
-    return parse
 
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
-    return v
 
 
 def _prior_option(text: str) -> tuple[str, float]:
@@ -72,48 +44,48 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-option", action="append", type=_prior_option, default=[],
                    metavar="KEY=VALUE", help="prior setting, e.g. tau0=1e-5 or threshold=-1; "
                    "repeatable")
-    p.add_argument("--epochs", type=_int_at_least(0), default=d["epochs"].default,
+    p.add_argument("--epochs", type=int_at_least(0), default=d["epochs"].default,
                    help="Bayesian epochs (default: %(default)s); 0 with --pretrain-epochs N "
                         "trains a plain (dense) net only")
-    p.add_argument("--pretrain-epochs", type=_int_at_least(0),
+    p.add_argument("--pretrain-epochs", type=int_at_least(0),
                    default=d["pretrain_epochs"].default,
                    help="plain cross-entropy epochs first (default: %(default)s)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=d["batch_size"].default,
+    p.add_argument("--batch-size", type=int_at_least(1), default=d["batch_size"].default,
                    help="global batch size (default: %(default)s)")
-    p.add_argument("--lr", type=_positive_float, default=d["lr"].default,
+    p.add_argument("--lr", type=positive_float, default=d["lr"].default,
                    help="Adam learning rate (default: %(default)s)")
-    p.add_argument("--variance-lr-mult", type=_positive_float,
+    p.add_argument("--variance-lr-mult", type=positive_float,
                    default=d["variance_lr_mult"].default,
                    help="lr multiplier of the posterior's log-scale parameters (log-variances, "
                         "the horseshoe's locations); default: the prior's own, 1 for "
                         "log-uniform, 10 for the group priors")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=d["lr_decay"].default,
                    help="lr schedule over the Bayesian epochs (default: %(default)s)")
-    p.add_argument("--kl-warmup", nargs=2, type=_fraction, metavar=("START", "END"),
+    p.add_argument("--kl-warmup", nargs=2, type=fraction, metavar=("START", "END"),
                    default=[d["kl_warmup_start"].default, d["kl_warmup_end"].default],
                    help="KL weight 0 until START, 1 from END, fractions of the Bayesian epochs "
                    "(default: %(default)s)")
-    p.add_argument("--seed", type=_int_at_least(0), default=d["seed"].default,
+    p.add_argument("--seed", type=int_at_least(0), default=d["seed"].default,
                    help="random seed (default: %(default)s)")
-    p.add_argument("--shrink-patience", type=_int_at_least(0), default=0, metavar="EPOCHS",
+    p.add_argument("--shrink-patience", type=int_at_least(0), default=0, metavar="EPOCHS",
                    help="remove groups (filters, units) from the training network once they "
                         "have been pruned this many epochs in a row, so later epochs cost less "
                         "(nn.Sequential chains); 0: never (default)")
-    p.add_argument("--limit-train", type=_int_at_least(1), default=None,
+    p.add_argument("--limit-train", type=int_at_least(1), default=None,
                    help="use only the first N training examples")
-    p.add_argument("--validation", type=_int_at_least(0), default=None, metavar="N",
+    p.add_argument("--validation", type=int_at_least(0), default=None, metavar="N",
                    help="hold the last N training examples out for validation (the bit guard "
                         "of kwh compress, model choices); default: one twelfth (5,000 of "
                         "MNIST's 60,000); 0 for none")
-    p.add_argument("--limit-test", type=_int_at_least(1), default=None,
+    p.add_argument("--limit-test", type=int_at_least(1), default=None,
                    help="use only the first N test examples")
     p.add_argument("--out-dir", default=None,
                    help="run folder for log.jsonl and checkpoints (default: runs/MODEL-DATA-PRIOR)")
-    p.add_argument("--threads", type=_int_at_least(1), default=None,
+    p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads per process (default: PyTorch's choice)")
-    p.add_argument("--checkpoint-every", type=_int_at_least(1), default=None, metavar="STEPS",
+    p.add_argument("--checkpoint-every", type=int_at_least(1), default=None, metavar="STEPS",
                    help="also checkpoint every STEPS optimizer steps (default: each epoch)")
-    p.add_argument("--max-failures", type=_int_at_least(1), default=d["max_failures"].default,
+    p.add_argument("--max-failures", type=int_at_least(1), default=d["max_failures"].default,
                    help="non-finite steps in a row (each rolled back, lr halved) before giving "
                    "up (default: %(default)s)")
     p.add_argument("--device", default=d["device"].default,
