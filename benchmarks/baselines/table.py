@@ -72,6 +72,8 @@ def rates(model: nn.Module, w_orig: int, bits: list[int], structured: bool,
 def _fmt(key: str, v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if isinstance(v, str):  # already formatted (the spread's "mean ± sd")
+        return v
     if key in ("pruning", "fast_prediction", "max_compression", "max_compression_huffman"):
         return f"{v:,.1f}"
     if key in ("error_pct", "nonzero_pct"):
