@@ -31,3 +31,12 @@ def data_root() -> Path:
     if root is None:
         pytest.skip("real MNIST not found: set KWH_DATA to a folder with mnist/ (see README)")
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread avoids oversubscription on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,17 +10,9 @@ import sys
 import pytest
 
 import kwh.cli.main as cli
+from cli_run import run_main
 from kwh.errors import FormatError, KwhError
 
-
-def run_main(argv, capsys) -> tuple[int, str, str]:
-    """Exit code, stdout, stderr of main(argv), whether it returns or argparse exits."""
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("argv, fragment", [

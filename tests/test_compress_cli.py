@@ -12,19 +12,12 @@ import pytest
 
 import kwh
 import kwh.cli.main as cli
+from cli_run import run_main
 from kwh.compress.metrics import evaluate
 from kwh.data import batch_loader, get_dataset
 
 LIMIT_TEST = 200
 
-
-def _main(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +47,7 @@ def test_compress_writes_a_file_whose_summary_matches_the_model(compressed, data
 
 def test_evaluate_prints_the_test_error_of_the_file(compressed, data_root, capsys):
     _, out, _ = compressed
-    code, text, err = _main(["evaluate", str(out), "--data", "mnist", "--data-dir",
+    code, text, err = run_main(["evaluate", str(out), "--data", "mnist", "--data-dir",
                              str(data_root), "--limit-test", str(LIMIT_TEST)], capsys)
     err_after = kwh.load(out).kwh_summary["eval"]["error_after_quantization"]
     assert code == 0 and f"test error {100 * err_after:.2f}%" in text
@@ -62,18 +55,18 @@ def test_evaluate_prints_the_test_error_of_the_file(compressed, data_root, capsy
 
 def test_inspect_prints_the_stored_summary(compressed, capsys):
     _, out, _ = compressed
-    code, text, _ = _main(["inspect", str(out)], capsys)
+    code, text, _ = run_main(["inspect", str(out)], capsys)
     s = kwh.load(out).kwh_summary
     assert code == 0 and s["architecture"] in text and s["bits"] in text
     assert f"{out.stat().st_size:,} B" in text
-    code, text, _ = _main(["inspect", str(out), "--json"], capsys)
+    code, text, _ = run_main(["inspect", str(out), "--json"], capsys)
     assert code == 0 and json.loads(text)["summary"] == s
 
 
 def test_compress_from_a_checkpoint_of_the_same_run(compressed, data_root, capsys):
     _, out, folder = compressed
     again = folder / "again.kwh"
-    code, text, _ = _main(["-q", "compress", "--checkpoint", str(folder / "run"), "--data-dir",
+    code, text, _ = run_main(["-q", "compress", "--checkpoint", str(folder / "run"), "--data-dir",
                            str(data_root), "--threshold", "-4", "--max-bits", "12",
                            "--out", str(again)], capsys)
     assert code == 0 and "written to" in text
@@ -88,5 +81,5 @@ def test_compress_from_a_checkpoint_of_the_same_run(compressed, data_root, capsy
 ])
 def test_bad_input_exits_2_with_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = _main(argv, capsys)
+    code, out, err = run_main(argv, capsys)
     assert code == 2 and fragment in err and "Traceback" not in err

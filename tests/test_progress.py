@@ -19,12 +19,7 @@ from kwh.spike import build_plan, compare, train_scales
 SRC = Path(kwh.__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_plain_lines_every_tenth_in_a_log():

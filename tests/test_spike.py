@@ -16,13 +16,7 @@ from kwh.spike.plan import input_shapes
 from kwh.spike.scales import relaxed_cost
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp() -> nn.Sequential:

@@ -10,13 +10,7 @@ from kwh.cli.main import main
 from kwh.models import lenet300
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small runs: one thread avoids oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -15,13 +15,7 @@ from kwh.bayes.uncertainty import evaluate_uncertainty, format_uncertainty, pred
 PRIORS = ["log-uniform", "group-nj", "group-horseshoe"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids contention on the shared cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(prior: str | None, width: int = 16) -> nn.Sequential:

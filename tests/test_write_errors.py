@@ -10,19 +10,11 @@ import pytest
 import torch
 
 import kwh
-import kwh.cli.main as cli
+from cli_run import run_main
 from kwh.compress.format_io import atomic_write_bytes, check_destination
 from kwh.data import locate
 from kwh.models import lenet300
 
-
-def run_main(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_missing_folder_names_the_path_and_the_fix(tmp_path):

@@ -19,11 +19,11 @@ from kwh.compress.chain import flatten_chain, infer_input_shape, probe_shapes
 from kwh.compress.config import CompressConfig
 from kwh.compress.metrics import evaluate
 from kwh.compress.precision import LayerPrecision, choose_precision, quantize, search_bits
-from kwh.modules import SelectInputs
 from kwh.compress.propagate import drop_unread_inputs, propagate
 from kwh.compress.stages import Stage, build_stages
 from kwh.compress.summary import Summary, summarize
 from kwh.errors import ModelError
+from kwh.modules import SelectInputs
 
 
 def compress(model: nn.Module, config: CompressConfig | None = None, *,

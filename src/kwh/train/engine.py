@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 import kwh
 from kwh.bayes import free_energy
+from kwh.compress.shrink import Shrinker, carry_optimizer_state
 from kwh.errors import FormatError, KwhError, ModelError
 from kwh.train.batches import BatchOrder
 from kwh.train.build import BAYESIAN, PLAIN, build_model, make_optimizer, to_bayesian
-from kwh.compress.shrink import Shrinker, carry_optimizer_state
 from kwh.train.checkpoint import FILENAME, atomic_write_bytes, read_checkpoint, write_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.data import TrainData, load_train_data
