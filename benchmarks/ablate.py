@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
+from kwh.app import compress
 from kwh.compress import CompressConfig
-from kwh.compress.prune import compress
 from kwh.data import batch_loader, get_dataset
 from kwh.train import TrainConfig, run_training
 from kwh.train.data import load_train_data

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
+from kwh.app import accuracy_on
 from kwh.energy import HOROWITZ_45NM, EnergyConfig, estimate_energy
 from kwh.energy.format import joules
 from kwh.energy.measure import measure_model
-from kwh.energy.sources import eval_accuracy
+from kwh.format.io import atomic_write_bytes
 from kwh.models import lenet5
-from kwh.train.checkpoint import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 28, 28)
@@ -67,7 +67,7 @@ def pretrain_accuracy(run: Path) -> tuple[float | None, str]:
 
 def compressed_model(args) -> tuple[torch.nn.Module, Path, str]:
     """(compressed model, its .kwh file, provenance) from --kwh or --run."""
-    from kwh.compress.codec import load, save
+    from kwh.format.codec import load, save
     if args.kwh:
         return load(args.kwh), Path(args.kwh), f"given file {args.kwh}"
     import kwh
@@ -120,7 +120,7 @@ def fixed_point_accuracy(model: torch.nn.Module, bits: int, data_dir: str | None
 
     hooks = [m.register_forward_pre_hook(quantize) for m in layers]
     try:
-        return eval_accuracy(model, "mnist", data_dir)[0]
+        return accuracy_on(model, "mnist", data_dir)[0]
     finally:
         for h in hooks:
             h.remove()
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     small, kwh_path, provenance = compressed_model(args)
-    acc_small, n = eval_accuracy(small, "mnist", args.data_dir)
+    acc_small, n = accuracy_on(small, "mnist", args.data_dir)
     acc_fixed = {b: fixed_point_accuracy(small, b, args.data_dir) for b in (16, 8)}
     if args.dense_accuracy is not None:
         acc_dense, dense_src = args.dense_accuracy, "given (--dense-accuracy)"

@@ -36,8 +36,9 @@ from torch.utils.data import TensorDataset
 
 import kwh
 from kwh import metrics
+from kwh.app.evaluate import load_ood
 from kwh.bayes import bayes_layers
-from kwh.bayes.uncertainty import load_ood, predict
+from kwh.bayes.uncertainty import predict
 from kwh.models import lenet5
 from kwh.train import TrainData, TrainResult
 

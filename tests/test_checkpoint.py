@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kwh.errors import FormatError
+from kwh.format.io import atomic_write_bytes
 from kwh.train.checkpoint import (
     MAX_HEADER,
-    atomic_write_bytes,
     parse_checkpoint,
     read_checkpoint,
     read_checkpoint_meta,

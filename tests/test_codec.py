@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import kwh
-from kwh.compress import bitpack, codec
-from kwh.compress import format_tensors as ft
-from kwh.compress.format_modules import SPECS
 from kwh.errors import FormatError, ModelError
+from kwh.format import bitpack, codec
+from kwh.format import tensors as ft
+from kwh.format.modules import SPECS
 from kwh.modules import SelectInputs
 from kwh.models import lenet5, lenet300
 
@@ -320,7 +320,7 @@ def test_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch)
     path = tmp_path / "m.kwh"
     kwh.save(lenet5_compressed(), path)
     before = path.read_bytes()
-    from kwh.compress import format_io
+    from kwh.format import io as format_io
 
     def broken_fsync(*args):
         raise OSError("disk full (simulated)")
@@ -352,8 +352,9 @@ def test_load_names_what_is_wrong(tmp_path):
         kwh.load(tmp_path / "p.kwh")
     good = codec.encode(lenet5_compressed())
     newer = good[:8] + struct.pack("<H", codec.VERSION + 1) + good[10:]
-    with pytest.raises(FormatError, match="version 2.*upgrade kwh"):
+    with pytest.raises(FormatError, match=f"version {codec.VERSION + 1}.*upgrade kwh"):
         codec.decode(newer)
+    assert good[8:10] == struct.pack("<H", codec.CHAIN_VERSION) == b"\x01\x00"  # chains: v1
     with pytest.raises(FormatError, match="limit of 1000"):
         codec.decode(good, max_elements=1000)
     header = codec.read_header

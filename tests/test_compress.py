@@ -13,7 +13,7 @@ from torch import nn
 
 import kwh
 from kwh.bayes import BayesLayer, GroupHorseshoe, GroupNJ, bayes_layers
-from kwh.compress import CompressConfig, format_summary
+from kwh.compress import CompressConfig, evaluate, format_summary
 from kwh.errors import ModelError
 from kwh.modules import SelectInputs
 from kwh.models import lenet5, lenet300
@@ -218,8 +218,10 @@ def test_unsupported_layer_is_named_with_the_supported_ones():
                           nn.Linear(4 * 52 * 52, 2))
     with pytest.raises(ModelError, match=r"layer '1' \(Upsample\) is not supported.*MaxPool2d"):
         kwh.compress(model, input_shape=(1, 28, 28))
-    with pytest.raises(ModelError, match="nn.Sequential chain"):
+    with pytest.raises(ModelError, match="needs the input shape.*example_inputs"):
         kwh.compress(nn.ModuleList([nn.Linear(2, 2)]))
+    with pytest.raises(ModelError, match="cannot trace ModuleList.forward"):
+        kwh.compress(nn.ModuleList([nn.Linear(2, 2)]), input_shape=(2,))
     with pytest.raises(ModelError, match=r"layer '1' \(Softmax\) is not supported before the last"):
         kwh.compress(nn.Sequential(nn.Linear(3, 3), nn.Softmax(1), nn.Linear(3, 2)))
 
@@ -312,3 +314,51 @@ def test_bits_fit_lowers_bits_only_within_the_tolerance():
     assert fit.kwh_summary["payload_bytes"] < post.kwh_summary["payload_bytes"]
     with pytest.raises(ValueError, match="Unknown bits_search 'up'"):
         CompressConfig(bits_search="up")
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_prune_fit_cuts_past_the_posterior_only_within_the_tolerance(prior):
+    model, shape = _bayes("mlp", prior, frac=0.3)
+    silent = torch.arange(0, 784, 3)  # inputs that are always zero in the data
+    fc1 = dict(bayes_layers(model))["1"].prior
+    with torch.no_grad():  # their groups (or weights) have the largest kept log alpha
+        if hasattr(fc1, "a_log_var"):  # group horseshoe: log alpha -3.4 against -8
+            keep = fc1.a_log_var < 0
+            fc1.a_log_var[keep] = -9.0
+            fc1.a_log_var[silent] = torch.where(keep[silent], -2.0, fc1.a_log_var[silent])
+        if hasattr(fc1, "z_log_var"):  # group NJ: log alpha threshold - 1 against -8
+            keep = fc1.log_alpha() < fc1.threshold
+            base = torch.log(fc1.z_mu.pow(2) + 1e-8)
+            la = torch.where(keep, torch.tensor(-8.0), torch.tensor(5.0))
+            la[silent] = torch.where(keep[silent], torch.tensor(fc1.threshold - 1.0), la[silent])
+            fc1.z_log_var.copy_(la + base)
+        if hasattr(fc1, "log_sigma2"):
+            keep = fc1.log_alpha() < fc1.threshold
+            cols = torch.zeros_like(keep)
+            cols[:, silent] = True
+            la = torch.where(keep & cols, torch.tensor(1.0), torch.tensor(-6.0))
+            fc1.log_sigma2[keep] = (la + torch.log(fc1.theta.pow(2) + 1e-8))[keep]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 784, generator=g)
+    x[:, silent] = 0
+    x = x.reshape(400, *shape)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    data = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 400, 100)]
+    post = kwh.compress(model, input_shape=shape, guard_data=data, quantize=False)
+    tol = 0.5
+    fit = kwh.compress(model, input_shape=shape, guard_data=data, quantize=False,
+                       prune_search="fit", prune_tolerance=tol)
+    g = fit.kwh_summary["prune_guard"]
+    assert g["error_posterior"] == pytest.approx(evaluate(post, data)["error"])
+    assert g["error_chosen"] == pytest.approx(evaluate(fit, data)["error"])  # what it claims
+    assert 100 * (g["error_chosen"] - g["error_posterior"]) <= tol + 1e-9
+    assert g["steps"] and g["steps"][0]["layer"] == "1"  # the silent inputs went first
+    assert fit.kwh_summary["nonzero"] < post.kwh_summary["nonzero"]
+    for name, t in g["thresholds"].items():  # thresholds only go down (prune more)
+        assert t["chosen"] <= t["posterior"]
+    # the chosen thresholds, given by hand, give the same model
+    again = kwh.compress(model, input_shape=shape, quantize=False,
+                         thresholds={n: t["chosen"] for n, t in g["thresholds"].items()})
+    for a, b in zip(again.state_dict().values(), fit.state_dict().values()):
+        assert torch.equal(a, b)

@@ -9,10 +9,10 @@ import torch
 
 import kwh
 import kwh.data
+from kwh.app import load_model
 from kwh.bayes import bayes_layers
 from kwh.cli import compress as compress_cli
 from kwh.cli import main as cli
-from kwh.energy.sources import load_model
 from kwh.models import lenet300
 from kwh.report import build_report
 

@@ -12,8 +12,8 @@ from torch import nn
 
 import kwh
 from kwh.cli import export as export_cli
-from kwh.compress import bitpack
 from kwh.errors import ModelError
+from kwh.format import bitpack
 from kwh.models import lenet5, lenet300
 
 TOL = 1e-5  # float32 kernels of two runtimes; outputs are O(1)

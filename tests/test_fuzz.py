@@ -3,13 +3,18 @@
 The fuzzer knows the format: besides blind byte damage (caught by the checksums) it edits the
 JSON header, the decompressed section blobs and the zstd frames and then re-seals the file
 with valid checksums, as an attacker would, so that the parser and every field check are
-exercised, not only the checksums. Oracle: ``decode`` either returns a model that runs on the
-input shape it declares, or raises FormatError with one of its own messages (never the
-"unexpected" safety net, never another exception type), within a per-case time bound.
+exercised, not only the checksums. Its seeds are files of both layouts: chains (version 1)
+and state files (version 2, any model's named tensors). Oracle: ``decode`` either returns a
+model that runs (a chain on the input shape it declares; a state file in the model built for
+it), or raises FormatError with one of its own messages (never the "unexpected" safety net,
+never another exception type), within a per-case time bound. The one other outcome is for a
+state file that passed every check of the file but whose tensors do not fit the model built
+for its seed (a renamed or reshaped tensor): a ModelError saying so.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import hashlib
@@ -24,12 +29,13 @@ import zlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 import zstandard
 from torch import nn
 
-from kwh.compress import bitpack, codec
-from kwh.compress import format_modules as fm
-from kwh.errors import FormatError
+from kwh.errors import FormatError, ModelError
+from kwh.format import bitpack, codec
+from kwh.format import modules as fm
 
 PRE = codec.PREAMBLE
 CASE_SECONDS = 5.0  # a case slower than this counts as a hang
@@ -86,10 +92,79 @@ def sparse_seed() -> bytes:
     return codec.encode(m.eval(), input_shape=(64,))
 
 
-SEEDS = {"mlp": mlp_seed(), "cnn": cnn_seed(), "sparse": sparse_seed()}
+class TinyRes(nn.Module):
+    """A residual block with BatchNorm: a model only the state layout can hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.mix = nn.Conv2d(2, 2, 1, bias=False)
+        self.head = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv(x)))
+        return self.head((h + self.mix(h)).mean((2, 3)))
+
+
+class Shared(nn.Module):
+    """One sparse layer registered twice and called twice, a float32 layer, a bool buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.alias = self.fc
+        self.out = nn.Linear(8, 3)
+        self.register_buffer("mask", torch.tensor([True, True, False, True] * 2))
+
+    def forward(self, x):
+        return self.out(F.relu(self.alias(F.relu(self.fc(x * self.mask)))))
+
+
+def res_seed() -> bytes:
+    """Bitmap and dense conv weights, BatchNorm statistics and its int64 counter, a summary."""
+    torch.manual_seed(0)
+    m = TinyRes()
+    _quantize(m.conv, 5, 3, 0.4, 6)
+    _quantize(m.mix, 3, 1, 0.0, 7)
+    _quantize(m.head, 4, 2, 0.5, 8)
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+        m.bn.num_batches_tracked.fill_(9)
+    m.kwh_summary = {"mode": "weights", "model": "TinyRes", "nonzero": 20}
+    return codec.encode(m.eval())
+
+
+def shared_seed() -> bytes:
+    """A relative-index weight stored under two names, marked float32, a bool buffer."""
+    m = Shared()
+    q = torch.zeros(64)
+    q[[3, 40, 63]] = torch.tensor([1.0, -2, 3])
+    with torch.no_grad():
+        m.fc.weight.copy_(q.reshape(8, 8) / 2)
+    m.fc.kwh_bits, m.fc.kwh_frac_bits = 3, 1
+    m.out.kwh_bits, m.out.kwh_frac_bits = 32, None
+    return codec.encode(m.eval())
+
+
+SEEDS = {"mlp": mlp_seed(), "cnn": cnn_seed(), "sparse": sparse_seed(), "res": res_seed(),
+         "shared": shared_seed()}
+STATE_MODELS = {"res": (TinyRes, (1, 5, 5)), "shared": (Shared, (8,))}  # class, input shape
 
 
 # ------------------------------------------------------------------ taking files apart, re-sealing
+
+def section_entries(header: dict) -> list[dict]:
+    """The section descriptions of a chain or state header, in file order."""
+    if "layout" in header:
+        return header["sections"]
+    return [entry["section"] for entry in header["modules"] if entry["section"]]
+
+
+def version_of(data: bytes) -> int:
+    return PRE.unpack_from(data)[1]
+
 
 def split(data: bytes) -> tuple[dict, list[bytes]]:
     """A valid file -> its JSON header and its stored sections."""
@@ -97,27 +172,27 @@ def split(data: bytes) -> tuple[dict, list[bytes]]:
     raw = data[PRE.size:PRE.size + hstored]
     header = json.loads(zstandard.ZstdDecompressor().decompress(raw) if hcodec else raw)
     sections, pos = [], PRE.size + hstored
-    for entry in header["modules"]:
-        if entry["section"]:
-            sections.append(data[pos:pos + entry["section"]["stored_bytes"]])
-            pos += entry["section"]["stored_bytes"]
+    for entry in section_entries(header):
+        sections.append(data[pos:pos + entry["stored_bytes"]])
+        pos += entry["stored_bytes"]
     return header, sections
 
 
-def seal(header_raw: bytes, sections: list[bytes], compress_header: bool = True) -> bytes:
+def seal(header_raw: bytes, sections: list[bytes], compress_header: bool = True,
+         version: int = codec.CHAIN_VERSION) -> bytes:
     """A file with valid header CRC and whole-file SHA-256 around any header and sections."""
     stored, hcodec = header_raw, 0
     if compress_header:
         packed = zstandard.ZstdCompressor(level=3).compress(header_raw)
         if len(packed) < len(header_raw):
             stored, hcodec = packed, 1
-    body = PRE.pack(codec.MAGIC, codec.VERSION, hcodec, 0, len(stored), len(header_raw),
+    body = PRE.pack(codec.MAGIC, version, hcodec, 0, len(stored), len(header_raw),
                     zlib.crc32(stored)) + stored + b"".join(sections)
     return body + hashlib.sha256(body).digest()
 
 
-def reseal(header: object, sections: list[bytes]) -> bytes:
-    return seal(json.dumps(header).encode(), sections)
+def reseal(header: object, sections: list[bytes], version: int = codec.CHAIN_VERSION) -> bytes:
+    return seal(json.dumps(header).encode(), sections, version=version)
 
 
 def _paths(obj, prefix=()):
@@ -135,7 +210,9 @@ POOL = [None, True, False, 0, 1, -1, 2, 3, 7, 8, 16, 17, 23, 24, 25, 26, 31, 32,
         1e308, 1e-308, "", "zstd", "raw", "dense", "bitmap", "rindex", "float32", "Linear",
         "Conv2d", "BatchNorm2d", "ReLU", "weight", "bias", "running_mean", "same", "valid",
         [], [1], [1, 1], [0, 0], [2, 2], [2**31, 1], [1, 28, 28], [12], {},
-        {"bits": 8, "frac_bits": 2}, {"bits": 32, "frac_bits": None}, "x" * 300]
+        {"bits": 8, "frac_bits": 2}, {"bits": 32, "frac_bits": None}, "x" * 300,
+        "int64", "state", "chain", "conv.weight", "head.bias", "bn.num_batches_tracked",
+        "fc.weight", "alias.weight", "mask", "TinyRes", "a\nb", [2, 1, 3, 3], [8, 8], [3]]
 
 
 def mutate_json(header: dict, rng: random.Random) -> object:
@@ -187,9 +264,9 @@ def _damage(blob: bytes, rng: random.Random) -> bytes:
 def mutate_section(data: bytes, rng: random.Random, recount: bool) -> bytes:
     """Damage one section's decompressed blob, re-compress it and fix its sizes and CRC."""
     header, sections = split(data)
-    carriers = [e for e in header["modules"] if e["section"]]
+    carriers = section_entries(header)
     k = rng.randrange(len(carriers))
-    sec = carriers[k]["section"]
+    sec = carriers[k]
     raw = sections[k]
     if sec["codec"] == "zstd":
         raw = zstandard.ZstdDecompressor().decompress(raw)
@@ -201,43 +278,46 @@ def mutate_section(data: bytes, rng: random.Random, recount: bool) -> bytes:
         sec["raw_bytes"] = len(raw)
     sec.update(codec=codec_name, stored_bytes=len(stored), crc32=zlib.crc32(stored))
     sections[k] = stored
-    return reseal(header, sections)
+    return reseal(header, sections, version_of(data))
 
 
 def mutate_stored(data: bytes, rng: random.Random) -> bytes:
     """Damage one section's stored (zstd) bytes and fix its CRC: hostile input for zstd."""
     header, sections = split(data)
-    carriers = [e for e in header["modules"] if e["section"]]
+    carriers = section_entries(header)
     k = rng.randrange(len(carriers))
     stored = _damage(sections[k], rng)
-    carriers[k]["section"].update(stored_bytes=len(stored), crc32=zlib.crc32(stored))
+    carriers[k].update(stored_bytes=len(stored), crc32=zlib.crc32(stored))
     sections[k] = stored
-    return reseal(header, sections)
+    return reseal(header, sections, version_of(data))
 
 
-def mutate(rng: random.Random) -> bytes:
-    """One hostile file derived from a seed (or from nothing)."""
+def mutate(rng: random.Random) -> tuple[str, bytes]:
+    """One hostile file derived from a seed (or from nothing), and the seed's name."""
     name = rng.choice(sorted(SEEDS))
     data = SEEDS[name]
+    version = version_of(data)
     kind = rng.random()
     if kind < 0.1:
-        return _damage(data, rng)
+        return name, _damage(data, rng)
     if kind < 0.15:
         n = rng.randint(0, 600)
         prefix = data[:rng.choice([0, 8, 10, PRE.size])]
-        return prefix + bytes(rng.randrange(256) for _ in range(n))
+        return name, prefix + bytes(rng.randrange(256) for _ in range(n))
     if kind < 0.55:
         header, sections = split(data)
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             header = mutate_json(header, rng) if isinstance(header, dict) else header
-        return reseal(header, sections)
+        if rng.random() < 0.05:  # a header read under the other layout's version
+            version = codec.CHAIN_VERSION + codec.STATE_VERSION - version
+        return name, reseal(header, sections, version)
     if kind < 0.8:
-        return mutate_section(data, rng, recount=rng.random() < 0.8)
+        return name, mutate_section(data, rng, recount=rng.random() < 0.8)
     if kind < 0.9:
-        return mutate_stored(data, rng)
+        return name, mutate_stored(data, rng)
     header, _ = split(data)  # one seed's header over another seed's sections
     other = SEEDS[rng.choice([n for n in sorted(SEEDS) if n != name])]
-    return reseal(header, split(other)[1])
+    return name, reseal(header, split(other)[1], version)
 
 
 # ------------------------------------------------------------------ the oracle
@@ -268,30 +348,40 @@ def _activation_peak(model: nn.Sequential, shape: tuple[int, ...]) -> int:
     return peak
 
 
-def check_case(data: bytes) -> str:
-    """Decode hostile bytes; returns 'refused' or 'loaded', failing the test on anything else."""
+def check_case(data: bytes, name: str) -> str:
+    """Decode hostile bytes derived from seed ``name`` (a state seed's into a freshly built
+    model of its class); returns 'refused', 'loaded' or 'misfit', failing the test on
+    anything else."""
+    state = STATE_MODELS.get(name)
     with time_limit(CASE_SECONDS):
         try:
-            model = codec.decode(data, max_elements=10**6)
+            model = codec.decode(data, max_elements=10**6,
+                                 model=None if state is None else state[0]())
         except FormatError as err:
             assert "unexpected" not in str(err), str(err)
             return "refused"
-        shape = getattr(model, "kwh_input_shape", None)  # any error from here on fails
-        if shape and _activation_peak(model, shape) <= MAX_FORWARD_ELEMENTS:
-            with torch.no_grad():
+        except ModelError as err:  # a valid file whose tensors are not the model's
+            assert state is not None and "do not fit" in str(err), str(err)
+            return "misfit"
+        shape = state[1] if state else getattr(model, "kwh_input_shape", None)
+        if state or (shape and _activation_peak(model, shape) <= MAX_FORWARD_ELEMENTS):
+            with torch.no_grad():  # any error from here on fails
                 model(torch.randn(2, *shape))  # a model the loader accepts must run
     return "loaded"
 
 
 def run_fuzz(cases: int, seed: int) -> dict[str, int]:
+    """Outcome counts, overall and per layout of the seed ('chain:refused', 'state:loaded')."""
     rng = random.Random(seed)
-    counts = {"refused": 0, "loaded": 0}
+    counts = collections.Counter()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     slowest = 0.0
     for _ in range(cases):
-        data = mutate(rng)
+        name, data = mutate(rng)
         start = time.perf_counter()
-        counts[check_case(data)] += 1
+        outcome = check_case(data, name)
+        counts[outcome] += 1
+        counts[f"{'state' if name in STATE_MODELS else 'chain'}:{outcome}"] += 1
         slowest = max(slowest, time.perf_counter() - start)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown < 256 * 1024, f"peak memory grew by {grown} KiB during the fuzz run"
@@ -313,9 +403,11 @@ def one_thread():
 @pytest.mark.parametrize("name", sorted(SEEDS))
 def test_seeds_load_and_the_resealer_makes_valid_files(name):
     assert len(SEEDS[name]) < 1000
-    assert check_case(SEEDS[name]) == "loaded"
+    assert version_of(SEEDS[name]) == (codec.STATE_VERSION if name in STATE_MODELS
+                                       else codec.CHAIN_VERSION)
+    assert check_case(SEEDS[name], name) == "loaded"
     header, sections = split(SEEDS[name])
-    assert check_case(reseal(header, sections)) == "loaded"
+    assert check_case(reseal(header, sections, version_of(SEEDS[name])), name) == "loaded"
 
 
 @pytest.mark.parametrize("name", sorted(SEEDS))
@@ -368,6 +460,31 @@ def test_a_huge_tensor_claim_is_refused_before_allocation():
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 64 * 1024
 
 
+def test_a_huge_state_claim_and_a_bomb_are_refused_before_allocation():
+    header, sections = split(SEEDS["res"])
+    huge = copy.deepcopy(header)
+    first = huge["sections"][0]["tensors"][0]
+    assert first["name"] == "conv.weight"
+    first["shape"] = [10**6, 10**6, 1, 1]
+    claim = reseal(huge, sections, codec.STATE_VERSION)
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(2**18))  # 256 KiB in 25 bytes
+    sec = header["sections"][1]  # the BatchNorm's 40 bytes
+    assert sec["tensors"][0]["name"] == "bn.weight" and len(bomb) < sec["raw_bytes"]
+    sec.update(codec="zstd", stored_bytes=len(bomb), crc32=zlib.crc32(bomb))
+    bombed = reseal(header, sections[:1] + [bomb] + sections[2:], codec.STATE_VERSION)
+    model = TinyRes()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tracemalloc.start()
+    with pytest.raises(FormatError, match=r"claims at least 1000000000000 tensor elements"):
+        codec.decode(claim, model=model)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2**20  # refused from the header alone: < 1 MiB traced
+    with pytest.raises(FormatError, match="zstd frame declares 262144 bytes, header says 40"):
+        codec.decode(bombed, model=model)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 2 * 1024
+
+
 def test_decompression_bombs_and_oversized_claims_are_refused():
     header, sections = split(SEEDS["mlp"])
     bomb = zstandard.ZstdCompressor(level=19).compress(bytes(2**22))  # 4 MiB of zeros
@@ -401,6 +518,7 @@ def test_fuzz_1000_hostile_files(one_thread):
     """1,000 structure-aware mutations (the full 10,000 run is test_fuzz_10000_hostile_files)."""
     counts = run_fuzz(1000, seed=1)
     assert counts["refused"] > 500 and counts["loaded"] > 10  # both paths are exercised
+    assert counts["state:refused"] > 200 and counts["state:loaded"] > 5  # in both layouts
 
 
 @pytest.mark.slow
@@ -408,3 +526,4 @@ def test_fuzz_10000_hostile_files(one_thread):
     """Slow: 10,000 further mutated / truncated / random files (about a minute on 2 cores)."""
     counts = run_fuzz(10_000, seed=2)
     assert counts["refused"] > 5000 and counts["loaded"] > 100
+    assert counts["state:refused"] > 2000 and counts["state:loaded"] > 50

@@ -14,7 +14,7 @@ from benchmarks import paper_table
 from benchmarks.baselines import huffman, sparse_file
 from benchmarks.baselines.common import load_data
 from benchmarks.baselines.common import test_error as error_of
-from kwh.compress.codec import load
+from kwh.format.codec import load
 
 METHODS = ("dense", "Sparse VD", "BC-GNJ", "BC-GHS", "Deep Compression", "Torch-Pruning")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kwh
-from kwh.bayes.uncertainty import evaluate_model_file
+from kwh.app import evaluate_model_file
 from kwh.cli.main import main
 from kwh.models import lenet300
 from kwh.progress import Progress

@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 import kwh
-
+from kwh.app import LoadedModel, load_model
 from kwh.cli import report as report_cli
-from kwh.energy.sources import LoadedModel, load_model
 from kwh.report import SECTION_IDS, build_report, read_comparison
 from kwh.report.figures import series_styles
 
@@ -71,11 +70,8 @@ def section(html: str, id_: str) -> str:
 def kwh_file(tmp_path_factory):
     """LeNet-5 (group-NJ), three conv1 filters pruned, compressed with a test error measured on
     64 random examples (as kwh compress records it), saved as a .kwh file."""
-    codec = pytest.importorskip("kwh.compress.codec", reason="the .kwh codec is not in this "
-                                "checkout")
     import kwh
     from kwh.bayes import bayes_layers
-    from kwh.compress import compress
     from kwh.models import lenet5
     torch.manual_seed(0)
     m = lenet5()
@@ -85,7 +81,7 @@ def kwh_file(tmp_path_factory):
         conv1.prior.z_log_var[:3] = 5.0
     path = tmp_path_factory.mktemp("kwh") / "lenet5.kwh"
     test = [(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))]
-    codec.save(compress(m, input_shape=(1, 28, 28), eval_data=test), path)
+    kwh.save(kwh.compress(m, input_shape=(1, 28, 28), eval_data=test), path)
     return path
 
 
@@ -273,7 +269,7 @@ def test_cli_writes_atomically_and_reports_errors(kwh_file, tmp_path, capsys):
     assert [f.name for f in tmp_path.iterdir()] == ["r.html"]  # no temp file left behind
     check_self_contained(out.read_text())
     args = p.parse_args(["report", "nonet", "--out", str(out)])
-    with pytest.raises(ValueError, match="neither an existing file"):
+    with pytest.raises(ValueError, match="neither a file nor a reference model"):
         args.func(args)
     args = p.parse_args(["report", "lenet5", "--out", str(tmp_path / "no" / "r.html")])
     with pytest.raises(FileNotFoundError):

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from kwh.energy.sources import LoadedModel, load_model
+import kwh
+from kwh.app import LoadedModel
+from kwh.bayes import bayes_layers
+from kwh.models import lenet5
 from kwh.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,20 +30,13 @@ def chromium(profile, *args: str) -> subprocess.CompletedProcess:
 
 
 def compressed_model() -> LoadedModel:
-    """A compressed LeNet-5 from kwh.compress (three conv1 filters pruned), or plain LeNet-5."""
-    try:
-        import kwh
-        from kwh.bayes import bayes_layers
-        from kwh.compress import compress
-        from kwh.models import lenet5
-    except ImportError:
-        return load_model("lenet5")
+    """A compressed LeNet-5 from kwh.compress (three conv1 filters pruned)."""
     m = lenet5()
     kwh.bayesify_(m, "group-nj")
     _, conv1 = next(bayes_layers(m))
     with torch.no_grad():
         conv1.prior.z_log_var[:3] = 5.0
-    small = compress(m, input_shape=(1, 28, 28))
+    small = kwh.compress(m, input_shape=(1, 28, 28))
     return LoadedModel(small, small.kwh_summary, "lenet5 (compressed in memory)")
 
 

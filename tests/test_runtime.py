@@ -220,7 +220,7 @@ def test_onnxruntime_int8_agrees_with_float32(tmp_path, last_bits):
 
 def test_onnxruntime_float32_module_equals_torch(tmp_path):
     pytest.importorskip("onnxruntime")
-    from kwh.compress.format_onnx import export_onnx
+    from kwh.format.onnx import export_onnx
     model = _small_kwh_model()
     session = OrtModule(export_onnx(model, tmp_path / "f.onnx"), threads=1)
     x = _images(20, 2)

@@ -44,6 +44,12 @@ def test_shrinking_keeps_eval_outputs_compression_and_adam_state(name, prior):
     a = kwh.compress(model, input_shape=shape, quantize=False)
     b = kwh.compress(before, input_shape=shape, quantize=False)
     assert a.kwh_summary["architecture"] == b.kwh_summary["architecture"]
+    # counted against the network training started from, not the shrunk one
+    for key in ("architecture_original", "weights_original", "macs_original",
+                "size_fp32_original_bytes", "rates"):
+        assert a.kwh_summary[key] == b.kwh_summary[key], key
+    assert [d["shape_original"] for d in a.kwh_summary["layers"]] == \
+        [d["shape_original"] for d in b.kwh_summary["layers"]]
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
     # Adam's moments followed their weights: each kept entry has its old moment

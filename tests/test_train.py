@@ -44,7 +44,7 @@ def read_log(out_dir) -> list[dict]:
 
 
 def untimed(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds", "step_ms")} for r in records]
 
 
 def assert_bit_equal(a: dict, b: dict) -> None:
@@ -117,7 +117,7 @@ def test_run_logs_every_epoch_and_checkpoint_rebuilds_the_model(reference, data_
     assert [r["phase"] for r in lines] == ["pretrain", "bayes", "bayes"]
     last = lines[-1]
     for key in ("test_error", "test_nll", "train_nll", "kl", "kl_weight", "lr", "alive", "total",
-                "log_alpha", "architecture", "seconds", "cpu_seconds"):
+                "log_alpha", "architecture", "seconds", "cpu_seconds", "step_ms"):
         assert key in last, key
     assert set(last["alive"]) == {"1", "3", "5"} and last["total"] == {"1": 784, "3": 300, "5": 100}
     assert set(last["log_alpha"]["3"]) == {"min", "q10", "median", "q90", "max"}

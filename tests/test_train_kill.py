@@ -96,7 +96,7 @@ def _kill_resume_compare(reference, out_dir, data_root, targets) -> None:
     assert meta["position"] == {"epoch": 4, "step": 0, "global_step": 40}
 
     def untimed(rs):
-        return [{k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds")} for r in rs]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "cpu_seconds", "step_ms")} for r in rs]
 
     with open(out_dir / "log.jsonl", encoding="utf-8") as f:
         lines = [json.loads(x) for x in f]

@@ -212,7 +212,7 @@ def test_bayes_layers_left_in_their_mode():
 
 def test_evaluate_model_file_checkpoint_and_kwh(data_root, tmp_path):
     """`kwh evaluate MODEL --uncertainty`: a training checkpoint samples, a .kwh file cannot."""
-    from kwh.bayes.uncertainty import evaluate_model_file
+    from kwh.app import evaluate_model_file
     from kwh.train import TrainConfig, run_training
 
     cfg = TrainConfig(model="lenet300", data="mnist", data_dir=str(data_root), prior="group-nj",

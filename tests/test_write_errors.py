@@ -11,8 +11,8 @@ import torch
 
 import kwh
 from cli_run import run_main
-from kwh.compress.format_io import atomic_write_bytes, check_destination
 from kwh.data import locate
+from kwh.format.io import atomic_write_bytes, check_destination
 from kwh.models import lenet300
 
 

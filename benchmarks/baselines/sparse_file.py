@@ -17,7 +17,7 @@ import struct
 import numpy as np
 
 from benchmarks.baselines import huffman
-from kwh.compress.format_io import atomic_write_bytes
+from kwh.format.io import atomic_write_bytes
 
 MAGIC = b"SPHF"
 

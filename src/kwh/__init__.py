@@ -4,6 +4,8 @@ Bayesian compression (sparsity priors that prune units and pick bits from the po
 sigma-delta inference (no work where nothing changed), with the energy they save measured.
 """
 
+__version__ = "0.1.0"  # first: modules imported below read it
+
 from kwh.bayes import (
     KLWarmup,
     bayesify_,
@@ -12,14 +14,18 @@ from kwh.bayes import (
     predict,
     sampling,
 )
-from kwh import compress  # a callable package: kwh.compress(model, config)
+from kwh import compress  # the package of the core step; made the verb below
 from kwh import models
-from kwh.compress import CompressConfig, codec, format_summary
-from kwh.compress.codec import load, save
-from kwh.compress.format_onnx import export_onnx
+from kwh.app.verb import CompressPackage
+from kwh.compress import CompressConfig, format_summary
 from kwh.data import get_dataset, load_mnist, make_loaders, sequence_dataset
+from kwh.format import codec
+from kwh.format.codec import load, save
+from kwh.format.onnx import export_onnx
 
-__version__ = "0.1.0"
+# kwh.compress(model, config) is kwh.app.compress: the core step, then the .kwh payload the
+# codec measures; kwh.compress.CompressConfig and the package's other names stay attributes.
+compress.__class__ = CompressPackage
 
 __all__ = [
     # the free energy

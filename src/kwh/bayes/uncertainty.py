@@ -12,20 +12,18 @@ layers, the usual approximation for convolutions (Kingma et al. 2015).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
 
 from kwh import metrics
 from kwh.bayes.layers import bayes_layers, sampling
 
 __all__ = ["Prediction", "predict", "predict_loader", "evaluate_uncertainty",
-           "format_uncertainty", "load_ood", "load_model_file", "evaluate_model_file", "METHODS",
-           "DETERMINISTIC_NOTE", "REQUESTED_NOTE"]
+           "format_uncertainty", "METHODS", "DETERMINISTIC_NOTE", "REQUESTED_NOTE"]
 
 METHODS = ("auto", "bayes", "mc-dropout", "deterministic")
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
@@ -177,20 +175,6 @@ def predict_loader(model: nn.Module, loader: Iterable, samples: int = 20, *, met
     return joined, (torch.cat(labels) if labels else None)
 
 
-def load_ood(name: str, like: str, root=None, limit: int | None = None) -> TensorDataset:
-    """Test split of data set ``name`` normalized with the pixel statistics of ``like`` (the
-    training data), as the model's own input pipeline sees it; labels kept but not used."""
-    from kwh.data import get_dataset, normalization
-
-    idx_sets = ("mnist", "fashion-mnist")
-    if name not in idx_sets or like not in idx_sets:
-        raise ValueError(f"OOD pairs are MNIST-format data sets ({', '.join(idx_sets)}); "
-                         f"got OOD {name!r} for a model trained on {like!r}")
-    x, y = get_dataset(name, "test", root, normalize=False, limit=limit).tensors
-    mean, std = normalization(like)
-    return TensorDataset((x - mean) / std, y)  # (N, 1, 28, 28), (N,)
-
-
 def evaluate_uncertainty(model: nn.Module, test_loader: Iterable, ood_loader: Iterable | None = None,
                          samples: int = 20, *, method: str = "auto", bins: int = 15,
                          max_rows: int = 256) -> dict:
@@ -222,66 +206,6 @@ def evaluate_uncertainty(model: nn.Module, test_loader: Iterable, ood_loader: It
             "mean_entropy": float(ood.entropy.mean()),
             "mean_mutual_information": float(ood.mutual_information.mean()),
         }
-    return out
-
-
-def load_model_file(path) -> tuple[nn.Module, str, str | None]:
-    """(model, kind, training data name) from a .kwh file (kind "kwh", deterministic) or a
-    Bayesian checkpoint / run directory of `kwh train` (kind "checkpoint", sampled)."""
-    import os
-
-    if str(path).endswith(".kwh"):
-        from kwh.compress.codec import load
-
-        return load(path), "kwh", None
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such model file or run directory: {path}")
-    from kwh.train import load_checkpoint
-
-    model, config = load_checkpoint(path)
-    return model, "checkpoint", config.data
-
-
-def _counted(loader: Iterable, progress: Callable[[int, int], None], start: int,
-             total: int) -> Iterator:
-    """The batches of ``loader``; once each is used, ``progress(examples done, total)``."""
-    done = start
-    for batch in loader:
-        yield batch
-        done += len(batch[0])
-        progress(done, total)
-
-
-def evaluate_model_file(path, data: str = "mnist", ood: str | None = None, samples: int = 20, *,
-                        data_dir=None, limit_test: int | None = None, batch_size: int = 500,
-                        method: str = "auto",
-                        progress: Callable[[int, int], None] | None = None) -> dict:
-    """evaluate_uncertainty for `kwh evaluate MODEL --data D --uncertainty [--ood O]`.
-
-    ``progress(done, total)``, when given, is called after each batch with the examples done,
-    test set then OOD set (total: both together).
-    """
-    from kwh.data import batch_loader, get_dataset
-
-    model, kind, trained_on = load_model_file(path)
-    test_set = get_dataset(data, "test", data_dir, limit=limit_test)
-    ood_set = None if ood is None else load_ood(ood, data, data_dir, limit=limit_test)
-    test = batch_loader(test_set, batch_size)
-    ood_loader = None if ood_set is None else batch_loader(ood_set, batch_size)
-    if progress is not None:
-        total = len(test_set) + (0 if ood_set is None else len(ood_set))
-        test = _counted(test, progress, 0, total)
-        if ood_loader is not None:
-            ood_loader = _counted(ood_loader, progress, len(test_set), total)
-    out = evaluate_uncertainty(model, test, ood_loader, samples, method=method)
-    out.update(model_file=str(path), model_kind=kind, data=data, ood_data=ood)
-    if kind == "kwh" and out["method"] == "deterministic":
-        out["note"] = ("a .kwh file holds the compressed deterministic model (posterior mean, "
-                       "pruned and quantized): one forward pass, mutual information 0; for "
-                       "posterior samples evaluate the Bayesian checkpoint from `kwh train`")
-    if trained_on is not None and trained_on != data:
-        out["note"] = (out["note"] + "; " if out["note"] else "") + (
-            f"the model was trained on {trained_on}, evaluated on {data}")
     return out
 
 

@@ -90,7 +90,7 @@ def _inputs(args, shape: tuple[int, ...]):
 def run(args: argparse.Namespace) -> int:
     """Print the table (and write --json); returns the exit code."""
     import kwh
-    from kwh.compress.format_onnx import resolve_input_shape
+    from kwh.format.onnx import resolve_input_shape
     from kwh.energy.sources import DATA_SHAPES, dense_reference
     from kwh.errors import ModelError
     from kwh.models import MODELS
@@ -137,6 +137,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"kwh bench {path}")
     print(format_bench(result))
     if args.json:
-        from kwh.compress.format_io import atomic_write_bytes
+        from kwh.format.io import atomic_write_bytes
         atomic_write_bytes(args.json, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
     return 0

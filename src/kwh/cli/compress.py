@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     """Train or load, compress, save; prints the summary and the file written."""
     import kwh
     from kwh.compress import CompressConfig, format_summary
-    from kwh.compress.format_io import check_destination
+    from kwh.format.io import check_destination
     from kwh.compress.summary import format_file_line
     from kwh.data import batch_loader, get_dataset
 

@@ -79,10 +79,9 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the comparison; returns the exit code."""
-    from kwh.energy.compare import compare
+    from kwh.app import compare, load_model
     from kwh.energy.format import format_comparison
     from kwh.energy.sensitivity import weight_memory_sensitivity
-    from kwh.energy.sources import load_model
     table, config = energy_settings(args)
     comp = compare(load_model(args.model), data=args.data, data_dir=args.data_dir,
                    limit=args.limit, table=table, config=config, dense=args.dense,
@@ -93,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     sensitivity = weight_memory_sensitivity(comp, table, config)
     print(format_comparison(comp, sensitivity))
     if args.json:
-        from kwh.train.checkpoint import atomic_write_bytes
+        from kwh.format.io import atomic_write_bytes
         d = comp.to_dict()
         d["weight_memory_sensitivity"] = None if sensitivity is None else sensitivity.to_dict()
         atomic_write_bytes(args.json, (json.dumps(d, indent=1) + "\n").encode())

@@ -1,7 +1,7 @@
 """`kwh evaluate FILE --data D`: test error of a saved .kwh model.
 
 Other evaluations (e.g. uncertainty) add their options in ``register`` and their branch at the
-top of ``run``; the library side is ``kwh.compress.metrics.evaluate(model, loader)``.
+top of ``run``; the library side is kwh.app (``error_on``, ``evaluate_model_file``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """FILE and the test-set options every evaluation shares."""
     from kwh.data import DATASETS
 
-    p.add_argument("file", help="the .kwh model file to evaluate (with --uncertainty also a "
-                   "checkpoint or run folder from 'kwh train', whose posterior is sampled)")
+    p.add_argument("file", help="the model to evaluate: a .kwh file, or a checkpoint or run "
+                   "folder from 'kwh train' (with --uncertainty its posterior is sampled)")
     p.add_argument("--data", choices=list(DATASETS), default="mnist",
                    help="test set (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="folder holding the data set files, "
@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     """Add the ``evaluate`` subcommand."""
     p = subparsers.add_parser(
         "evaluate", help="test error of a .kwh model",
-        description="Load a .kwh file (kwh.load) and print its error on the test set.")
+        description="Load a .kwh file (or a checkpoint of kwh train) and print its error on "
+                    "the test set.")
     add_arguments(p)
     p.add_argument("--uncertainty", action="store_true",
                    help="also NLL, Brier, ECE (15 bins) and, with --ood, OOD detection AUROC")
@@ -46,12 +47,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the test error of the model in args.file."""
-    import kwh
-    from kwh.compress.metrics import evaluate
-    from kwh.data import batch_loader, get_dataset
+    from kwh.app import error_on, evaluate_model_file, load_model
 
     if args.uncertainty or args.ood:
-        from kwh.bayes.uncertainty import evaluate_model_file, format_uncertainty
+        from kwh.bayes.uncertainty import format_uncertainty
         from kwh.progress import Progress
 
         talk = not getattr(args, "quiet", False)  # progress on stderr unless -q
@@ -61,9 +60,11 @@ def run(args: argparse.Namespace) -> int:
                                          progress=bar)
         print(format_uncertainty(result))
         return 0
-    model = kwh.load(args.file)
-    test = get_dataset(args.data, "test", args.data_dir, limit=args.limit_test)
-    result = evaluate(model, batch_loader(test, args.batch_size))
+    loaded = load_model(args.file)
+    if loaded.kind == "reference":
+        raise ValueError(f"{args.file!r} names an untrained reference model; give a .kwh file "
+                         "or a checkpoint or run folder of 'kwh train'")
+    result = error_on(loaded.model, args.data, args.data_dir, args.limit_test, args.batch_size)
     print(f"test error {100 * result['error']:.2f}% ({result['n'] - result['correct']:,} of "
           f"{result['n']:,} {args.data} test examples wrong) -- {args.file}")
     return 0

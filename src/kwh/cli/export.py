@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export and print one line with the result."""
-    from kwh.compress.format_onnx import export_onnx  # torch.onnx is heavy: import on use
+    from kwh.format.onnx import export_onnx  # torch.onnx is heavy: import on use
 
     out = export_onnx(args.file, args.onnx, args.input_shape, opset=args.opset)
     print(f"kwh: wrote {out} ({os.path.getsize(out)} bytes) from {args.file}")

@@ -23,14 +23,15 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the summary (or JSON) of args.file."""
-    from kwh.compress import codec, format_summary
-    from kwh.compress.summary import dense_original, format_file_line
+    from kwh.compress.summary import dense_original, format_file_line, format_summary
+    from kwh.format import codec
 
     summary = codec.read_header(args.file).get("summary")
     report = codec.file_report(args.file)
+    weights_mode = summary is not None and summary.get("mode") == "weights"
     if args.json:
         out = {"summary": summary, "file": report}
-        if summary is not None:
+        if summary is not None and not weights_mode:
             base = summary["size_fp32_original_bytes"]
             out["dense_original"] = {"bytes": base, "what": dense_original(summary),
                                      "ratio_file": base / report["file_bytes"]}
@@ -38,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     detail = (f"{report['payload_bytes']:,} B payload in {len(report['sections'])} sections, "
               f"{report['header_bytes']:,} B header")
+    if weights_mode:  # the user's architecture, weights only: no chain to compare with
+        from kwh.compress.weights import WeightsSummary
+        print(WeightsSummary(summary))
+        print(f"{args.file}: {report['file_bytes']:,} B ({detail}); the same tensors as float32 "
+              f"take {report['dense_fp32_bytes']:,} B "
+              f"({report['dense_fp32_bytes'] / report['file_bytes']:.1f}x larger)")
+        return 0
     if summary is None:
         print(f"{args.file}: no compression summary (saved without kwh.compress)")
         detail += f"; its tensors as float32 would take {report['dense_fp32_bytes']:,} B"

@@ -44,7 +44,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build and write the report; returns the exit code."""
-    from kwh.energy.sources import load_model
+    from kwh.app import load_model
     from kwh.report import write_report
     table, config = energy_settings(args)
     for name in ("samples", "reliability_examples"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 __all__ = ["register", "run", "load_model", "load_sequences", "VIDEO_DATA", "parse_scales"]
 
@@ -57,48 +56,21 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def load_model(spec: str, checkpoint: str | None):
-    """A .kwh file through ``kwh.load``, or a reference model with a state-dict checkpoint."""
-    from kwh.models import MODELS, build
-    if spec in MODELS:
-        if checkpoint is None:
-            raise ValueError(f"reference model {spec!r} needs --checkpoint with its trained "
-                             "weights (a .safetensors or .pt state dict)")
-        model = build(spec)
-        model.load_state_dict(_state_dict(Path(checkpoint)))
-        return model.eval()
-    path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"MODEL {spec!r} is neither a file nor a reference model; give "
-                                f"a .kwh file or one of: {', '.join(MODELS)}")
-    try:
-        from kwh import load
-    except ImportError:
-        raise ValueError("reading .kwh files needs kwh.load, which this installation "
-                         "lacks") from None
-    return load(path).eval()
-
-
-def _state_dict(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    import torch
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The model to convert, in eval mode: a .kwh file, or a reference model with its trained
+    weights from a state dict (kwh.app.load_model)."""
+    from kwh.app import load_model as load
+    from kwh.models import MODELS
+    if spec in MODELS and checkpoint is None:
+        raise ValueError(f"reference model {spec!r} needs --checkpoint with its trained "
+                         "weights (a .safetensors or .pt state dict)")
+    return load(spec, checkpoint).model
 
 
 def load_sequences(data: str, split: str, n: int, frames: int, seed: int, root):
     """Frames time-major (T, S, C, H, W) and labels ((S,) moving, (T, 1) temporal)."""
-    from kwh.data import sequence_dataset
-    if n < 1 or frames < 1:
-        raise ValueError(f"--sequences and --frames must be >= 1, got {n} and {frames}")
+    from kwh.app import sequences
     name, kind = VIDEO_DATA[data]
-    x, y = sequence_dataset(name, split, kind, root=root, n_sequences=n, n_frames=frames,
-                            seed=seed).tensors
-    if kind == "temporal":  # one stream: (T, C, H, W), labels (T,)
-        return x[:, None], y[:, None]
-    return x.transpose(0, 1).contiguous(), y
+    return sequences(name, split, kind, n=n, frames=frames, seed=seed, root=root)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,14 +1,12 @@
 """Compression: a trained Bayesian chain -> a smaller, low-bit plain model with its summary.
 
-``kwh.compress`` is this package and, being callable, also the verb: ``kwh.compress(model)``
-is ``kwh.compress.compress(model)``. (A function bound to the same name would hide the
-package, so ``kwh.compress.codec`` would stop resolving as an attribute.)
+``kwh.compress.compress`` is the core step; it knows nothing of files. The public verb
+``kwh.compress(model, config)`` (this package, made callable by kwh/__init__.py through
+kwh.app.verb) runs it and adds what only the .kwh codec can measure: the payload bytes and the
+maximum compression in the summary.
 """
 
 from __future__ import annotations
-
-import sys
-import types
 
 from kwh.compress.config import CompressConfig
 from kwh.compress.metrics import evaluate
@@ -20,19 +18,9 @@ from kwh.compress.precision import (
     quantize,
 )
 from kwh.compress.prune import compress
-from kwh.compress.summary import format_summary
+from kwh.compress.summary import add_payload, format_summary
 
 __all__ = [
-    "compress", "CompressConfig", "format_summary", "evaluate",
+    "compress", "CompressConfig", "format_summary", "add_payload", "evaluate",
     "LayerPrecision", "choose_precision", "frac_bits_per_weight", "layer_frac_bits", "quantize",
 ]
-
-
-class _CallableModule(types.ModuleType):
-    """The package module, callable as ``kwh.compress(model, config, eval_data=...)``."""
-
-    def __call__(self, model, config=None, **kwargs):
-        return compress(model, config, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

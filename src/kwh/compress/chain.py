@@ -10,6 +10,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from kwh.bayes import BayesConv2d, BayesLayer, BayesLinear
 from kwh.errors import ModelError
+from kwh.graph import chain as graph_chain
+from kwh.graph import explicit_chain
 
 WEIGHTED = (BayesLinear, BayesConv2d, nn.Linear, nn.Conv2d)
 # Modules that act on each channel (or feature) alone, so removing a channel commutes with them.
@@ -45,15 +47,25 @@ class Node:
         return isinstance(self.module, WEIGHTED)
 
 
-def flatten_chain(model: nn.Module) -> list[Node]:
-    """The modules of an nn.Sequential chain (nested Sequentials flattened), checked."""
+def flatten_chain(model: nn.Module, example: torch.Tensor | None = None) -> list[Node]:
+    """The model's modules as a checked chain.
+
+    An nn.Sequential of torch.nn and kwh layers (nested plain Sequentials flattened) is read
+    as it is; any other model (its own ``forward()``, an nn.Sequential subclass with its own
+    ``forward``, user-defined blocks) is traced with torch.fx on ``example`` (a batch of
+    inputs) and must be a chain there (kwh.graph.chain), else a ModelError names why.
+    """
     if isinstance(model, WEIGHTED):
         model = nn.Sequential(model)
-    if not isinstance(model, nn.Sequential):
-        raise ModelError(f"kwh.compress works on an nn.Sequential chain, got "
-                         f"{type(model).__name__}; supported modules: {SUPPORTED}")
     nodes: list[Node] = []
-    _collect(model, "", nodes)
+    if explicit_chain(model):
+        _collect(model, "", nodes)
+    else:
+        if example is None:
+            raise ModelError(f"{type(model).__name__} is not a plain nn.Sequential, so kwh traces "
+                             "its forward() on example inputs: pass example_inputs=x (a batch "
+                             "of inputs) or the input shape (CompressConfig(input_shape=...))")
+        nodes = [Node(link.name, link.module) for link in graph_chain(model, example)]
     weighted = [i for i, n in enumerate(nodes) if n.weighted]
     if not weighted:
         raise ModelError("the model has no Linear or Conv2d layer to compress")

@@ -10,6 +10,7 @@ MAX_TOTAL_BITS = 25
 MAX_FRAC_BITS = 23  # clip of t_ij (Louizos et al. 2017, sec. 4: 23 mantissa bits of a float32)
 MIN_TOTAL_BITS = 2  # one sign bit and at least one magnitude bit
 BITS_SEARCHES = ("fit", "raise", "off")
+PRUNE_SEARCHES = ("off", "fit")
 
 
 @dataclass
@@ -33,6 +34,15 @@ class CompressConfig:
                  lower them while it costs no more (no accuracy lost, no bit wasted);
                  "raise" only raise them; "off" keep the posterior rule.
     bits_tolerance: the error quantization may cost on the guard data, in percentage points.
+    prune_search: with guard data: "fit" lowers the pruning thresholds of the Bayesian layers
+                 (those without a ``thresholds`` entry) from the posterior's, a few groups or
+                 weights at a time in order of log alpha, taking at each step the layer whose
+                 cut removes the most stored weights while the guard error stays within
+                 ``prune_tolerance`` of the error at the posterior's thresholds: the
+                 per-layer thresholds the authors read off log-alpha histograms, fit on held-out
+                 data; "off" (default) keeps the posterior's thresholds.
+    prune_tolerance: the error pruning past the posterior's thresholds may cost on the guard
+                 data, in percentage points.
     """
 
     threshold: float | None = None
@@ -45,6 +55,8 @@ class CompressConfig:
     fold_batchnorm: bool = True
     bits_search: str = "fit"
     bits_tolerance: float = 0.05
+    prune_search: str = "off"
+    prune_tolerance: float = 0.1
     version: int = 1
 
     def __post_init__(self):
@@ -63,9 +75,13 @@ class CompressConfig:
         if self.bits_search not in BITS_SEARCHES:
             raise ValueError(f"Unknown bits_search {self.bits_search!r}; choose one of: "
                              f"{', '.join(BITS_SEARCHES)}")
-        t = self.bits_tolerance
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 100:
-            raise ValueError(f"bits_tolerance={t!r} is invalid; give percentage points in [0, 100)")
+        if self.prune_search not in PRUNE_SEARCHES:
+            raise ValueError(f"Unknown prune_search {self.prune_search!r}; choose one of: "
+                             f"{', '.join(PRUNE_SEARCHES)}")
+        for what in ("bits_tolerance", "prune_tolerance"):
+            t = getattr(self, what)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 100:
+                raise ValueError(f"{what}={t!r} is invalid; give percentage points in [0, 100)")
         for name, t in self.thresholds.items():
             if not isinstance(t, (int, float)) or isinstance(t, bool):
                 raise ValueError(f"thresholds[{name!r}]={t!r} is not a number")

@@ -9,28 +9,39 @@ layers carrying ``kwh_bits`` and ``kwh_frac_bits``; the model carries ``kwh_summ
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from kwh.bayes import BayesLayer
-from kwh.compress.chain import flatten_chain, infer_input_shape, probe_shapes
+from kwh.compress.chain import WEIGHTED, flatten_chain, infer_input_shape, probe_shapes
 from kwh.compress.config import CompressConfig
 from kwh.compress.metrics import evaluate
 from kwh.compress.precision import LayerPrecision, choose_precision, quantize, search_bits
 from kwh.compress.propagate import drop_unread_inputs, propagate
 from kwh.compress.stages import Stage, build_stages
 from kwh.compress.summary import Summary, summarize
+from kwh.compress.weights import compress_weights
 from kwh.errors import ModelError
+from kwh.graph import example_input, explicit_chain
 from kwh.modules import SelectInputs
 
 
 def compress(model: nn.Module, config: CompressConfig | None = None, *,
              eval_data: Iterable | None = None, guard_data: Iterable | None = None,
-             **options) -> nn.Sequential:
+             example_inputs: torch.Tensor | None = None, mode: str = "structured",
+             **options) -> nn.Module:
     """Prune, fold and quantize ``model``; returns a plain nn.Sequential with ``kwh_summary``.
 
+    ``model``: an nn.Sequential, or any module whose traced forward is a chain of layers
+    (kwh.graph.chain); ``example_inputs`` (a batch) is what it is traced and checked on, and
+    gives the input shape (else ``config.input_shape``, the model's ``kwh_input_shape`` or
+    the first ``eval_data`` batch).
+    ``mode="weights"`` works on any model (residual connections, shared modules, branches):
+    its Bayesian layers become plain, masked and quantized in place, the architecture
+    unchanged (kwh.compress.weights); no example input is needed.
     ``config`` or keyword options (``compress(model, max_bits=8)``) set the CompressConfig.
     ``eval_data`` (batches of (x, y)) adds the test error before and after quantization.
     ``guard_data`` (batches of (x, y) held out of the training data, never the test set)
@@ -41,10 +52,32 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
         config = CompressConfig(**options)
     elif options:
         raise TypeError("pass options either in the CompressConfig or as keywords, not both")
-    nodes = flatten_chain(model)
+    if mode == "weights":
+        return compress_weights(model, config, eval_data=eval_data, guard_data=guard_data)
+    if mode != "structured":
+        raise ValueError(f"mode must be 'structured' or 'weights', got {mode!r}")
+    if example_inputs is not None:
+        if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 2:
+            raise ModelError("example_inputs must be one tensor holding a batch of inputs, shape "
+                             "(batch, ...)")
+        if config.input_shape is not None and \
+                tuple(config.input_shape) != tuple(example_inputs.shape[1:]):
+            raise ModelError(f"example_inputs have shape {tuple(example_inputs.shape[1:])} per "
+                             f"example but input_shape is {tuple(config.input_shape)}")
+        config = dataclasses.replace(config, input_shape=tuple(example_inputs.shape[1:]))
+    if explicit_chain(model) or isinstance(model, WEIGHTED):
+        nodes = flatten_chain(model)
+        input_shape = _input_shape(model, nodes, config, eval_data)
+    else:
+        input_shape = _input_shape(model, None, config, eval_data)
+        if example_inputs is None:
+            example_inputs = example_input(model, input_shape)
+        nodes = flatten_chain(model, example_inputs.to(next(model.parameters()).device))
     _check_names(nodes, config)
-    input_shape = _input_shape(model, nodes, config, eval_data)
     probe_shapes(nodes, input_shape)
+    prune_guard = None
+    if guard_data is not None and config.prune_search == "fit":
+        config, prune_guard = fit_thresholds(nodes, config, guard_data)
     with torch.no_grad():
         prefix, stages = build_stages(nodes, config)
         propagate(stages)
@@ -59,6 +92,8 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
     summary = summarize(nodes, stages, precisions, small, input_shape, config)
     if guard is not None:
         summary["bits_guard"] = guard
+    if prune_guard is not None:
+        summary["prune_guard"] = prune_guard
     if eval_data is not None:
         unquantized = assemble(prefix, stages, None) if config.quantize else small
         before, after = evaluate(unquantized, eval_data), evaluate(small, eval_data)
@@ -69,6 +104,66 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
         }
     small.kwh_summary = Summary(summary)
     return small
+
+
+@torch.no_grad()
+def fit_thresholds(nodes, config: CompressConfig, data: Iterable) -> tuple[CompressConfig, dict]:
+    """Per-layer pruning thresholds fit on held-out data (``config.prune_search="fit"``).
+
+    From the posterior's thresholds, repeatedly try, for each Bayesian layer without a user
+    threshold, pruning the ``frac`` of its kept groups (or weights) with the largest log alpha
+    (never all of them); take the try that leaves the fewest nonzero weights after dead units
+    are propagated, provided the unquantized model's error on ``data`` stays within
+    ``prune_tolerance`` points of the error at the posterior's thresholds. When no try
+    passes, halve ``frac``; stop below 1/64. Returns the config with the thresholds, and a
+    report for the summary.
+    """
+    layers = [(n.name, n.module) for n in nodes
+              if isinstance(n.module, BayesLayer) and n.name not in config.thresholds]
+    log_alpha, start = {}, {}
+    for name, m in layers:
+        log_alpha[name] = m.prior.log_alpha().detach().to("cpu", torch.float64).reshape(-1)
+        t = config.threshold_for(name)
+        start[name] = float(t if t is not None else
+                            (m.threshold if m.threshold is not None else m.prior.threshold))
+
+    def trial(thresholds: dict[str, float]) -> tuple[float, int]:
+        cfg = dataclasses.replace(config, thresholds={**config.thresholds, **thresholds})
+        prefix, stages = build_stages(nodes, cfg)
+        propagate(stages)
+        keep = drop_unread_inputs(stages[0])
+        if keep is not None:
+            prefix.append(SelectInputs(keep))
+        nonzero = sum(int(torch.count_nonzero(s.weight)) for s in stages)
+        return evaluate(assemble(prefix, stages, None), data)["error"], nonzero
+
+    current = dict(start)
+    reference, size = trial(current)
+    budget = reference + config.prune_tolerance / 100
+    err, steps, trials, frac = reference, [], 1, 0.25
+    while frac >= 1 / 64:
+        best = None
+        for name, _ in layers:
+            kept = log_alpha[name][log_alpha[name] < current[name]]
+            k = max(1, int(frac * kept.numel()))
+            if k >= kept.numel():
+                continue
+            t = float(kept.sort(descending=True).values[k - 1])  # prunes log alpha >= t
+            if bool((kept >= t).all()):  # ties: the whole layer would go
+                continue
+            e, n = trial({**current, name: t})
+            trials += 1
+            if e <= budget and n < size and (best is None or n < best[2]):
+                best = (name, t, n, e)
+        if best is None:
+            frac /= 2
+            continue
+        current[best[0]], size, err = best[1], best[2], best[3]
+        steps.append({"layer": best[0], "threshold": best[1], "nonzero": size, "error": err})
+    report = {"mode": "fit", "tolerance_pp": config.prune_tolerance, "error_posterior": reference,
+              "error_chosen": err, "trials": trials, "steps": steps,
+              "thresholds": {n: {"posterior": start[n], "chosen": current[n]} for n in current}}
+    return dataclasses.replace(config, thresholds={**config.thresholds, **current}), report
 
 
 def _guard(prefix, stages: list[Stage], precisions: list[LayerPrecision], data: Iterable,
@@ -144,8 +239,9 @@ def _input_shape(model: nn.Module, nodes, config: CompressConfig, eval_data) -> 
         for batch in eval_data:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             return tuple(x.shape[1:])
-    shape = infer_input_shape(nodes)
+    shape = None if nodes is None else infer_input_shape(nodes)
     if shape is None:
         raise ModelError("kwh.compress needs the input shape of this model to size its layers; "
-                         "pass CompressConfig(input_shape=(C, H, W)) or eval_data")
+                         "pass example_inputs=x (a batch), CompressConfig(input_shape=(C, H, W)) "
+                         "or eval_data")
     return shape

@@ -107,6 +107,9 @@ class Shrinker:
         self.fed_by = {lk.c: lk for lk in self.links}
         self.feeds = {lk.p: lk for lk in self.links}
         shape = {n: tuple(int(d) for d in l.prior.weight_shape) for n, l in self.layers.items()}
+        for n, layer in self.layers.items():  # what compress counts "original" against
+            if getattr(layer, "kwh_original_shape", None) is None:
+                layer.kwh_original_shape = shape[n]
         self.n_inputs = {n: s[1] for n, s in shape.items()}  # original inputs of each weight
         self.out_idx = {n: torch.arange(s[0]) for n, s in shape.items()}
         self.in_idx = {n: torch.arange(s[1]) for n, s in shape.items()}

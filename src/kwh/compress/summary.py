@@ -7,7 +7,9 @@ original weight count over the pruned dense architecture's (group priors) or 1 /
 (CSR with a 32-bit value and a 32-bit index per weight: unstructured, starred in the paper);
 fast prediction is 32 |W| / sum_l |W_l| (1 + e + t_l); maximum compression is 32 |W| over the
 bits of the real entropy-coded payload, as the .kwh codec writes it (weights, indices and
-float32 biases: a little more than the paper, which counts weights only).
+float32 biases: a little more than the paper, which counts weights only). The payload is
+measured by the codec, a layer above this package: ``summarize`` leaves it out and
+``add_payload`` puts it in (kwh.compress(model) does both).
 """
 
 from __future__ import annotations
@@ -31,8 +33,13 @@ class Summary(dict):
 
     def __str__(self) -> str:
         return format_summary(self)
+
+
 PAYLOAD_SOURCE = ("kwh.codec payload_bytes: the entropy-coded tensor sections of the .kwh file "
                   "(packed weights, sparse indices, float32 biases)")
+NOT_QUANTIZED = "not measured: weights not quantized (quantize=False)"
+NOT_MEASURED = ("not measured: the .kwh payload is measured by the codec (kwh.compress(model) "
+                "adds it; kwh.compress.compress does not)")
 
 
 def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrecision],
@@ -46,8 +53,6 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
     w_dense = sum(d["weights_pruned_dense"] for d in layers)
     nnz = sum(d["nonzero"] for d in layers)
     unstructured = any(s.structured is False for s in stages)
-    # The payload of float32 weights says nothing about compression: measured when quantized.
-    payload = _payload_bytes(small, input_shape) if config.quantize else None
     dense_bits = sum(d["weights_pruned_dense"] * d["bits"] for d in layers)
     csr_bits = sum(2 * d["nonzero"] * d["bits"] for d in layers)
     rates = {
@@ -55,9 +60,8 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
         "pruning": _ratio(w_orig, 2 * nnz) if unstructured else _ratio(w_orig, w_dense),
         "fast_prediction": _ratio(32 * w_orig, csr_bits if unstructured else dense_bits),
         "fast_prediction_dense": _ratio(32 * w_orig, dense_bits),
-        "max_compression": None if payload is None else _ratio(32 * w_orig, 8 * payload),
-        "max_compression_source": PAYLOAD_SOURCE if payload is not None else
-        "not measured: weights not quantized (quantize=False)",
+        "max_compression": None,  # add_payload: from the codec's payload
+        "max_compression_source": NOT_MEASURED if config.quantize else NOT_QUANTIZED,
     }
     orig_bytes = sum(_orig_param_count(n) for n in nodes) * 4
     small_bytes = sum(t.numel() for t in _float_tensors(small)) * 4
@@ -82,7 +86,7 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
         "size_fp32_original_bytes": orig_bytes,
         "size_fp32_bytes": small_bytes,
         "bias_bytes": sum(4 * m.bias.numel() for m in plain if m.bias is not None),
-        "payload_bytes": payload,
+        "payload_bytes": None,  # add_payload
         "rates": rates,
         "config": {"threshold": config.threshold, "thresholds": dict(config.thresholds),
                    "max_bits": config.max_bits, "bits": dict(config.bits),
@@ -93,7 +97,7 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
 
 def _layer(n: Node, s: Stage, p: LayerPrecision, m: nn.Module) -> dict:
     conv = s.conv
-    orig_shape = list(s.orig_weight_shape)
+    orig_shape = list(original_shape(s.module) or s.orig_weight_shape)
     positions = math.prod(s.out_shape[1:]) if conv else 1  # output pixels per example
     w = s.weight  # pruned, before quantization: the structure the posterior chose
     nz_cols = int((w.transpose(0, 1).reshape(w.shape[1], -1) != 0).any(dim=1).sum())
@@ -125,22 +129,41 @@ def _layer(n: Node, s: Stage, p: LayerPrecision, m: nn.Module) -> dict:
     }
 
 
-def _payload_bytes(small: nn.Sequential, input_shape: tuple[int, ...]) -> int:
-    """The real payload: what kwh.save writes for the tensors, measured by the codec."""
-    from kwh.compress import codec  # the codec imports this package: import on use
+def add_payload(summary: dict, payload_bytes: int) -> dict:
+    """``summary`` (changed in place and returned) with the real payload, the bytes the codec
+    writes for the tensors, and the maximum compression 32 |W| / (8 payload) it gives.
 
-    return codec.payload_bytes(small, input_shape=list(input_shape))
+    A payload of float32 weights says nothing about compression: an unquantized summary is
+    returned unchanged.
+    """
+    if not summary["quantized"]:
+        return summary
+    summary["payload_bytes"] = int(payload_bytes)
+    rates = summary["rates"]
+    rates["max_compression"] = _ratio(32 * summary["weights_original"], 8 * payload_bytes)
+    rates["max_compression_source"] = PAYLOAD_SOURCE
+    return summary
 
 
 def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+def original_shape(m: nn.Module) -> tuple[int, ...] | None:
+    """The weight shape a layer had before it was shrunk while training (None: never shrunk).
+
+    kwh.compress.shrink records it (``kwh_original_shape``), so that rates and "original"
+    counts are against the network training started from, not the shrunk one."""
+    shape = getattr(m, "kwh_original_shape", None)
+    return None if shape is None else tuple(int(d) for d in shape)
+
+
 def _orig_param_count(n: Node) -> int:
     """Parameters of the deterministic original layer (weights, biases, BatchNorm stats)."""
     m = n.module
     if isinstance(m, BayesLayer):
-        return math.prod(m.prior.weight_shape) + (0 if m.bias is None else m.bias.numel())
+        shape = original_shape(m) or m.prior.weight_shape
+        return math.prod(shape) + (0 if m.bias is None else shape[0])
     if isinstance(m, NORMS):
         return m.num_features * (4 if m.affine else 2)
     return sum(p.numel() for p in m.parameters())
@@ -210,7 +233,8 @@ def rate_rows(summary: dict, file_bytes: int | None = None) -> list[tuple]:
         ("MACs", f"{s['macs_original']:,}", f"{s['macs_nonzero']:,} (nonzero weights)",
          _ratio(s["macs_original"], s["macs_nonzero"]), ""),
         ("weight bytes", f"{4 * w_orig:,} B float32",
-         "not measured (not quantized)" if payload is None else f"{payload:,} B .kwh payload",
+         f"{payload:,} B .kwh payload" if payload is not None else
+         "not measured (not quantized)" if not s.get("quantized", True) else "not measured",
          r.get("max_compression"), "max compression"),
     ]
     if file_bytes is not None:

@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kwh.bayes import BayesConv2d, BayesLayer, BayesLinear
 from kwh.errors import ModelError
+from kwh.graph import calls as graph_calls
+from kwh.graph import example_input, explicit_chain
 from kwh.modules import SelectInputs
 
 __all__ = ["LayerCounts", "count_model", "weight_of", "SUPPORTED_LAYERS"]
@@ -28,7 +31,8 @@ _FREE = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Unf
 # and the input selection of a compressed model (a gather: no arithmetic)
 _COMPARE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
 SUPPORTED_LAYERS = ("Linear", "Conv2d", "BayesLinear", "BayesConv2d", "ReLU", "ReLU6",
-                    "LeakyReLU", "Hardtanh", "MaxPool2d", "AvgPool2d", "Flatten", "Unflatten",
+                    "LeakyReLU", "Hardtanh", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+                    "Flatten", "Unflatten",
                     "Identity", "Dropout", "BatchNorm1d/2d (folded into the layer before)",
                     "SelectInputs")
 
@@ -52,6 +56,8 @@ class LayerCounts:
     n_bias: int
     compares: int = 0               # ReLU and max-pool comparisons
     pool_adds: int = 0              # average-pool additions
+    elementwise_adds: int = 0       # additions of two activation tensors (residual connections)
+    extra_in_elems: int = 0         # elements read besides the block input (the other operand)
     fused: list[str] = field(default_factory=list)  # names of the ops fused into this block
     weight_bits: int | None = None  # kwh_bits of a kwh-compressed layer, else None (plain)
     frac_bits: int | None = None    # kwh_frac_bits; None on a kwh layer: weights left float32
@@ -74,7 +80,7 @@ class LayerCounts:
 
 def weight_of(m: nn.Module) -> tuple[Tensor, Tensor | None]:
     """The weight and bias the layer computes with in eval mode (Bayesian: masked mean)."""
-    if hasattr(m, "eval_weight_bias"):
+    if isinstance(m, BayesLayer):
         w, b = m.eval_weight_bias()
     else:
         w, b = m.weight, m.bias
@@ -82,12 +88,11 @@ def weight_of(m: nn.Module) -> tuple[Tensor, Tensor | None]:
 
 
 def _is_conv(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) or type(m).__name__ == "BayesConv2d"
+    return isinstance(m, (nn.Conv2d, BayesConv2d))
 
 
 def _is_weight(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Linear, nn.Conv2d)) or type(m).__name__ in ("BayesLinear",
-                                                                        "BayesConv2d")
+    return isinstance(m, (nn.Linear, nn.Conv2d, BayesLinear, BayesConv2d))
 
 
 def _conv_taps(m: nn.Module, in_shape: tuple[int, ...], mask: Tensor) -> int:
@@ -162,32 +167,98 @@ def _trace(model: nn.Module,
     return calls
 
 
+# Functions of a traced forward() (kwh.graph.calls) that have no torch.nn module form.
+_ADDS = ("add", "iadd", "sub", "isub")  # elementwise sum of two activation tensors (residual)
+_MOVES = ("cat", "concat", "view", "reshape", "flatten", "contiguous", "permute", "transpose",
+          "squeeze", "unsqueeze", "getitem", "chunk", "split")  # data movement: no arithmetic
+_MEANS = ("adaptive_avg_pool2d", "mean")
+
+
+def _module_cost(label: str, m: nn.Module, ins: tuple, outs: tuple) -> tuple[int, int]:
+    """(comparisons, narrow additions) of a module that is not a weight layer."""
+    if isinstance(m, _FREE):
+        return 0, 0
+    if isinstance(m, _COMPARE):
+        return math.prod(ins), 0
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
+        per_out = math.prod(outs) * (math.prod(k) - 1)  # k*k inputs -> k*k - 1 ops
+        return (per_out, 0) if isinstance(m, nn.MaxPool2d) else (0, per_out)
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return 0, max(0, math.prod(ins) - math.prod(outs))  # sums; one scale per output
+    raise ModelError(f"layer {label} ({m!r}) is not supported by the energy model; "
+                     f"supported: {', '.join(SUPPORTED_LAYERS)}")
+
+
+def _fuse(blocks: list[LayerCounts], outs: tuple, kind: str | None, compares: int = 0,
+          adds: int = 0, elementwise: int = 0, extra: int = 0) -> None:
+    """Add an op to the block of the last weight layer before it (nothing before the first)."""
+    if not blocks:
+        return
+    blk = blocks[-1]
+    blk.compares += compares
+    blk.pool_adds += adds
+    blk.elementwise_adds += elementwise
+    blk.extra_in_elems += extra
+    blk.out_shape = outs
+    if kind is not None:
+        blk.fused.append(kind)
+
+
 def count_model(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCounts]:
-    """Per-block op counts of ``model`` for one example of shape ``input_shape`` (no batch dim)."""
+    """Per-block op counts of ``model`` for one example of shape ``input_shape`` (no batch dim).
+
+    An nn.Sequential of torch.nn/kwh layers is read through forward hooks; any other model
+    is traced (kwh.graph.calls), so functional calls and additions of two paths (residual
+    connections) are counted too, and what cannot be priced is an error naming it.
+    """
+    if not explicit_chain(model) and not isinstance(model, (nn.Linear, nn.Conv2d, BayesLayer)):
+        return _count_graph(model, tuple(input_shape))
     blocks: list[LayerCounts] = []
     for name, m, ins, outs in _trace(model, tuple(input_shape)):
         label = f"{name}:{type(m).__name__}"
         if _is_weight(m):
             blocks.append(_weight_counts(label, m, ins, outs))
             continue
-        if isinstance(m, _FREE):
-            cost = (0, 0)
-        elif isinstance(m, _COMPARE):
-            cost = (math.prod(ins), 0)
-        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-            k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
-            per_out = math.prod(outs) * (math.prod(k) - 1)  # k*k inputs -> k*k - 1 ops
-            cost = (per_out, 0) if isinstance(m, nn.MaxPool2d) else (0, per_out)
+        cmp, adds = _module_cost(label, m, ins, outs)
+        silent = isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d))
+        _fuse(blocks, outs, None if silent else type(m).__name__, cmp, adds)
+    if not blocks:
+        raise ModelError("model has no Linear or Conv2d layer; nothing to price")
+    return blocks
+
+
+def _count_graph(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCounts]:
+    was = model.training
+    model.eval()
+    try:
+        ops = graph_calls(model, example_input(model, input_shape))
+    finally:
+        model.train(was)
+    blocks: list[LayerCounts] = []
+    for op in ops:
+        ins = op.in_shapes[0] if op.in_shapes else ()
+        if op.module is not None:
+            label = f"{op.name}:{type(op.module).__name__}"
+            if _is_weight(op.module):
+                blocks.append(_weight_counts(label, op.module, ins, op.out_shape))
+                continue
+            cmp, adds = _module_cost(label, op.module, ins, op.out_shape)
+            silent = isinstance(op.module, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d))
+            _fuse(blocks, op.out_shape, None if silent else type(op.module).__name__, cmp, adds)
+        elif op.function in _ADDS and len(op.in_shapes) == 2:
+            n = math.prod(op.out_shape)
+            _fuse(blocks, op.out_shape, "add", elementwise=n, extra=n)
+        elif op.function in _MOVES:
+            _fuse(blocks, op.out_shape, None)
+        elif op.function in _MEANS:
+            _fuse(blocks, op.out_shape, op.function,
+                  adds=max(0, math.prod(ins) - math.prod(op.out_shape)))
         else:
-            raise ModelError(f"layer {label} ({m!r}) is not supported by the energy model; "
-                             f"supported: {', '.join(SUPPORTED_LAYERS)}")
-        if blocks:  # ops before the first weight layer (e.g. Flatten) belong to no block
-            blk = blocks[-1]
-            blk.compares += cost[0]
-            blk.pool_adds += cost[1]
-            blk.out_shape = outs
-            if not isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)):
-                blk.fused.append(type(m).__name__)
+            raise ModelError(f"{op.name} ({op.function}) in {type(model).__name__}.forward is not "
+                             "supported by the energy model; supported: "
+                             f"{', '.join(SUPPORTED_LAYERS)}, functional activations and pooling, "
+                             "additions of two paths, concatenation and reshapes")
     if not blocks:
         raise ModelError("model has no Linear or Conv2d layer; nothing to price")
     return blocks

@@ -101,7 +101,7 @@ def place(weight_bits: float, act_peak_bits: float, table: EnergyTable,
 
 def _act_io(c: LayerCounts, ar: Arith) -> tuple[int, int]:
     """Bits read (input) and written (block output) per inference."""
-    return c.in_elems * ar.a_bits, c.out_elems * ar.a_bits
+    return (c.in_elems + c.extra_in_elems) * ar.a_bits, c.out_elems * ar.a_bits
 
 
 def block_compute(c: LayerCounts, ar: Arith, table: EnergyTable, mults: float, acc_adds: float,
@@ -109,11 +109,11 @@ def block_compute(c: LayerCounts, ar: Arith, table: EnergyTable, mults: float, a
     """Energy and result bits of one block's arithmetic.
 
     ``mults`` products (w x a bits), ``acc_adds`` additions into the accumulator, plus the
-    bias additions (times ``bias_share``), pooling additions and ``act_adds`` at activation
-    width, and the ReLU / max-pool comparisons.
+    bias additions (times ``bias_share``), pooling and residual additions and ``act_adds`` at
+    activation width, and the ReLU / max-pool comparisons.
     """
     acc = acc_adds + c.bias_adds * bias_share
-    narrow = c.pool_adds + act_adds
+    narrow = c.pool_adds + c.elementwise_adds + act_adds
     if ar.kind == "fp":
         e_mult = mults * table.mult_j(ar.w_bits, kind="fp")
         e_add = (acc + narrow) * table.add_j(ar.acc_bits, kind="fp")

@@ -1,78 +1,17 @@
-"""Where the models to price come from: .kwh files, reference names, the dense original, data."""
+"""The models an energy comparison prices besides the given one: the dense original, and the
+input shape one example has (the model itself comes loaded: kwh.app.load_model)."""
 
 from __future__ import annotations
-
-import importlib
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from kwh.errors import KwhError, ModelError
+from kwh.errors import ModelError
 from kwh.models import MODELS, build
 
-__all__ = ["LoadedModel", "load_model", "dense_reference", "input_shape_for", "eval_accuracy",
-           "DATA_SHAPES"]
+__all__ = ["dense_reference", "input_shape_for", "DATA_SHAPES"]
 
 DATA_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
-
-@dataclass
-class LoadedModel:
-    """A model to price, its compression summary (None for plain ones) and a display name."""
-
-    model: nn.Module
-    summary: dict | None
-    label: str
-    path: Path | None = None
-    data: str | None = None  # the data set it was trained on, when known (checkpoints)
-
-
-def _kwh_loader():
-    """``kwh.load`` or the codec's ``load``; None when this installation has neither."""
-    import kwh
-    load = getattr(kwh, "load", None)
-    if load is not None:
-        return load
-    try:
-        return importlib.import_module("kwh.compress.codec").load
-    except (ImportError, AttributeError):
-        return None
-
-
-def load_model(spec: str) -> LoadedModel:
-    """A .kwh file, a training checkpoint (file or run folder), or a reference model name."""
-    p = Path(spec)
-    if p.suffix == ".kwh" or p.is_file() or p.is_dir():
-        if p.is_dir() and (p / "checkpoint.safetensors").is_file():
-            p = p / "checkpoint.safetensors"
-        if not p.exists():
-            raise FileNotFoundError(f"model file not found: {p}")
-        if p.suffix == ".safetensors":
-            return _load_checkpoint(p)
-        load = _kwh_loader()
-        if load is None:
-            raise KwhError("reading .kwh files needs kwh.load (the .kwh codec), which this "
-                           "installation does not have")
-        model = load(p)
-        return LoadedModel(model, getattr(model, "kwh_summary", None), p.name, p)
-    if spec in MODELS:
-        return LoadedModel(build(spec), None, spec)
-    raise ValueError(f"MODEL {spec!r} is neither an existing file nor a reference model; give a "
-                     f".kwh file, a checkpoint, or one of: {', '.join(MODELS)}")
-
-
-def _load_checkpoint(p: Path) -> LoadedModel:
-    try:
-        load_checkpoint = importlib.import_module("kwh.train").load_checkpoint
-    except (ImportError, AttributeError):
-        raise KwhError("reading training checkpoints needs kwh.train.load_checkpoint, which "
-                       "this installation does not have") from None
-    model, config = load_checkpoint(p)
-    model.eval()
-    return LoadedModel(model, None, p.parent.name + "/" + p.name, p,
-                       getattr(config, "data", None))
 
 
 def _weight_shapes(model: nn.Module) -> list[tuple[int, ...]]:
@@ -132,17 +71,3 @@ def input_shape_for(data: str | None, summary: dict | None, model: nn.Module,
         return DATA_SHAPES["mnist"]
     raise ValueError("cannot tell this model's input shape; give --data (one of: "
                      f"{', '.join(DATA_SHAPES)})")
-
-
-@torch.no_grad()
-def eval_accuracy(model: nn.Module, data: str, root: str | None = None,
-                  limit: int | None = None, batch_size: int = 1000) -> tuple[float, int]:
-    """Top-1 accuracy on the test split of ``data`` (first ``limit`` examples): (acc, n)."""
-    from kwh.data import get_dataset
-    ds = get_dataset(data, "test", root, limit=limit)
-    x, y = ds.tensors
-    model.eval()
-    correct = 0
-    for i in range(0, len(y), batch_size):
-        correct += int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-    return correct / len(y), len(y)

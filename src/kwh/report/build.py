@@ -10,11 +10,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kwh.energy.compare import compare
+from kwh.app import LoadedModel, compare, load_model, load_test
+from kwh.bayes import BayesLayer
+from kwh.compress.summary import smaller_than_dense
 from kwh.energy.config import EnergyConfig
 from kwh.energy.format import ratio
 from kwh.energy.sensitivity import MemorySensitivity, weight_memory_sensitivity
-from kwh.energy.sources import LoadedModel, dense_reference
+from kwh.energy.sources import dense_reference
 from kwh.energy.table import HOROWITZ_45NM, EnergyTable
 
 from . import sections as S
@@ -39,17 +41,18 @@ def read_log(path: str | os.PathLike) -> list[dict]:
 
 
 def _is_bayesian(model: nn.Module) -> bool:
-    return any(hasattr(m, "prior") and hasattr(m, "keep_mask") for m in model.modules())
+    return any(isinstance(m, BayesLayer) for m in model.modules())
 
 
 def _bayesian(loaded: LoadedModel, checkpoint: str | None) -> tuple[nn.Module | None,
                                                                    Path | None]:
     """The Bayesian model (from --checkpoint or MODEL itself) and its run folder, or None."""
     if checkpoint is not None:
-        from kwh.train import checkpoint_path, load_checkpoint
-        path = checkpoint_path(checkpoint)
-        model, _ = load_checkpoint(path)
-        return model, path.parent
+        run = load_model(checkpoint)
+        if run.kind != "checkpoint":
+            raise ValueError(f"--checkpoint {checkpoint}: a {run.kind} model, not a checkpoint "
+                             "or run folder of `kwh train`")
+        return run.model, run.path.parent
     if _is_bayesian(loaded.model):
         return loaded.model, loaded.path.parent if loaded.path else None
     return None, None
@@ -106,7 +109,6 @@ def _headlines(summary: dict | None, file_bytes: int | None, error: str,
     """The figures a reader looks for first, each saying what it compares."""
     out = []
     if summary and file_bytes is not None:
-        from kwh.compress.summary import smaller_than_dense
         out.append(f"File: {file_bytes:,} B, {smaller_than_dense(summary, file_bytes)}.")
     out.append(f"Test error: {error}.")
     if sens is not None:
@@ -183,8 +185,7 @@ def build_report(loaded: LoadedModel, *, checkpoint: str | None = None, log: str
     step("reliability")
     test = None
     if data is not None:
-        from kwh.data import get_dataset
-        test = get_dataset(data, "test", data_dir, limit=reliability_examples).tensors
+        test = load_test(data, data_dir, reliability_examples)
     models = ([("Bayesian", bayes)] if bayes is not None else [])
     if loaded.path is not None and bayes is not loaded.model:
         models.append((loaded.label, loaded.model))

@@ -10,7 +10,7 @@ import os
 from datetime import datetime, timezone
 from html import escape
 
-from kwh.train.checkpoint import atomic_write_bytes
+from kwh.format.io import atomic_write_bytes
 
 from .sections import Section
 

@@ -5,7 +5,6 @@ A section that needs more than MODEL itself says in one line which option gives 
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from html import escape
@@ -14,10 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from kwh.bayes import bayes_layers, predict
+from kwh.compress.summary import format_file_line, format_summary
 from kwh.energy.compare import Comparison
 from kwh.energy.format import joules, ratio
 from kwh.energy.measure import Unavailable
 from kwh.energy.sensitivity import MemorySensitivity
+from kwh.metrics import reliability_data
 
 from . import figures
 from .results import Comparison as Rows
@@ -100,12 +102,10 @@ def overview(label: str, summary: dict | None, file_bytes: int | None,
                           "sections that need one say so below."))
     else:
         try:
-            from kwh.compress import format_summary
-            from kwh.compress.summary import format_file_line
             text = format_summary(summary)
             if file_bytes is not None:
                 text += "\n" + format_file_line(summary, file_bytes)
-        except (ImportError, KeyError, TypeError):
+        except (KeyError, TypeError):  # a summary of another layout: shown as it is
             text = json.dumps({k: v for k, v in summary.items() if k != "layers"}, indent=1)
         parts.append(f"<pre>{escape(text)}</pre>")
     return Section("overview", "Overview", "".join(parts))
@@ -336,24 +336,10 @@ def comparison(summary: dict | None, network: str | None, model_error: tuple[flo
     return Section("comparison", title, body)
 
 
-def _reliability_data_fn():
-    """The uncertainty module's reliability-data function (the hook), if present."""
-    for module, attr in (("kwh.uncertainty", "reliability_data"),
-                         ("kwh.metrics", "reliability_data")):
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-    return None
-
-
 @torch.no_grad()
 def _probs(model: nn.Module, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, str]:
     """Posterior predictive (kwh.predict) of a Bayesian model, else the softmax."""
-    import kwh
-    predict = getattr(kwh, "predict", None)
-    bayesian = any(hasattr(m, "prior") for m in model.modules())
-    if bayesian and predict is not None:
+    if any(True for _ in bayes_layers(model)):
         return predict(model, x, samples).probs, f"posterior predictive, {samples} samples"
     model.eval()
     return torch.softmax(model(x).double(), -1), "softmax of the deterministic model"
@@ -363,10 +349,6 @@ def reliability(models: list[tuple[str, nn.Module]], data: tuple | None, samples
                 needs: str) -> Section:
     """Reliability diagrams of the Bayesian model (and the compressed one) on test data."""
     title = "Calibration (reliability diagram)"
-    fn = _reliability_data_fn()
-    if fn is None:
-        return _na("reliability", title, "no reliability_data function is installed "
-                   "(kwh.uncertainty / kwh.metrics)")
     if data is None:
         return _needs("reliability", title, needs)
     if not models:
@@ -375,7 +357,7 @@ def reliability(models: list[tuple[str, nn.Module]], data: tuple | None, samples
     curves_, rows = [], []
     for name, model in models:
         p, how = _probs(model, x, samples)
-        r = fn(p, y)
+        r = reliability_data(p, y)
         curves_.append((f"{name}\n{how}", np.asarray(r.edges), np.asarray(r.accuracy),
                         np.asarray(r.count), float(r.ece)))
         rows.append([name, how, f"{100 * float(r.ece):.2f}%"])

@@ -141,7 +141,7 @@ def run_bench(model: nn.Module, *, one: Tensor, batch: Tensor, calibration: Tens
     weights are fine: it is timed, not evaluated). progress(desc) gives a context manager
     whose value is a progress(done, total) callback (or None).
     """
-    from kwh.compress.format_onnx import export_onnx
+    from kwh.format.onnx import export_onnx
     from kwh.compress.metrics import evaluate
 
     config = config or BenchConfig()

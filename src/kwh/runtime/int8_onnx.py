@@ -119,8 +119,8 @@ def quantize_onnx(model: nn.Module, out_path: str | os.PathLike, calibration: Te
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from kwh.compress.format_io import atomic_write_bytes
-    from kwh.compress.format_onnx import export_onnx
+    from kwh.format.io import atomic_write_bytes
+    from kwh.format.onnx import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         if float_onnx is None:

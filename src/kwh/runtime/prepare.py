@@ -76,7 +76,7 @@ def prepare(model: nn.Module, sparse: str = "auto", *, example_inputs: Tensor | 
     inputs: dict[str, Tensor] = {}
     if sparse == "auto" and names:
         if example_inputs is None:
-            from kwh.compress.format_onnx import resolve_input_shape
+            from kwh.format.onnx import resolve_input_shape
             shape = resolve_input_shape(out, input_shape)
             example_inputs = torch.zeros(batch_size, *shape)  # (B, *input_shape)
         inputs = _layer_inputs(out, example_inputs, names)

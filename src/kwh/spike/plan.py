@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from kwh.errors import ModelError
+from kwh.graph import chain as graph_chain
+from kwh.graph import explicit_chain, is_plain_sequential
 from kwh.modules import SelectInputs
 
 __all__ = ["Block", "Plan", "build_plan", "reference_forward", "input_shapes", "SUPPORTED"]
@@ -65,11 +67,16 @@ class Plan:
         return Plan(copy.deepcopy(self.pre), blocks)
 
 
-def _flatten(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Leaf layers of nested Sequentials, named ``index:Type``."""
-    if not isinstance(model, nn.Sequential):
-        raise ModelError(
-            f"sigma-delta conversion needs an nn.Sequential chain, got {type(model).__name__}")
+def _flatten(model: nn.Module, example: Tensor | None = None) -> list[tuple[str, nn.Module]]:
+    """Leaf layers of nested Sequentials, named ``index:Type``; any other model is traced on
+    ``example`` and must be a chain of layers (kwh.graph.chain)."""
+    if not explicit_chain(model) and not (example is None and is_plain_sequential(model)):
+        if example is None:
+            raise ModelError(f"{type(model).__name__} is not a plain nn.Sequential, so sigma-delta "
+                             "conversion traces its forward() on example inputs: pass "
+                             "example_inputs=x (a batch of inputs) to build_plan")
+        return [(f"{link.name}:{type(link.module).__name__}", link.module)
+                for link in graph_chain(model, example)]
     out: list[tuple[str, nn.Module]] = []
     for name, m in model.named_children():
         if isinstance(m, nn.Sequential):
@@ -106,9 +113,11 @@ def _unsupported(name: str, m: nn.Module) -> ModelError:
                      f"supported layers: {', '.join(SUPPORTED)}")
 
 
-def build_plan(model: nn.Module) -> Plan:
-    """Validate ``model`` and split it into pre-ops and blocks (BatchNorm folded)."""
-    layers = _flatten(model)
+def build_plan(model: nn.Module, example_inputs: Tensor | None = None) -> Plan:
+    """Validate ``model`` and split it into pre-ops and blocks (BatchNorm folded).
+
+    A model that is not a plain nn.Sequential is traced on ``example_inputs`` (a batch)."""
+    layers = _flatten(model, example_inputs)
     pre: list[nn.Module] = []
     blocks: list[Block] = []
     i = 0

@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from kwh.compress.format_io import atomic_write_bytes  # one atomic writer for every file kwh writes
 from kwh.errors import FormatError
+from kwh.format.io import atomic_write_bytes
 
 FORMAT = "kwh-checkpoint"
 VERSION = 1
@@ -33,8 +33,7 @@ _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16":
              "U8": 1, "BOOL": 1}
 
 __all__ = ["FILENAME", "write_checkpoint", "read_checkpoint", "read_checkpoint_meta",
-           "parse_checkpoint",
-           "checkpoint_path", "atomic_write_bytes"]
+           "parse_checkpoint", "checkpoint_path"]
 
 
 def checkpoint_path(path: str | os.PathLike) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kwh.train.checkpoint import atomic_write_bytes
+from kwh.format.io import atomic_write_bytes
 
 __all__ = ["RunLog"]
 

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from kwh.compress import codec
-from kwh.compress.format_io import atomic_write_bytes
 from kwh.errors import ModelError
+from kwh.format import codec
+from kwh.format.io import atomic_write_bytes
 
 __all__ = ["export_onnx", "resolve_input_shape"]
 

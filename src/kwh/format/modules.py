@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kwh.compress import format_schema as fs
-from kwh.modules import SelectInputs
-from kwh.compress import format_shapes as shp
 from kwh.errors import FormatError, ModelError
+from kwh.format import schema as fs
+from kwh.format import shapes as shp
+from kwh.modules import SelectInputs
 
 __all__ = ["ModuleSpec", "SPECS", "TensorSlot", "spec_for", "module_args", "check_args",
            "propagate"]

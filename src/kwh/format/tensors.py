@@ -1,4 +1,4 @@
-"""Tensor encodings of the .kwh format: float32, and fixed-point integers dense or sparse.
+"""Tensor encodings of the .kwh format: float32, int64, and fixed-point integers dense or sparse.
 
 A quantized weight holds exactly q * 2**-t with q a ``bits``-bit two's-complement integer. Its
 integers are stored in whichever of three layouts is smallest before entropy coding:
@@ -10,7 +10,10 @@ integers are stored in whichever of three layouts is smallest before entropy cod
   its integer; a run longer than 2**k - 1 is split by filler entries (run 2**k - 1, value
   0), each covering 2**k positions. k (1..16) is chosen to minimise the size.
 
-Every blob is packed by ``kwh.compress.bitpack`` and starts on a byte boundary.
+Plain tensors are little-endian IEEE ``float32``, or ``int64`` for the integer and boolean
+tensors of the state layout (e.g. BatchNorm's ``num_batches_tracked``).
+
+Every blob is packed by ``kwh.format.bitpack`` and starts on a byte boundary.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ import math
 import numpy as np
 import torch
 
-from kwh.compress import bitpack
-from kwh.compress import format_schema as fs
 from kwh.errors import FormatError, ModelError
+from kwh.format import bitpack
+from kwh.format import schema as fs
 
-__all__ = ["QUANT_ENCODINGS", "MAX_BITS", "MAX_FRAC_BITS", "MAX_INDEX_BITS", "raw_size",
-           "encode_float", "quantize_exact", "encode_quantized", "check_meta", "decode"]
+__all__ = ["QUANT_ENCODINGS", "PLAIN_ENCODINGS", "INT_DTYPES", "MAX_BITS", "MAX_FRAC_BITS",
+           "MAX_INDEX_BITS", "raw_size", "encode_float", "encode_int", "quantize_exact",
+           "encode_quantized", "check_meta", "decode"]
 
 QUANT_ENCODINGS = ("dense", "bitmap", "rindex")
+PLAIN_ENCODINGS = ("float32", "int64")
+INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 MAX_BITS = 25        # a float32 holds every integer of up to 24 magnitude bits exactly
 MAX_FRAC_BITS = 64   # q * 2**-t stays an exact, normal float32 for any t up to here
 MAX_INDEX_BITS = 16
@@ -39,6 +45,8 @@ def raw_size(meta: dict, bits: int | None) -> int:
     enc = meta["encoding"]
     if enc == "float32":
         return 4 * n
+    if enc == "int64":
+        return 8 * n
     if enc == "dense":
         return bitpack.packed_size(n, bits)
     if enc == "bitmap":
@@ -57,6 +65,15 @@ def encode_float(name: str, tensor: torch.Tensor, where: str) -> tuple[dict, byt
                          "finite numbers only")
     meta = {"name": name, "shape": list(tensor.shape), "encoding": "float32"}
     return meta, values.astype("<f4").tobytes()
+
+
+def encode_int(name: str, tensor: torch.Tensor) -> tuple[dict, bytes]:
+    """An integer or boolean tensor as little-endian int64 (booleans as 0 / 1)."""
+    if tensor.dtype not in INT_DTYPES:
+        raise ValueError(f"{name}: encode_int takes {INT_DTYPES}, got {tensor.dtype}")
+    values = tensor.detach().to("cpu", torch.int64).contiguous().numpy().reshape(-1)
+    meta = {"name": name, "shape": list(tensor.shape), "encoding": "int64"}
+    return meta, values.astype("<i8").tobytes()
 
 
 def quantize_exact(tensor: torch.Tensor, bits: int, frac_bits: int, where: str) -> np.ndarray:
@@ -124,17 +141,21 @@ def _size_rindex(m: int, k: int, bits: int) -> int:
 # ------------------------------------------------------------------ checking and decoding (load)
 
 def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
-               where: str) -> dict:
-    """Check one tensor description against the tensor its layer must carry."""
+               where: str, plain: tuple[str, ...] = ("float32",)) -> dict:
+    """Check one tensor description against the tensor its layer must carry.
+
+    ``plain``: the encodings allowed for a tensor that is not quantized (the chain layout
+    stores only float32; the state layout adds int64).
+    """
     fs.fields(meta, where, ["name", "shape", "encoding"], ["nnz", "entries", "index_bits"])
     if meta["name"] != name:
         raise FormatError(f"{where}.name={str(meta['name'])[:40]!r}; expected {name!r}")
     if meta["shape"] != list(shape) or any(type(d) is not int for d in meta["shape"]):
         raise FormatError(f"{where}.shape does not match the layer's arguments "
                           f"(expected {list(shape)})")
-    encodings = QUANT_ENCODINGS if quantized else ("float32",)
+    encodings = QUANT_ENCODINGS if quantized else plain
     enc = fs.get_choice(meta, "encoding", where, encodings)
-    extra = {"dense": [], "float32": [], "bitmap": ["nnz"],
+    extra = {"dense": [], "float32": [], "int64": [], "bitmap": ["nnz"],
              "rindex": ["nnz", "entries", "index_bits"]}[enc]
     fs.fields(meta, where, ["name", "shape", "encoding", *extra])
     n = math.prod(shape)
@@ -152,8 +173,12 @@ def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
 
 def decode(meta: dict, blob: memoryview, quant: tuple[int, int] | None,
            where: str) -> torch.Tensor:
-    """A checked tensor description and its blob -> a float32 tensor (FormatError if invalid)."""
+    """A checked tensor description and its blob -> a float32 tensor, or an int64 one for the
+    int64 encoding (FormatError if invalid)."""
     try:
+        if meta["encoding"] == "int64":
+            ints = np.frombuffer(blob, dtype="<i8").astype(np.int64)
+            return torch.from_numpy(ints.reshape(meta["shape"]))
         if meta["encoding"] == "float32":
             values = np.frombuffer(blob, dtype="<f4").astype(np.float32)
             if not np.isfinite(values).all():
