@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(kwh.compress bits_search)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (training and timing)")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--shrink-patience", type=int, default=0,
+                   help="kwh rows: remove groups dead this many epochs in a row while training "
+                        "(kwh.train shrink_patience; 0: never)")
     p.add_argument("--repeats", type=int, help="timed passes per throughput median (overrides)")
     p.add_argument("--bench-batch", type=int, default=1000, help="images per timed pass")
     a = p.parse_args(argv)
@@ -80,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             if getattr(a, k) < (1 if k != "pretrain_epochs" else 0):
                 p.error(f"--{k.replace('_', '-')} must be positive, got {getattr(a, k)}")
             cfg[k] = getattr(a, k)
+    if a.shrink_patience < 0:
+        p.error(f"--shrink-patience must be >= 0, got {a.shrink_patience}")
     a.cfg = cfg
     return a
 
@@ -183,7 +188,8 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
         if prior not in methods:
             continue
         clock = Clock()
-        model, hist = train_bayes(a.net, dense, prior, tdata, cfg["epochs"], runs / prior, seed, **opts)
+        model, hist = train_bayes(a.net, dense, prior, tdata, cfg["epochs"], runs / prior, seed,
+                                  shrink_patience=a.shrink_patience, **opts)
         train_s = sum(h["seconds"] or 0 for h in hist)
         small, nbytes = compress_and_save(model, tdata, files / f"seed{seed}_{prior}.kwh", a.bits_search)
         s = small.kwh_summary
@@ -245,12 +251,12 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
 
 
 def _payload(model, data) -> int:
-    from kwh.compress.codec import payload_bytes
+    from kwh.format.codec import payload_bytes
     return int(payload_bytes(model, input_shape=data.input_shape))
 
 
 def _save_plain(model, path: Path, data) -> int:
-    from kwh.compress.codec import save
+    from kwh.format.codec import save
     return int(save(model, path, input_shape=data.input_shape))
 
 

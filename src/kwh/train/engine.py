@@ -30,9 +30,10 @@ import kwh
 from kwh.bayes import free_energy
 from kwh.compress.shrink import Shrinker, carry_optimizer_state
 from kwh.errors import FormatError, KwhError, ModelError
+from kwh.format.io import atomic_write_bytes
 from kwh.train.batches import BatchOrder
 from kwh.train.build import BAYESIAN, PLAIN, build_model, make_optimizer, to_bayesian
-from kwh.train.checkpoint import FILENAME, atomic_write_bytes, read_checkpoint, write_checkpoint
+from kwh.train.checkpoint import FILENAME, read_checkpoint, write_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.data import TrainData, load_train_data
 from kwh.train.distributed import DistContext, setup_distributed
@@ -344,6 +345,8 @@ class _Trainer:
             if self.kind == BAYESIAN:
                 rec.update(layer_stats(self.model))
                 rec["architecture"] = pruned_architecture(self.model, tuple(self.order.x.shape[1:]))
+            steps = max(1, self.order.steps_per_epoch)
+            rec["step_ms"] = round(1000 * self.stats["seconds"] / steps, 3)  # training only
             rec["seconds"] = round(time.perf_counter() - started, 3)  # wall, with evaluation
             rec["cpu_seconds"] = round(time.process_time() - cpu_started, 3)  # this process
             self.log.append(rec)
