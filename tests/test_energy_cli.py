@@ -12,6 +12,7 @@ import torch
 
 from kwh.cli import energy as energy_cli
 from kwh.energy.sources import dense_reference
+from kwh.errors import ModelError
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -194,3 +195,29 @@ def test_no_sram_scenario_without_sram(kwh_file, tmp_path, capsys):
     out, _, sc = _sensitivity(kwh_file, tmp_path, capsys, "--sram-kb", "0")
     assert set(sc) == {"as modelled", "both from DRAM"}
     assert "both from SRAM" not in out
+
+
+def test_dense_original_rebuilt_from_a_compressed_chain():
+    import kwh
+    from kwh.energy.counts import count_model
+    from kwh.energy.sources import dense_from_chain
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                              torch.nn.Linear(6 * 7 * 7, 12), torch.nn.ReLU(),
+                              torch.nn.Linear(12, 4))
+    dense_counts = count_model(net, (1, 14, 14))
+    kwh.bayesify_(net, "group-nj")
+    with torch.no_grad():
+        for _, layer in kwh.bayes.bayes_layers(net):
+            layer.prior.z_log_var[::3] = 5.0  # a third of the groups pruned
+    small = kwh.compress(net.eval(), input_shape=(1, 14, 14))
+    ref, label = dense_reference(small.kwh_summary, None, small)
+    assert "summary" in label
+    rebuilt = count_model(ref, (1, 14, 14))
+    assert [c.macs for c in rebuilt] == [c.macs for c in dense_counts]
+    assert sum(c.macs for c in count_model(small, (1, 14, 14))) < sum(c.macs for c in rebuilt)
+    with pytest.raises(ValueError, match="match no reference model"):
+        dense_reference(small.kwh_summary)  # without the model: not a reference net
+    with pytest.raises(ModelError, match="compressed chain"):
+        dense_from_chain(torch.nn.Linear(2, 2), small.kwh_summary)

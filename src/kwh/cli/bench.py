@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         shape = DATA_SHAPES[args.data]
     dense, label, why = None, "", ""
     try:
-        dense, label = dense_reference(summary, args.dense)
+        dense, label = dense_reference(summary, args.dense, model)
     except ValueError as err:  # no summary or no match: the other rows still mean something
         if args.dense is not None:
             raise

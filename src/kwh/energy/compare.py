@@ -107,7 +107,7 @@ def compare(model: nn.Module, summary: dict | None = None, *, label: str,
     ref = None
     if compressed or dense is not None:
         try:
-            ref, ref_name = dense_reference(summary, dense)
+            ref, ref_name = dense_reference(summary, dense, model)
         except ValueError as e:
             if not dense_optional:
                 raise

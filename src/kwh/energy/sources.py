@@ -3,10 +3,13 @@ input shape one example has (the model itself comes loaded: kwh.app.load_model).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from kwh.errors import ModelError
+from kwh.modules import SelectInputs
 from kwh.models import MODELS, build
 
 __all__ = ["dense_reference", "input_shape_for", "DATA_SHAPES"]
@@ -32,9 +35,43 @@ def _candidates(summary: dict):
                                                       in_channels=shape[0])
 
 
-def dense_reference(summary: dict | None, name: str | None = None) -> tuple[nn.Module, str]:
+def dense_from_chain(model: nn.Module, summary: dict) -> nn.Module:
+    """The dense original of a compressed chain: each Linear/Conv2d back at the summary's
+    original shape (same kernel, stride, padding, dilation), the input selection removed,
+    every other module as it is. Weights are random: it is priced by shape, not accuracy."""
+    if not isinstance(model, nn.Sequential):
+        raise ModelError(f"the dense original can be rebuilt from a compressed chain only, "
+                         f"got {type(model).__name__}")
+    shapes = [tuple(int(d) for d in d["shape_original"]) for d in summary["layers"]]
+    weighted = [m for m in model if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if len(weighted) != len(shapes) or any(
+            len(s) != m.weight.dim() for s, m in zip(shapes, weighted)):
+        raise ModelError("the summary's original layer shapes do not match this model's layers")
+    out, k = [], 0
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for m in model:
+            if isinstance(m, SelectInputs):
+                continue
+            if isinstance(m, nn.Conv2d):
+                o, i, *kernel = shapes[k]
+                out.append(nn.Conv2d(i, o, tuple(kernel), stride=m.stride, padding=m.padding,
+                                     dilation=m.dilation, bias=True))
+                k += 1
+            elif isinstance(m, nn.Linear):
+                o, i = shapes[k]
+                out.append(nn.Linear(i, o, bias=True))
+                k += 1
+            else:
+                out.append(copy.deepcopy(m))
+    return nn.Sequential(*out).eval()
+
+
+def dense_reference(summary: dict | None, name: str | None = None,
+                    model: nn.Module | None = None) -> tuple[nn.Module, str]:
     """The dense original: ``name`` if given, else the reference model whose weight shapes
-    equal the summary's original ones (``layers[i]['shape_original']``)."""
+    equal the summary's original ones (``layers[i]['shape_original']``), else (a compressed
+    chain ``model`` given) that chain rebuilt at the original shapes (dense_from_chain)."""
     if name is not None:
         kw = {}
         if summary and summary.get("num_classes"):
@@ -46,11 +83,13 @@ def dense_reference(summary: dict | None, name: str | None = None) -> tuple[nn.M
     want = [tuple(d["shape_original"]) for d in summary["layers"]]
     for label, make in _candidates(summary):
         try:
-            model = make()
+            candidate = make()
         except ValueError:
             continue
-        if _weight_shapes(model) == want:
-            return model, label
+        if _weight_shapes(candidate) == want:
+            return candidate, label
+    if model is not None and isinstance(model, nn.Sequential):
+        return dense_from_chain(model, summary), "the file's dense original (its summary's shapes)"
     raise ModelError(f"the summary's original layer shapes {want} match no reference model; "
                      f"give --dense NAME (one of: {', '.join(MODELS)})")
 
