@@ -15,6 +15,8 @@ from kwh.bayes.priors import (
     Prior,
     prior_config,
 )
+from kwh.bayes.samples import SampleStore
+from kwh.bayes.sgld import SGLD
 from kwh.bayes.uncertainty import Prediction, evaluate_uncertainty, predict
 
 __all__ = [
@@ -25,4 +27,5 @@ __all__ = [
     "LogUniform", "LogUniformConfig", "GroupNJ", "GroupNJConfig",
     "GroupHorseshoe", "GroupHorseshoeConfig",
     "predict", "Prediction", "evaluate_uncertainty",
+    "SGLD", "SampleStore",
 ]

@@ -1,12 +1,14 @@
 """Predictive uncertainty from the posterior that compresses: sample, average, split the entropy.
 
 p(y | x) ~ (1/S) sum_s softmax(f(x; w_s)), w_s from the variational posterior (Bayesian layers,
-local reparameterization, kwh.bayes.sampling) or from dropout masks (MC dropout, Gal and
-Ghahramani 2016). The predictive entropy H[p] splits into the expected entropy E_s H[p_s]
-(aleatoric) and the mutual information I(y; w | x) = H[p] - E_s H[p_s] (epistemic; the BALD
-score of Houlsby et al. 2011). Note: the local reparameterization draws pre-activations
-independently per example and, in Conv2d layers, per output position -- exact for Linear
-layers, the usual approximation for convolutions (Kingma et al. 2015).
+local reparameterization, kwh.bayes.sampling), from dropout masks (MC dropout, Gal and
+Ghahramani 2016) or from weights stored along a sampler's trajectory (SGLD, Welling and Teh
+2011: kwh.bayes.SGLD and kwh.bayes.SampleStore, method "samples"). The predictive entropy
+H[p] splits into the expected entropy E_s H[p_s] (aleatoric) and the mutual information
+I(y; w | x) = H[p] - E_s H[p_s] (epistemic; the BALD score of Houlsby et al. 2011). Note: the
+local reparameterization draws pre-activations independently per example and, in Conv2d
+layers, per output position -- exact for Linear layers, the usual approximation for
+convolutions (Kingma et al. 2015).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from torch import Tensor, nn
 
 from kwh import metrics
 from kwh.bayes.layers import bayes_layers, sampling
+from kwh.bayes.samples import SampleStore
 
 __all__ = ["Prediction", "predict", "predict_loader", "evaluate_uncertainty",
            "format_uncertainty", "METHODS", "DETERMINISTIC_NOTE", "REQUESTED_NOTE"]
 
-METHODS = ("auto", "bayes", "mc-dropout", "deterministic")
+METHODS = ("auto", "bayes", "mc-dropout", "deterministic", "samples")
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
             nn.FeatureAlphaDropout)
 DETERMINISTIC_NOTE = (
@@ -44,7 +47,7 @@ class Prediction:
     expected_entropy: Tensor  # (B,) E_s H[p_s] (aleatoric part), nats
     mutual_information: Tensor  # (B,) H[p] - E_s H[p_s] (epistemic part), nats, >= 0
     samples: int  # forward samples averaged (1 for a deterministic model)
-    method: str  # "bayes", "mc-dropout" or "deterministic"
+    method: str  # "bayes", "mc-dropout", "samples" or "deterministic"
     note: str = ""  # why the prediction is deterministic, when it is
 
     @property
@@ -57,10 +60,25 @@ class Prediction:
         return self.probs.argmax(dim=1)
 
 
-def _resolve_method(model: nn.Module, method: str) -> str:
-    """The sampling method for ``model``: auto picks bayes, then mc-dropout, then deterministic."""
+def _resolve_method(model: nn.Module, method: str, store: SampleStore | None = None) -> str:
+    """The sampling method for ``model``: auto picks samples when given a store, then bayes,
+    then mc-dropout, then deterministic."""
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if store is not None:
+        if not isinstance(store, SampleStore):
+            raise ValueError(f"store must be a kwh.bayes.SampleStore, got {type(store).__name__}")
+        if method not in ("auto", "samples"):
+            raise ValueError(f"store= gives weight samples for method='samples'; got "
+                             f"method={method!r}")
+        if len(store) == 0:
+            raise ValueError(f"the store holds no samples yet ({store!r}): collect past its "
+                             "burn-in first")
+        store.check(model.state_dict())
+        return "samples"
+    if method == "samples":
+        raise ValueError("method='samples' needs store=, a kwh.bayes.SampleStore of the model's "
+                         "weights (e.g. collected while training with kwh.bayes.SGLD)")
     has_bayes = any(True for _ in bayes_layers(model))
     has_dropout = any(isinstance(m, _DROPOUT) for m in model.modules())
     if method == "auto":
@@ -103,12 +121,16 @@ def _device(model: nn.Module) -> torch.device | None:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, samples: int = 20, *, method: str = "auto",
-            max_rows: int = 256) -> Prediction:
+            max_rows: int = 256, store: SampleStore | None = None) -> Prediction:
     """Posterior predictive of ``x`` (B, ...) averaged over ``samples`` stochastic forward passes.
 
-    ``method``: "auto" (Bayesian layers if any, else dropout layers if any, else deterministic),
-    "bayes", "mc-dropout" or "deterministic". The S samples run batched: ``x`` is repeated along
-    the batch dim, at most ``max_rows`` rows per forward pass. The model's modes are restored.
+    ``method``: "auto" (the stored samples if ``store`` is given, else Bayesian layers if any,
+    else dropout layers if any, else deterministic), "bayes", "mc-dropout", "samples" or
+    "deterministic". The S samples run batched: ``x`` is repeated along the batch dim, at most
+    ``max_rows`` rows per forward pass. "samples" loads up to S of the weights in ``store``
+    (SampleStore.select: spread evenly; all of them if it holds fewer) in turn into the model in
+    eval mode, and ``Prediction.samples`` says how many. The model's modes and weights are
+    restored.
     """
     if not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be a positive integer, got {samples!r}")
@@ -116,11 +138,15 @@ def predict(model: nn.Module, x: Tensor, samples: int = 20, *, method: str = "au
         raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
     if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x must be a non-empty batch tensor (B, ...), got {getattr(x, 'shape', x)!r}")
-    kind = _resolve_method(model, method)
+    kind = _resolve_method(model, method, store)
     dev = _device(model)
     if dev is not None:
         x = x.to(dev)
     with _predictive_mode(model, kind):
+        if kind == "samples":
+            p, eh, n = _stored_samples(model, x, store, samples, max_rows)
+            h = _entropy(p)
+            return Prediction(p, h, eh, (h - eh).clamp_min(0.0), n, kind)
         if kind == "deterministic":
             logits = torch.cat([model(xb) for xb in x.split(max_rows)])  # (B, C)
             p = F.softmax(logits.double(), dim=-1)
@@ -154,14 +180,37 @@ def _sample_block(model: nn.Module, x: Tensor, samples: int, max_rows: int) -> t
     return sum_p / samples, sum_h / samples
 
 
+def _stored_samples(model: nn.Module, x: Tensor, store: SampleStore, samples: int,
+                    max_rows: int) -> tuple[Tensor, Tensor, int]:
+    """Mean probabilities (B, C), mean per-sample entropy (B,) and count of the stored weights."""
+    picks = store.select(samples)
+    own = {k: v.detach().clone() if isinstance(v, Tensor) else v
+           for k, v in model.state_dict().items()}  # restored after, however it ends
+    sum_p: Tensor | None = None
+    sum_h: Tensor | None = None
+    try:
+        for i in picks:
+            model.load_state_dict(store[i])
+            logp = torch.cat([F.log_softmax(model(xb).double(), dim=-1)
+                              for xb in x.split(max_rows)])  # (B, C)
+            p = logp.exp()
+            h = -(p * logp).sum(-1)  # (B,)
+            sum_p = p if sum_p is None else sum_p + p
+            sum_h = h if sum_h is None else sum_h + h
+    finally:
+        model.load_state_dict(own)
+    return sum_p / len(picks), sum_h / len(picks), len(picks)
+
+
 def predict_loader(model: nn.Module, loader: Iterable, samples: int = 20, *, method: str = "auto",
-                   max_rows: int = 256) -> tuple[Prediction, Tensor | None]:
+                   max_rows: int = 256, store: SampleStore | None = None
+                   ) -> tuple[Prediction, Tensor | None]:
     """predict() over every batch of a loader of (x, y) or x; returns the joined prediction and labels."""
     preds: list[Prediction] = []
     labels: list[Tensor] = []
     for batch in loader:
         x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-        preds.append(predict(model, x, samples, method=method, max_rows=max_rows))
+        preds.append(predict(model, x, samples, method=method, max_rows=max_rows, store=store))
         if y is not None:
             labels.append(torch.as_tensor(y).reshape(-1).cpu())
     if not preds:
@@ -177,13 +226,14 @@ def predict_loader(model: nn.Module, loader: Iterable, samples: int = 20, *, met
 
 def evaluate_uncertainty(model: nn.Module, test_loader: Iterable, ood_loader: Iterable | None = None,
                          samples: int = 20, *, method: str = "auto", bins: int = 15,
-                         max_rows: int = 256) -> dict:
+                         max_rows: int = 256, store: SampleStore | None = None) -> dict:
     """Test error, NLL, Brier, ECE and reliability data; with ``ood_loader``, OOD AUROC.
 
     AUROC scores: predictive entropy and mutual information (the latter is None for a
     deterministic model, whose mutual information is identically 0).
     """
-    pred, y = predict_loader(model, test_loader, samples, method=method, max_rows=max_rows)
+    pred, y = predict_loader(model, test_loader, samples, method=method, max_rows=max_rows,
+                             store=store)
     if y is None:
         raise ValueError("test_loader must yield (x, y) batches with labels")
     rel = metrics.reliability_data(pred.probs, y, bins)
@@ -196,7 +246,8 @@ def evaluate_uncertainty(model: nn.Module, test_loader: Iterable, ood_loader: It
         "reliability": rel.to_dict(),
     }
     if ood_loader is not None:
-        ood, _ = predict_loader(model, ood_loader, samples, method=method, max_rows=max_rows)
+        ood, _ = predict_loader(model, ood_loader, samples, method=method, max_rows=max_rows,
+                                store=store)
         out["ood"] = {
             "n": len(ood.entropy),
             "auroc_entropy": metrics.ood_auroc(pred.entropy, ood.entropy),
@@ -213,6 +264,8 @@ def format_uncertainty(result: dict) -> str:
     """Human-readable lines for a result of evaluate_uncertainty."""
     how = (f"{result['method']}, {result['samples']} samples" if result["method"] != "deterministic"
            else "deterministic, 1 forward pass")
+    if result["method"] == "samples":
+        how = f"{result['samples']} stored weight samples"
     lines = [f"model             {result['model_file']} ({result.get('model_kind', '')})"
              ] if "model_file" in result else []
     lines += [
