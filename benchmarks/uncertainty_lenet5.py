@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python benchmarks/uncertainty_lenet5.py`
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baselines.common import fit  # noqa: E402
+from benchmarks.baselines.common import fit, load_data  # noqa: E402
 
 FIELDS = ["train_data", "ood_data", "model", "method", "samples", "epochs", "test_error", "nll",
           "brier", "ece", "auroc_entropy", "auroc_mi", "mean_mi_test", "mean_mi_ood",
@@ -130,10 +130,15 @@ def run_pair(args, train_name: str, ood_name: str, writer, rel_out: dict):
     """Train every model on ``train_name``, score on its test set and on ``ood_name``."""
     root = args.data_dir
     gen = torch.Generator().manual_seed(args.seed)
-    x, y = kwh.get_dataset(train_name, "train", root, limit=args.limit_train or None).tensors
-    perm = torch.randperm(len(y), generator=gen)
-    hold, tr = perm[:args.holdout], perm[args.holdout:]
-    x_tr, y_tr, x_ho, y_ho = x[tr], y[tr], x[hold], y[hold]
+    if args.from_runs:  # the paper table's split: the last 1/12 of the training set held out
+        tdata_pt, _ = load_data(train_name, root, args.limit_train or None, None)
+        x_tr, y_tr = tdata_pt.train.tensors
+        x_ho, y_ho = tdata_pt.validation.tensors
+    else:
+        x, y = kwh.get_dataset(train_name, "train", root, limit=args.limit_train or None).tensors
+        perm = torch.randperm(len(y), generator=gen)
+        hold, tr = perm[:args.holdout], perm[args.holdout:]
+        x_tr, y_tr, x_ho, y_ho = x[tr], y[tr], x[hold], y[hold]
     x_te, y_te = kwh.get_dataset(train_name, "test", root).tensors
     x_ood = load_ood(ood_name, train_name, root).tensors[0]
     sub = torch.randperm(len(y_te), generator=gen)[:args.n_test]  # seeded subset, same for all
@@ -158,6 +163,9 @@ def run_pair(args, train_name: str, ood_name: str, writer, rel_out: dict):
     runs = Path(f"{args.out}_runs") / train_name
     opts = dict(seed=args.seed, threads=args.threads, lr_decay="constant",
                 limit_train=args.limit_train or None)
+    if args.from_runs:
+        return _from_runs(args, train_name, tdata_pt, runs, (x_ho, y_ho, x_te, y_te, x_ood),
+                          emit)
     total = args.pretrain_epochs + args.bayes_epochs
     dense_epochs = args.dense_epochs or total
     # dense in two consecutive runs: the first ends at the Bayesian nets' start (or at the
@@ -235,6 +243,51 @@ def run_pair(args, train_name: str, ood_name: str, writer, rel_out: dict):
               "kept": arch, "train_s": t_b, "eval_s": te, **s}, probs)
 
 
+def _from_runs(args, train_name: str, tdata: TrainData, runs: Path, tensors, emit) -> None:
+    """The dense and Bayesian LeNet-5 of a paper-table run folder (``--from-runs``: its
+    ``dense`` run and one run per prior, reloaded with the arguments the table trained them
+    with), beside temperature scaling and an MC-dropout net trained here on the same split."""
+    x_ho, y_ho, x_te, y_te, x_ood = tensors
+    src = Path(args.from_runs)
+    same = dict(seed=args.seed, threads=args.threads, lr=1e-3, device="cpu")
+    log(f"dense LeNet-5 and Bayesian nets from {src}")
+    dense_res = fit("lenet5", tdata, src / "dense", model=lenet5(),
+                    pretrain_epochs=args.pretrain_epochs, **same)
+    dense, t_dense = dense_res.model.eval().cpu(), train_seconds(dense_res)
+    s, probs, te = evaluate(dense, x_te, y_te, x_ood, 1, "deterministic")
+    emit({"model": "dense", "epochs": args.pretrain_epochs, "train_s": t_dense, "eval_s": te,
+          **s}, probs)
+    temp = metrics.fit_temperature(logits_of(dense, x_ho), y_ho)
+    t0 = time.time()
+    p_in = metrics.apply_temperature(logits_of(dense, x_te), temp)
+    p_out = metrics.apply_temperature(logits_of(dense, x_ood), temp)
+    z_in, z_out = torch.zeros(len(p_in)), torch.zeros(len(p_out))
+    s = score(p_in, y_te, entropy_of(p_in), z_in, entropy_of(p_out), z_out, False)
+    emit({"model": "dense + temperature", "method": "deterministic", "samples": 1,
+          "epochs": args.pretrain_epochs, "temperature": temp, "train_s": t_dense,
+          "eval_s": time.time() - t0, **s}, p_in)
+    torch.manual_seed(args.seed)
+    log(f"LeNet-5 + dropout 0.5 on the fc inputs, {args.pretrain_epochs} epochs (as the dense)")
+    res = fit("custom", tdata, runs / f"dropout_e{args.pretrain_epochs}_tablesplit",
+              model=lenet5_dropout(0.5), pretrain_epochs=args.pretrain_epochs, **same)
+    drop, t_drop = res.model.eval().cpu(), train_seconds(res)
+    s, probs, te = evaluate(drop, x_te, y_te, x_ood, args.samples, "mc-dropout")
+    emit({"model": "MC dropout", "epochs": args.pretrain_epochs, "train_s": t_drop,
+          "eval_s": te, **s}, probs)
+    for prior in args.priors:
+        res = fit("lenet5", tdata, src / prior, model=dense, prior=prior,
+                  epochs=args.bayes_epochs, shrink_patience=args.shrink_patience, **same)
+        bnet, t_b = res.model.eval().cpu(), train_seconds(res)
+        epochs = f"{args.pretrain_epochs}+{args.bayes_epochs}"
+        kept = kept_groups(bnet)
+        s, probs, te = evaluate(bnet, x_te, y_te, x_ood, args.samples, "bayes")
+        emit({"model": f"Bayesian {prior}", "epochs": epochs, "kept": kept, "train_s": t_b,
+              "eval_s": te, **s}, probs)
+        s, probs, te = evaluate(bnet, x_te, y_te, x_ood, 1, "deterministic")
+        emit({"model": f"{prior} posterior mean", "epochs": epochs, "kept": kept,
+              "train_s": t_b, "eval_s": te, **s}, probs)
+
+
 def _fmt(v):
     if v is None:
         return ""
@@ -280,6 +333,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/uncertainty_lenet5"))
+    ap.add_argument("--from-runs", default=None,
+                    help="a paper-table run folder (e.g. benchmarks/results/"
+                         "paper_table_lenet5_mnist_runs/seed0): its dense and Bayesian runs are "
+                         "reloaded instead of trained (give the table's --pretrain-epochs, "
+                         "--bayes-epochs and --shrink-patience)")
+    ap.add_argument("--shrink-patience", type=int, default=0)
     args = ap.parse_args(argv)
     args.priors = [p for p in args.priors.split(",") if p]
     if args.pretrain_epochs < 1:
