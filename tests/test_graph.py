@@ -289,3 +289,14 @@ def test_energy_names_what_it_cannot_price():
         count_model(Gated(), (6,))
     with pytest.raises(ModelError, match="data-dependent control flow"):
         count_model(Branchy(), (6,))
+
+
+def test_energy_prices_a_binarized_model_with_its_own_forward():
+    from kwh.energy import estimate_energy
+    from kwh.energy.counts import count_model
+    model = FeaturesHead(log_softmax=False)
+    dense_j = estimate_energy(model.eval(), (1, 16, 16)).total_j
+    kwh.binarize_(model)
+    counts = count_model(model.eval(), (1, 16, 16))
+    assert [c.weight_bits for c in counts] == [1, 1, 1, None]  # the last layer kept float
+    assert estimate_energy(model, (1, 16, 16)).total_j < dense_j

@@ -25,7 +25,7 @@ ALLOWED = {
     "bayes": LEAVES,
     "compress": (*LEAVES, "kwh.graph", "kwh.bayes"),
     "spike": (*LEAVES, "kwh.graph", "kwh.bayes", "kwh.compress"),
-    "energy": (*LEAVES, "kwh.graph", "kwh.bayes", "kwh.compress"),
+    "energy": (*LEAVES, "kwh.graph", "kwh.bayes", "kwh.compress", "kwh.binary"),
 }
 CORE = tuple(ALLOWED)
 

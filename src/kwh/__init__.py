@@ -7,13 +7,17 @@ sigma-delta inference (no work where nothing changed), with the energy they save
 __version__ = "0.1.0"  # first: modules imported below read it
 
 from kwh.bayes import (
+    SGLD,
     KLWarmup,
+    SampleStore,
     bayesify_,
     free_energy,
     kl_divergence,
     predict,
     sampling,
 )
+from kwh import binary
+from kwh.binary import BinarizeReport, binarize_
 from kwh import compress  # the package of the core step; made the verb below
 from kwh import models
 from kwh.app.verb import CompressPackage
@@ -31,9 +35,11 @@ __all__ = [
     # the free energy
     "bayesify_", "free_energy", "kl_divergence", "KLWarmup", "sampling",
     # uncertainty
-    "predict",
+    "predict", "SGLD", "SampleStore",
     # data and reference models
     "models", "load_mnist", "get_dataset", "make_loaders", "sequence_dataset",
+    # binary networks
+    "binarize_", "BinarizeReport", "binary",
     # compression
     "compress", "CompressConfig", "format_summary",
     # the .kwh file

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from kwh.bayes import BayesLayer
+from kwh.binary import BinaryLayer
 from kwh.errors import ModelError
 from kwh.modules import SelectInputs
 
@@ -37,7 +38,7 @@ class _Tracer(fx.Tracer):
     """torch.nn modules and kwh's layers are leaves; user modules are traced through."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (BayesLayer, SelectInputs)):
+        if isinstance(m, (BayesLayer, BinaryLayer, SelectInputs)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -62,7 +63,8 @@ def explicit_chain(model: nn.Module) -> bool:
 
 def _library_module(m: nn.Module) -> bool:
     """A module whose forward is torch.nn's or kwh's own (not a user-defined forward)."""
-    return isinstance(m, (BayesLayer, SelectInputs)) or type(m).__module__.startswith("torch.nn")
+    return isinstance(m, (BayesLayer, BinaryLayer, SelectInputs)) or \
+        type(m).__module__.startswith("torch.nn")
 
 
 def trace(model: nn.Module) -> fx.GraphModule:

@@ -7,6 +7,11 @@ the block writes). MACs are counted from the actual weight tensors, not from sha
 convolution tap is counted only where it lands inside the input (padding taps multiply known
 zeros), and ``macs_nonzero`` only through nonzero weights -- exactly the work a sparse engine
 does. Op counters that work from shapes (FlopCounterMode, fvcore, thop) count neither.
+
+Binary layers (kwh.binary) count 1-bit weights (sign(W), never zero) and their inputs' width
+(``input_bits``: 1 for +-1 inputs, 2 for ternary, None for real ones); for +-1 inputs
+``popcounts`` records how many outputs sum how many products (a padding tap adds nothing, so
+border outputs of a padded convolution sum fewer).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kwh.bayes import BayesConv2d, BayesLayer, BayesLinear
+from kwh.binary import BinaryConv2d, BinaryLayer
 from kwh.errors import ModelError
 from kwh.graph import calls as graph_calls
 from kwh.graph import example_input, explicit_chain
@@ -30,7 +36,8 @@ _FREE = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Unf
          nn.BatchNorm1d, nn.BatchNorm2d, SelectInputs)  # views, identities, folded BatchNorm,
 # and the input selection of a compressed model (a gather: no arithmetic)
 _COMPARE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
-SUPPORTED_LAYERS = ("Linear", "Conv2d", "BayesLinear", "BayesConv2d", "ReLU", "ReLU6",
+SUPPORTED_LAYERS = ("Linear", "Conv2d", "BayesLinear", "BayesConv2d", "BinaryLinear",
+                    "BinaryConv2d (in nn.Sequential chains)", "ReLU", "ReLU6",
                     "LeakyReLU", "Hardtanh", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
                     "Flatten", "Unflatten",
                     "Identity", "Dropout", "BatchNorm1d/2d (folded into the layer before)",
@@ -61,6 +68,15 @@ class LayerCounts:
     fused: list[str] = field(default_factory=list)  # names of the ops fused into this block
     weight_bits: int | None = None  # kwh_bits of a kwh-compressed layer, else None (plain)
     frac_bits: int | None = None    # kwh_frac_bits; None on a kwh layer: weights left float32
+    input_bits: int | None = None   # kwh.binary: 1 (+-1 inputs) or 2 (ternary); None: real
+    n_scales: int = 0               # float32 per-channel scales stored (XNOR-Net's alpha)
+    scale_mults: int = 0            # multiplies by those scales: one per output element
+    popcounts: dict[int, int] = field(default_factory=dict)  # +-1 inputs: n terms -> outputs
+
+    @property
+    def binary_inputs(self) -> bool:
+        """+-1 weights and +-1 inputs: dot products are XNOR and popcount."""
+        return self.input_bits == 1
 
     @property
     def in_elems(self) -> int:
@@ -82,17 +98,19 @@ def weight_of(m: nn.Module) -> tuple[Tensor, Tensor | None]:
     """The weight and bias the layer computes with in eval mode (Bayesian: masked mean)."""
     if isinstance(m, BayesLayer):
         w, b = m.eval_weight_bias()
+    elif isinstance(m, BinaryLayer):
+        w, b = m.binary_weight(), m.bias  # +-1; XNOR-Net's scale is counted apart
     else:
         w, b = m.weight, m.bias
     return w.detach(), None if b is None else b.detach()
 
 
 def _is_conv(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Conv2d, BayesConv2d))
+    return isinstance(m, (nn.Conv2d, BayesConv2d, BinaryConv2d))
 
 
 def _is_weight(m: nn.Module) -> bool:
-    return isinstance(m, (nn.Linear, nn.Conv2d, BayesLinear, BayesConv2d))
+    return isinstance(m, (nn.Linear, nn.Conv2d, BayesLinear, BayesConv2d, BinaryLayer))
 
 
 def _conv_taps(m: nn.Module, in_shape: tuple[int, ...], mask: Tensor) -> int:
@@ -122,7 +140,7 @@ def _weight_counts(name: str, m: nn.Module, in_shape: tuple[int, ...],
     bits = getattr(m, "kwh_bits", None)
     if bits is not None and (not isinstance(bits, int) or isinstance(bits, bool) or bits < 1):
         raise ModelError(f"layer {name}: kwh_bits must be a positive integer, got {bits!r}")
-    return LayerCounts(
+    c = LayerCounts(
         name=name, module=m, in_shape=in_shape, out_shape=out_shape,
         layer_out_shape=out_shape, macs=macs,
         macs_nonzero=macs_nz, n_weights=w.numel(), n_nonzero=int(nz.sum().item()),
@@ -130,6 +148,33 @@ def _weight_counts(name: str, m: nn.Module, in_shape: tuple[int, ...],
         bias_adds=math.prod(out_shape) if b is not None else 0,
         n_bias=0 if b is None else b.numel(), weight_bits=bits,
         frac_bits=getattr(m, "kwh_frac_bits", None))
+    return _binary_counts(c, m) if isinstance(m, BinaryLayer) else c
+
+
+def _binary_counts(c: LayerCounts, m: BinaryLayer) -> LayerCounts:
+    """A kwh.binary layer: 1-bit weights, its inputs' width, its dot products' lengths."""
+    c.weight_bits, c.frac_bits = 1, 0
+    c.input_bits = {"binary": 1, "ternary": 2}.get(m.inputs)
+    outputs = math.prod(c.layer_out_shape)
+    if m.scale == "channel":
+        c.n_scales, c.scale_mults = c.rows, outputs
+    if m.inputs == "ternary":
+        c.compares += 2 * c.in_elems  # x > t and x < -t per input element; sign() is a bit
+    if c.binary_inputs:
+        c.popcounts = _terms_per_output(m, c.in_shape, outputs)
+    return c
+
+
+def _terms_per_output(m: BinaryLayer, in_shape: tuple[int, ...], outputs: int) -> dict[int, int]:
+    """{n: outputs that sum n products}; a convolution's padding taps are no products."""
+    if not _is_conv(m):
+        return {m.in_features: outputs}
+    per_group = m.weight.shape[1:]                                      # (C/g, kh, kw)
+    x = torch.ones((1, per_group[0], *in_shape[1:]), dtype=torch.float64)
+    n = F.conv2d(x, torch.ones((1, *per_group), dtype=torch.float64), None, m.stride,
+                 m.padding, m.dilation)                                 # (1, 1, Ho, Wo)
+    values, counts = n.round().long().unique(return_counts=True)
+    return {int(v): int(k) * m.out_channels for v, k in zip(values, counts)}
 
 
 def _trace(model: nn.Module,
@@ -212,7 +257,8 @@ def count_model(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCou
     is traced (kwh.graph.calls), so functional calls and additions of two paths (residual
     connections) are counted too, and what cannot be priced is an error naming it.
     """
-    if not explicit_chain(model) and not isinstance(model, (nn.Linear, nn.Conv2d, BayesLayer)):
+    if not explicit_chain(model) and not isinstance(model, (nn.Linear, nn.Conv2d, BayesLayer,
+                                                    BinaryLayer)):
         return _count_graph(model, tuple(input_shape))
     blocks: list[LayerCounts] = []
     for name, m, ins, outs in _trace(model, tuple(input_shape)):

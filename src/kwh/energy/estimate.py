@@ -5,6 +5,10 @@ E = sum_layers [ mults * E_mult(w x a) + adds * E_add(acc) + compares * E_add(a)
 
 with the prices of an :class:`~kwh.energy.table.EnergyTable` (Horowitz 2014 by default) and the
 number formats and memory system of an :class:`~kwh.energy.config.EnergyConfig`.
+
+Binary layers (kwh.binary): 1-bit weights. With +-1 inputs a product is an XNOR and a sum a
+popcount (:mod:`.popcount`), activations 1 bit; with real inputs (the first layer) they are
+1 x act_bits integer MACs, with ternary ones 1 x 2-bit MACs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import nn
 
 from .config import EnergyConfig
 from .counts import LayerCounts, count_model
+from .popcount import with_scale_mults, xnor_compute
 from .result import EnergyEstimate, LayerEnergy
 from .table import HOROWITZ_45NM, EnergyTable
 
@@ -27,7 +32,7 @@ __all__ = ["estimate_energy", "Arith", "layer_arith", "weight_storage_bits", "Pl
 class Arith:
     """Number formats of one layer: float, or integer weight x activation -> accumulator."""
 
-    kind: str        # "fp" or "int"
+    kind: str        # "fp", "int" or "xnor" (+-1 weights and inputs: XNOR and popcount)
     w_bits: int
     a_bits: int
     acc_bits: int
@@ -36,6 +41,8 @@ class Arith:
     def __str__(self) -> str:
         if self.kind == "fp":
             return f"fp{self.w_bits}" + (" sparse" if self.sparse else "")
+        if self.kind == "xnor":
+            return f"xnor 1x1 -> popcount {self.acc_bits}"
         return f"int {self.w_bits}x{self.a_bits} -> {self.acc_bits}"
 
 
@@ -48,9 +55,13 @@ def layer_arith(c: LayerCounts, cfg: EnergyConfig) -> Arith:
         return Arith("fp", fp, fp, fp, sparse=False)
     if c.frac_bits is None:
         return Arith("fp", fp, fp, fp, sparse=True)
+    if c.binary_inputs:  # kwh.binary: n - 2 popcount lies in [-n, n]
+        acc = cfg.acc_bits or math.ceil(math.log2(c.fan_in + 1)) + 1
+        return Arith("xnor", 1, 1, acc, sparse=False)
+    a_bits = c.input_bits or cfg.act_bits  # kwh.binary ternary inputs: 2-bit integers
     # A sum of n products of w- and a-bit integers needs w + a + ceil(log2 n) bits.
-    acc = cfg.acc_bits or c.weight_bits + cfg.act_bits + math.ceil(math.log2(c.fan_in))
-    return Arith("int", c.weight_bits, cfg.act_bits, acc, sparse=True)
+    acc = cfg.acc_bits or c.weight_bits + a_bits + math.ceil(math.log2(c.fan_in))
+    return Arith("int", c.weight_bits, a_bits, acc, sparse=True)
 
 
 def weight_storage_bits(c: LayerCounts, ar: Arith, fmt: str) -> int:
@@ -59,9 +70,10 @@ def weight_storage_bits(c: LayerCounts, ar: Arith, fmt: str) -> int:
     Plain layers: dense. kwh layers: "dense" packs every weight of the (pruned) layer at w
     bits; "sparse" is CSR, per nonzero w bits plus a column index of ceil(log2 cols) bits,
     plus (rows + 1) row pointers of ceil(log2(nnz + 1)) bits; "auto" takes the smaller.
-    Biases: float32 in kwh files (kwh.compress leaves them unquantized), float_bits otherwise.
+    Biases: float32 in kwh files (kwh.compress leaves them unquantized), float_bits otherwise;
+    so are XNOR-Net's per-channel scales of binary layers.
     """
-    bias = c.n_bias * (32 if c.weight_bits is not None else ar.w_bits)
+    bias = (c.n_bias + c.n_scales) * (32 if c.weight_bits is not None else ar.w_bits)
     dense = c.n_weights * ar.w_bits
     if not ar.sparse or fmt == "dense":
         return dense + bias
@@ -112,6 +124,9 @@ def block_compute(c: LayerCounts, ar: Arith, table: EnergyTable, mults: float, a
     bias additions (times ``bias_share``), pooling and residual additions and ``act_adds`` at
     activation width, and the ReLU / max-pool comparisons.
     """
+    if ar.kind == "xnor":  # kwh.binary, +-1 inputs: XNOR and popcount (see .popcount)
+        return with_scale_mults(c, table, xnor_compute(c, ar, table, mults, act_adds,
+                                                       bias_share))
     acc = acc_adds + c.bias_adds * bias_share
     narrow = c.pool_adds + c.elementwise_adds + act_adds
     if ar.kind == "fp":
@@ -125,8 +140,9 @@ def block_compute(c: LayerCounts, ar: Arith, table: EnergyTable, mults: float, a
     # A float comparison is an integer comparison of the bit patterns (sign aside).
     e_cmp = c.compares * table.add_j(ar.a_bits)
     bits = mults * product_bits + acc * ar.acc_bits + (narrow + c.compares) * ar.a_bits
-    return dict(mults=mults, adds=acc + narrow, compares=c.compares, e_mult=e_mult,
-                e_add=e_add, e_compare=e_cmp, landauer_bits=bits)
+    return with_scale_mults(c, table, dict(
+        mults=mults, adds=acc + narrow, compares=c.compares, e_mult=e_mult, e_add=e_add,
+        e_compare=e_cmp, landauer_bits=bits))
 
 
 def estimate_energy(model: nn.Module, input_shape: tuple[int, ...],
