@@ -329,3 +329,39 @@ def build_check_model(kw):
     m = kwh.models.lenet300()
     kwh.bayesify_(m, kw["prior"], **kw["prior_options"])
     return list(m.parameters())
+
+
+def test_binary_method_trains_a_binary_net_from_the_dense_start(tmp_path, data_root):
+    from kwh.binary import BinaryLayer
+    cfg = tiny(tmp_path, data_root, method="binary", epochs=2)
+    result = run_training(cfg, progress=False)
+    lines = read_log(cfg.out_dir)
+    assert [r["phase"] for r in lines] == ["pretrain", "binary", "binary"]
+    assert "kl" not in lines[-1] and "alive" not in lines[-1]  # no posterior in a binary net
+    model, c = load_checkpoint(cfg.out_dir)
+    assert c.method == "binary"
+    layers = [m for m in model.modules() if isinstance(m, BinaryLayer)]
+    assert len(layers) == 2  # the last Linear stays float (binarize_'s default)
+    assert all(m.weight.abs().max() <= 1 for m in layers)  # clipped after every step
+    assert not any(isinstance(m, BayesLayer) for m in model.modules())
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), result.model.eval()(x))
+    # resumed from a crash mid-epoch, it ends with the same bits
+    crashed = tiny(tmp_path, data_root, name="crashed", method="binary", epochs=2)
+    with pytest.raises(Crash):
+        run_training(crashed, progress=False, fault=crash_at(8))
+    run_training(crashed, resume=True, progress=False)
+    assert_bit_equal(model_tensors(f"{cfg.out_dir}/checkpoint.safetensors"),
+                     model_tensors(f"{crashed.out_dir}/checkpoint.safetensors"))
+
+
+def test_binary_method_options_are_checked(tmp_path, data_root):
+    with pytest.raises(KwhError, match="bad binary option"):
+        tiny(tmp_path, data_root, method="binary", binary_options={"scale": "row"})
+    with pytest.raises(KwhError, match="binary run.*prunes nothing"):
+        tiny(tmp_path, data_root, method="binary", shrink_patience=2)
+    with pytest.raises(KwhError, match="Unknown method"):
+        tiny(tmp_path, data_root, method="ternary")
+    with pytest.raises(KwhError, match="for method='binary'"):
+        tiny(tmp_path, data_root, binary_options={"scale": "channel"})

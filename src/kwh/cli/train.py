@@ -41,6 +41,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    "searched alone (default: $KWH_DATA, standard places, then download)")
     p.add_argument("--prior", choices=list(PRIORS), default=d["prior"].default,
                    help="sparsity prior (default: %(default)s)")
+    p.add_argument("--method", choices=("bayes", "binary"), default=d["method"].default,
+                   help="what the epochs after pretraining train: the free energy under "
+                        "--prior (bayes), or a binary network from the dense start (binary: "
+                        "kwh.binarize_, sign weights and activations); default: %(default)s")
     p.add_argument("--prior-option", action="append", type=_prior_option, default=[],
                    metavar="KEY=VALUE", help="prior setting, e.g. tau0=1e-5 or threshold=-1; "
                    "repeatable")
@@ -98,7 +102,8 @@ def config_from_args(args: argparse.Namespace):
 
     return TrainConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, prior=args.prior,
-        prior_options=dict(args.prior_option), pretrain_epochs=args.pretrain_epochs,
+        prior_options=dict(args.prior_option), method=args.method,
+        pretrain_epochs=args.pretrain_epochs,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         variance_lr_mult=args.variance_lr_mult, lr_decay=args.lr_decay,
         kl_warmup_start=args.kl_warmup[0], kl_warmup_end=args.kl_warmup[1], seed=args.seed,

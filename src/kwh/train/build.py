@@ -10,15 +10,18 @@ from torch import nn
 
 from kwh.bayes import bayesify_
 from kwh.bayes.optim import param_groups
+from kwh.binary import binarize_
 from kwh.errors import FormatError, KwhError
 from kwh.models import build
 from kwh.train.checkpoint import checkpoint_path, read_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.state import derive_seed, load_model_tensors
 
-PLAIN, BAYESIAN = "plain", "bayes"
+PLAIN, BAYESIAN, BINARY = "plain", "bayes", "binary"
+KINDS = (PLAIN, BAYESIAN, BINARY)
 
-__all__ = ["PLAIN", "BAYESIAN", "build_model", "to_bayesian", "make_optimizer", "load_checkpoint"]
+__all__ = ["PLAIN", "BAYESIAN", "BINARY", "build_model", "to_bayesian", "to_second_phase",
+           "make_optimizer", "load_checkpoint"]
 
 
 def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -28,14 +31,22 @@ def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
     return model
 
 
+def to_second_phase(model: nn.Module, config: TrainConfig) -> tuple[nn.Module, str]:
+    """(model, kind) of the run's second phase: Bayesian (bayesify_) or binary (binarize_)."""
+    if config.method == BINARY:
+        binarize_(model, **config.binary_options)
+        return model, BINARY
+    return to_bayesian(model, config), BAYESIAN
+
+
 def build_model(config: TrainConfig, kind: str, template: nn.Module | None = None) -> nn.Module:
     """The run's model on the CPU; Bayesian if kind says so.
 
     From ``template`` (a plain model given to run_training: a copy of it, its weights the
     dense start) or else the config's reference model, freshly initialised from the seed.
     """
-    if kind not in (PLAIN, BAYESIAN):
-        raise FormatError(f"unknown model kind {kind!r}; expected {PLAIN!r} or {BAYESIAN!r}")
+    if kind not in KINDS:
+        raise FormatError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS)}")
     if template is not None:
         model = copy.deepcopy(template).cpu()
     elif config.model == CUSTOM:
@@ -44,6 +55,9 @@ def build_model(config: TrainConfig, kind: str, template: nn.Module | None = Non
     else:
         torch.manual_seed(derive_seed(config.seed, "init"))
         model = build(config.model)
+    if kind == BINARY:
+        binarize_(model, **config.binary_options)
+        return model
     return to_bayesian(model, config) if kind == BAYESIAN else model
 
 
@@ -74,7 +88,8 @@ def _input_shape(model: nn.Module, config: TrainConfig) -> tuple[int, ...]:
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     model: nn.Module | None = None) -> tuple[nn.Module, TrainConfig]:
-    """(Bayesian model in eval mode, its TrainConfig) from a checkpoint file or run directory.
+    """(trained model in eval mode, its TrainConfig) from a checkpoint file or run directory:
+    the Bayesian model, or the binary one of a method='binary' run.
 
     ``model``: the plain model the run started from (its structure; the weights come from the
     checkpoint), needed when the run trained a model of its own (config.model 'custom').
@@ -86,15 +101,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
         kind, pos = meta["kind"], meta["position"]
     except (KeyError, TypeError, KwhError) as e:
         raise FormatError(f"{path}: malformed training metadata ({e})") from None
-    if kind != BAYESIAN and config.epochs == 0:
+    if kind not in (BAYESIAN, BINARY) and config.epochs == 0:
         raise KwhError(f"{path} is a plain run (--epochs 0): it holds a dense net, not a "
                        f"Bayesian one; start a Bayesian run from it, or train with --epochs N")
-    if kind != BAYESIAN:
+    if kind not in (BAYESIAN, BINARY):
         raise KwhError(f"{path} was written during pretraining (epoch {pos.get('epoch')} of "
                        f"{config.pretrain_epochs} plain epochs): it holds no Bayesian model yet; "
                        f"continue the run with `kwh train --resume --out-dir {path.parent}`")
-    bayes = build_model(config, BAYESIAN, model)
-    if meta.get("shrink"):  # the run shrank its network: the same units go here first
+    bayes = build_model(config, kind, model)
+    if meta.get("shrink") and kind == BAYESIAN:  # the run shrank its network: the same units go here first
         from kwh.compress.shrink import Shrinker
 
         Shrinker(bayes, _input_shape(bayes, config), config.shrink_patience

@@ -10,6 +10,7 @@ from kwh.errors import KwhError
 CONFIG_VERSION = 1
 CUSTOM = "custom"  # model or data given to run_training as objects, not by name
 LR_DECAYS = ("linear", "constant")
+METHODS = ("bayes", "binary")  # what the second phase trains: the free energy, or a binary net
 DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that change how a run computes, so a resumed run must agree on them; the others
@@ -41,6 +42,8 @@ class TrainConfig:
     data_dir: str | None = None
     prior: str = "group-horseshoe"
     prior_options: dict = field(default_factory=dict)
+    method: str = "bayes"  # "binary": the second phase trains kwh.binarize_'s network instead
+    binary_options: dict = field(default_factory=dict)  # kwh.binarize_ options
     pretrain_epochs: int = 0
     epochs: int = 10
     batch_size: int = 100
@@ -79,6 +82,22 @@ class TrainConfig:
         except (ValueError, TypeError) as e:
             raise KwhError(str(e)) from None
         self.prior = pc.name  # resolve aliases such as 'bc-ghs'
+        if self.method not in METHODS:
+            raise KwhError(f"Unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if not isinstance(self.binary_options, dict):
+            raise KwhError(f"binary_options must be a dict, got {self.binary_options!r}")
+        if self.binary_options and self.method != "binary":
+            raise KwhError("binary_options are for method='binary'")
+        if self.method == "binary":
+            from kwh.binary import BinarizeConfig
+
+            try:
+                BinarizeConfig(**self.binary_options)
+            except (TypeError, ValueError, KwhError) as e:
+                raise KwhError(f"bad binary option: {e}") from None
+            if self.shrink_patience:
+                raise KwhError("shrink_patience removes pruned groups of a Bayesian net; a "
+                               "binary run (method='binary') prunes nothing: leave it 0")
         for name in ("pretrain_epochs", "seed", "shrink_patience"):
             self._int(name, 0)
         for name in ("batch_size", "max_failures", "eval_batch_size"):
@@ -110,7 +129,8 @@ class TrainConfig:
         if not isinstance(self.deterministic, bool):
             raise KwhError(f"deterministic must be True or False, got {self.deterministic!r}")
         if self.out_dir is None:
-            self.out_dir = f"runs/{self.model}-{self.data}-{self.prior}"
+            second = self.prior if self.method == "bayes" else self.method
+            self.out_dir = f"runs/{self.model}-{self.data}-{second}"
         self.out_dir = str(self.out_dir)
         if self.data_dir is not None:
             self.data_dir = str(self.data_dir)

@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 import kwh
 from kwh.bayes import free_energy
+from kwh.binary import clip_latent_
 from kwh.compress.shrink import Shrinker, carry_optimizer_state
 from kwh.errors import FormatError, KwhError, ModelError
 from kwh.format.io import atomic_write_bytes
 from kwh.train.batches import BatchOrder
-from kwh.train.build import BAYESIAN, PLAIN, build_model, make_optimizer, to_bayesian
+from kwh.train.build import BAYESIAN, BINARY, PLAIN, build_model, make_optimizer, to_second_phase
 from kwh.train.checkpoint import FILENAME, read_checkpoint, write_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.data import TrainData, load_train_data
@@ -276,9 +277,9 @@ class _Trainer:
         """Train from the current position to the end of its epoch, or roll back on a fault."""
         e, c = self.epoch, self.c
         if self.sched.phase(e) == "bayes" and self.kind == PLAIN:
-            self.model = to_bayesian(self.model.cpu(), c).to(self.ctx.device)
-            self.kind = BAYESIAN
-            self.shrinker = self._new_shrinker(None)
+            model, self.kind = to_second_phase(self.model.cpu(), c)
+            self.model = model.to(self.ctx.device)
+            self.shrinker = self._new_shrinker(None) if self.kind == BAYESIAN else None
             self._new_optimizer()
         if self.step == 0:
             seed_all(derive_seed(c.seed, self.ctx.rank, e))
@@ -310,6 +311,8 @@ class _Trainer:
                 if problem:
                     return self._rollback(problem, e, k)
                 self.opt.step()
+                if self.kind == BINARY:
+                    clip_latent_(self.model)  # latent weights stay in [-1, 1]
                 self.step, self.global_step = k + 1, self.global_step + 1
                 self.stats["nll_sum"] += nll.item() * len(y)
                 self.stats["loss_sum"] += loss.item() * len(y)
@@ -332,7 +335,8 @@ class _Trainer:
             torch.distributed.all_reduce(t)
             sums = t.tolist()
         if self.ctx.is_main:
-            rec = {"event": "epoch", "epoch": e + 1, "phase": self.sched.phase(e),
+            phase = BINARY if self.kind == BINARY else self.sched.phase(e)
+            rec = {"event": "epoch", "epoch": e + 1, "phase": phase,
                    "global_step": self.global_step, "train_nll": sums[0] / sums[2],
                    "train_loss": sums[1] / sums[2]}
             rec.update(test_metrics(self.model, self.test_x, self.test_y, self.c.eval_batch_size,
