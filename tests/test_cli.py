@@ -25,6 +25,10 @@ from kwh.errors import FormatError, KwhError
     (["train", "--lr", "nan"], "argument --lr: must be a positive number"),
     (["train", "--kl-warmup", "0.5"], "argument --kl-warmup: expected 2 arguments"),
     (["train", "--prior-option", "tau0"], "expected KEY=NUMBER"),
+    (["train", "--sgld-option", "lr"], "expected KEY=VALUE with a number, true/false or none"),
+    (["train", "--sgld-option", "preconditioned=maybe"], "expected KEY=VALUE"),
+    (["train", "--method", "sgld", "--sgld-option", "thin=2"], "unknown SGLD option 'thin'"),
+    (["train", "--sgld-option", "lr=1e-6"], "sgld_options are for method='sgld'"),
 ])
 def test_nonsense_arguments_exit_2_with_a_message(argv, fragment, capsys):
     code, out, err = run_main(argv, capsys)
@@ -165,6 +169,27 @@ def test_train_maps_options_onto_the_config(capsys, tmp_path, data_root):
     # Same folder again without --resume: refused, exit 2, the run left as it was.
     code, _, err = run_main(argv, capsys)
     assert code == 2 and "already holds a checkpoint; pass --resume" in err
+
+
+def test_train_method_sgld_maps_its_options_and_names_the_samples(capsys, tmp_path, data_root):
+    from kwh.train import load_checkpoint, load_samples
+
+    out_dir = tmp_path / "run"
+    argv = ["train", "--model", "lenet300", "--method", "sgld", "--pretrain-epochs", "1",
+            "--epochs", "2", "--limit-train", "200", "--limit-test", "100", "--batch-size", "50",
+            "--threads", "1", "--sgld-option", "thin_steps=2", "--sgld-option",
+            "max_samples=none", "--sgld-option", "preconditioned=true", "--sgld-option",
+            "lr=2e-8", "--data-dir", str(data_root), "--out-dir", str(out_dir), "--no-progress"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    with open(out_dir / "config.json", encoding="utf-8") as f:
+        cfg = json.load(f)
+    assert cfg["method"] == "sgld" and cfg["sgld_options"] == {
+        "thin_steps": 2, "max_samples": None, "preconditioned": True, "lr": 2e-8}
+    # 4 steps an SGLD epoch: burn-in 4, then samples at SGLD steps 4, 6 and 8
+    assert out.rstrip().endswith(f"; 3 weight samples: {out_dir / 'samples.safetensors'}")
+    model, _ = load_checkpoint(out_dir)
+    assert load_samples(out_dir, model).steps == (4, 6, 8)
 
 
 def test_python_dash_m_kwh_exits_2_without_traceback():

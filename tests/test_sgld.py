@@ -254,6 +254,51 @@ def test_bad_store_arguments_are_named():
         store.select(0)
 
 
+def test_store_payload_round_trips_and_continues_where_it_left_off():
+    m = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    store = SampleStore(burn_in=2, thin=3, max_samples=2)
+    for step in range(1, 10):
+        with torch.no_grad():
+            m[0].weight.fill_(step)
+        store.collect(m, step)
+    tensors, meta = store.payload("s/")
+    assert sorted(tensors) == sorted(f"s/{i}/{n}" for i in (0, 1) for n in m.state_dict())
+    assert meta["steps"] == [5, 8] and meta["collected"] == 3 and meta["last_step"] == 9
+    back = SampleStore.from_payload({**tensors, "other": torch.zeros(1)}, meta, "s/")
+    assert (back.steps, back.collected, repr(back)) == (store.steps, 3, repr(store))
+    assert list(back[0]) == list(store[0])  # the state_dict's order
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(back, store) for k in a)
+    for s in (store, back):  # both go on alike: 11 kept, 5 dropped, 11 not taken twice
+        with torch.no_grad():
+            m[0].weight.fill_(11)
+        s.collect(m, 11)
+        with pytest.raises(ValueError, match="step must increase"):
+            s.collect(m, 11)
+    assert back.steps == store.steps == (8, 11) and back.collected == 4
+    empty = SampleStore.from_payload(*SampleStore(thin=4).payload())
+    assert len(empty) == 0 and empty.thin == 4 and empty.collect(m, 0)
+
+
+def test_bad_store_payloads_are_named():
+    m = nn.Linear(2, 1)
+    store = SampleStore()
+    store.collect(m, 1)
+    store.collect(m, 2)
+    tensors, meta = store.payload()
+    for t, changes, match in [
+            (tensors, {"steps": [2, 1]}, "do not increase"),
+            (tensors, {"last_step": 1}, "do not increase up to the last step 1"),
+            (tensors, {"max_samples": 1}, "2 samples exceed max_samples=1"),
+            (tensors, {"thin": 0}, "thin must be an integer >= 1"),
+            (tensors, {"collected": 1}, "collected must be an integer >= 2"),
+            ({k: v for k, v in tensors.items() if k != "samples/1/bias"}, {},
+             "do not match their metadata: samples/1/bias"),
+            ({**tensors, "samples/0/bias": torch.zeros(2)}, {}, "sample 1 differs from sample 0"),
+            (tensors, {"steps": None}, "malformed sample store metadata")]:
+        with pytest.raises(ValueError, match=match):
+            SampleStore.from_payload(t, {**meta, **changes})
+
+
 # --- predict over the stored samples ------------------------------------------------------------
 
 def _net() -> nn.Sequential:

@@ -365,3 +365,147 @@ def test_binary_method_options_are_checked(tmp_path, data_root):
         tiny(tmp_path, data_root, method="ternary")
     with pytest.raises(KwhError, match="for method='binary'"):
         tiny(tmp_path, data_root, binary_options={"scale": "channel"})
+
+
+# ------------------------------------------------------------------ SGLD: posterior samples
+
+# 5 SGLD steps per epoch after 1 plain epoch: burn-in is the first SGLD epoch (steps 1-5), then
+# a sample every 2 steps (5, 7, ..., 15), the newest 4 held.
+SGLD_KW = dict(method="sgld", epochs=3,
+               sgld_options={"thin_steps": 2, "max_samples": 4, "burn_in_epochs": 1})
+
+
+def sgld_tensors(path) -> dict[str, torch.Tensor]:
+    """Everything of a checkpoint that the chain's state is: weights, sampler, samples."""
+    tensors, _ = read_checkpoint(path)
+    return {k: v for k, v in tensors.items()
+            if k.startswith(("model/", "optim/", "samples/", "sgld/"))}
+
+
+@pytest.fixture(scope="module")
+def sgld_reference(tmp_path_factory, data_root):
+    cfg = tiny(tmp_path_factory.mktemp("sgld"), data_root, **SGLD_KW)
+    return cfg, run_training(cfg, progress=False)
+
+
+def test_sgld_method_samples_after_burn_in_on_the_thinning_interval(sgld_reference):
+    cfg, result = sgld_reference
+    lines = read_log(cfg.out_dir)
+    assert [r["phase"] for r in lines] == ["pretrain", "sgld", "sgld", "sgld"]
+    # samples held after each SGLD epoch: {5}, {5, 7, 9}, {9, 11, 13, 15} (6 kept, 4 held)
+    assert [r.get("samples") for r in lines] == [None, 1, 3, 4]
+    store = result.samples
+    assert store.steps == (9, 11, 13, 15) and store.collected == 6
+    # a constant step: the config's lr decay is the pretraining's alone
+    assert [r["lr"] for r in lines[1:]] == [1e-6] * 3 and lines[0]["lr"] < 1e-3
+    assert "kl" not in lines[-1] and "alive" not in lines[-1]
+    assert not any(isinstance(m, BayesLayer) for m in result.model.modules())
+    # the last step is on the interval: the newest sample is the final state
+    final = result.model.state_dict()
+    assert all(torch.equal(store[-1][k], final[k]) for k in final)
+    # the chain moves (gradient and noise): no two samples alike
+    assert not torch.equal(store[0]["1.weight"], store[1]["1.weight"])
+    assert (result.checkpoint.parent / "samples.safetensors").is_file()
+    again = run_training(cfg, resume=True, progress=False)  # finished: the same store back
+    assert again.samples.steps == store.steps and again.samples.collected == 6
+
+
+def test_sgld_run_loads_as_a_plain_model_and_samples_that_predict(sgld_reference, reference):
+    import kwh
+    from kwh.train import load_samples
+
+    cfg, result = sgld_reference
+    model, c = load_checkpoint(cfg.out_dir)
+    assert c == cfg and not model.training
+    store = load_samples(cfg.out_dir, model)
+    assert store.steps == result.samples.steps and store.collected == 6
+    for a, b in zip(store, result.samples):
+        assert_bit_equal(a, b)
+    x = torch.randn(6, 1, 28, 28)
+    pred = kwh.predict(model, x, samples=len(store), store=store)
+    assert pred.method == "samples" and pred.samples == 4
+    probs = []
+    with torch.no_grad():
+        for state in result.samples:
+            model.load_state_dict(state)
+            probs.append(torch.softmax(model(x).double(), dim=1))
+    torch.testing.assert_close(pred.probs.double(), torch.stack(probs).mean(0))
+    # the checkpoint holds the same samples while a run goes on
+    ckpt_store = load_samples(f"{cfg.out_dir}/checkpoint.safetensors")
+    assert ckpt_store.steps == store.steps
+    with pytest.raises(KwhError, match="not from an SGLD run"):
+        load_samples(reference[0].out_dir)
+    with pytest.raises(KwhError, match="does not match the stored samples"):
+        load_samples(cfg.out_dir, torch.nn.Linear(3, 2))
+    with pytest.raises(KwhError, match="holds an SGLD run's weight samples"):
+        load_checkpoint(f"{cfg.out_dir}/samples.safetensors")
+
+
+# Crash points: in burn-in (back to a mid-epoch checkpoint with no sample yet), and after the
+# checkpoint at global step 12, which holds samples 5 and 7.
+@pytest.mark.parametrize("step", [7, 13])
+def test_sgld_resume_after_a_crash_gives_the_same_chain_and_samples(sgld_reference, tmp_path,
+                                                                    data_root, step):
+    ref_cfg, ref = sgld_reference
+    cfg = tiny(tmp_path, data_root, **SGLD_KW)
+    with pytest.raises(Crash):
+        run_training(cfg, progress=False, fault=crash_at(step))
+    resumed = run_training(cfg, resume=True, progress=False)
+    a, b = (f"{c.out_dir}/checkpoint.safetensors" for c in (ref_cfg, cfg))
+    assert_bit_equal(sgld_tensors(a), sgld_tensors(b))
+    assert read_checkpoint(a)[1]["samples"] == read_checkpoint(b)[1]["samples"]
+    a, b = (read_checkpoint(f"{c.out_dir}/samples.safetensors") for c in (ref_cfg, cfg))
+    assert_bit_equal(a[0], b[0])
+    assert a[1]["samples"] == b[1]["samples"]
+    assert untimed(resumed.history) == untimed(ref.history)
+    assert resumed.samples.steps == ref.samples.steps
+
+
+def test_sgld_non_finite_step_rolls_back_with_its_samples_and_half_the_step(tmp_path,
+                                                                            data_root):
+    fired = []
+
+    def fault(step):
+        if step == 14 and not fired:
+            fired.append(step)
+            return "gradient"
+        return False
+
+    result = run_training(tiny(tmp_path, data_root, **SGLD_KW), progress=False, fault=fault)
+    events = [r for r in result.log if r["event"] == "rollback"]
+    assert [(e["global_step"], e["to_epoch"], e["to_step"]) for e in events] == [(14, 3, 2)]
+    assert [r["lr"] for r in result.history[1:]] == [1e-6, 5e-7, 5e-7]
+    # samples 5 and 7 came back with the checkpoint; 9 on were taken again, none twice
+    assert result.samples.steps == (9, 11, 13, 15) and result.samples.collected == 6
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(sgld_options={"thin": 2}), "unknown SGLD option 'thin'; choose from: lr, prior_std"),
+    (dict(sgld_options={"lr": 0.0}), "SGLD option lr must be a finite number > 0"),
+    (dict(sgld_options={"thin_steps": 0}), "SGLD option thin_steps must be an integer >= 1"),
+    (dict(sgld_options={"max_samples": 2.5}), "max_samples must be an integer >= 1"),
+    (dict(sgld_options={"temperature": -1}), "temperature must be a finite number >= 0"),
+    (dict(sgld_options={"preconditioned": "yes"}), "preconditioned must be True or False"),
+    (dict(sgld_options={"burn_in_epochs": 3}), "burn_in_epochs=3 leaves none of the 3 SGLD"),
+    (dict(shrink_patience=1), "an SGLD run .* prunes nothing: leave it 0"),
+    (dict(prior_options={"tau0": 1e-5}), "give it as sgld_options"),
+    (dict(method="bayes"), "sgld_options are for method='sgld'"),
+])
+def test_sgld_options_are_checked(tmp_path, data_root, kw, match):
+    with pytest.raises(KwhError, match=match):
+        tiny(tmp_path, data_root, **{**SGLD_KW, **kw})
+
+
+def test_sgld_settings_fill_in_the_defaults_and_a_run_without_samples_is_refused(tmp_path,
+                                                                                data_root):
+    c = TrainConfig(method="sgld")
+    assert c.out_dir == "runs/lenet5-mnist-sgld" and c.sgld_settings() == {
+        "lr": 1e-6, "prior_std": 1.0, "temperature": 1.0, "preconditioned": False,
+        "alpha": 0.99, "eps": 1e-5, "burn_in_epochs": 1, "thin_steps": 100, "max_samples": 50}
+    assert TrainConfig(method="sgld", sgld_options={"preconditioned": True}
+                       ).sgld_settings()["lr"] == 4e-8
+    # no burn-in, and the first sample due after 11 of the 10 SGLD steps
+    cfg = tiny(tmp_path, data_root, method="sgld",
+               sgld_options={"burn_in_epochs": 0, "thin_steps": 11})
+    with pytest.raises(KwhError, match="SGLD would keep no sample: .* lower thin_steps"):
+        run_training(cfg, progress=False)

@@ -119,6 +119,65 @@ class SampleStore:
             return [m - 1]
         return [(2 * k * (m - 1) + n - 1) // (2 * (n - 1)) for k in range(n)]  # round(k(m-1)/(n-1))
 
+    def payload(self, prefix: str = "samples/") -> tuple[dict[str, Tensor], dict]:
+        """The store as (tensors, JSON-ready meta), for a safetensors file or a checkpoint.
+
+        Sample i (oldest first) is the tensors ``f"{prefix}{i}/{name}"``, the stored tensors
+        themselves (not copies); the meta holds the policy, the counters, each sample's step
+        and the state_dict's names in order. ``from_payload`` is the inverse. A sample with
+        non-tensor entries (a module's extra state) cannot be written: ValueError.
+        """
+        tensors: dict[str, Tensor] = {}
+        for i, (_, state) in enumerate(self._samples):
+            for name, v in state.items():
+                if not isinstance(v, Tensor):
+                    raise ValueError(f"sample {i} holds {name!r}, which is not a tensor (a "
+                                     "module's extra state): the store cannot be written")
+                tensors[f"{prefix}{i}/{name}"] = v
+        names = list(self._samples[0][1]) if self._samples else []
+        meta = {"burn_in": self.burn_in, "thin": self.thin, "max_samples": self.max_samples,
+                "collected": self.collected, "last_step": self._last_step,
+                "steps": list(self.steps), "names": names}
+        return tensors, meta
+
+    @classmethod
+    def from_payload(cls, tensors: dict[str, Tensor], meta: dict,
+                     prefix: str = "samples/") -> SampleStore:
+        """The store written by ``payload``; ValueError when the two do not fit together.
+        Tensors outside ``prefix`` are ignored; the samples are the given tensors (no copy)."""
+        try:
+            store = cls(meta["burn_in"], meta["thin"], meta["max_samples"])
+            steps = [_int("step", t, 0) for t in meta["steps"]]
+            names = [str(n) for n in meta["names"]]
+            collected = _int("collected", meta["collected"], len(steps))
+            last = meta["last_step"]
+            last = None if last is None else _int("last_step", last, 0)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed sample store metadata ({e!r})") from None
+        if any(b <= a for a, b in zip(steps, steps[1:])) or (
+                steps and (last is None or steps[-1] > last)):
+            raise ValueError(f"sample steps {steps} do not increase up to the last step {last}")
+        if store.max_samples is not None and len(steps) > store.max_samples:
+            raise ValueError(f"{len(steps)} samples exceed max_samples={store.max_samples}")
+        if steps and (not names or len(set(names)) != len(names)):
+            raise ValueError("the sample store's names are missing or repeated")
+        want = {f"{prefix}{i}/{n}" for i in range(len(steps)) for n in names}
+        have = {k for k in tensors if k.startswith(prefix)}
+        if want != have:
+            odd = sorted(want ^ have)
+            raise ValueError(f"the sample tensors do not match their metadata: "
+                             f"{', '.join(odd[:5])}")
+        for i, t in enumerate(steps):
+            state = {n: tensors[f"{prefix}{i}/{n}"] for n in names}
+            if store._shapes is None:
+                store._shapes = _layout(state)
+            elif _layout(state) != store._shapes:
+                raise ValueError(f"sample {i} differs from sample 0 in the shape or dtype of "
+                                 "a tensor")
+            store._samples.append((t, state))
+        store._last_step, store.collected = last, collected
+        return store
+
     def clear(self) -> None:
         """Drop every sample and start counting steps afresh."""
         self._samples.clear()

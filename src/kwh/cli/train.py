@@ -25,12 +25,31 @@ def _prior_option(text: str) -> tuple[str, float]:
             f"expected KEY=NUMBER (e.g. tau0=1e-5 or threshold=-1), got {text!r}") from None
 
 
+def _sgld_option(text: str) -> tuple[str, object]:
+    """KEY=VALUE of --sgld-option: a number, true/false or none (the config checks the key)."""
+    key, sep, value = (t.strip() for t in text.partition("="))
+    if sep and key and value:
+        low = value.lower()
+        if low in ("true", "false"):
+            return key, low == "true"
+        if low == "none":
+            return key, None
+        for kind in (int, float):
+            try:
+                return key, kind(value)
+            except ValueError:
+                pass
+    raise argparse.ArgumentTypeError(
+        f"expected KEY=VALUE with a number, true/false or none (e.g. lr=1e-6, thin_steps=50 "
+        f"or preconditioned=true), got {text!r}")
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The options that map onto TrainConfig (shared with commands that train first)."""
     from kwh.bayes import PRIORS
     from kwh.data import DATASETS
     from kwh.models import MODELS
-    from kwh.train.config import DEVICES, LR_DECAYS, TrainConfig
+    from kwh.train.config import DEVICES, LR_DECAYS, METHODS, SGLD_DEFAULTS, TrainConfig
 
     d = TrainConfig.__dataclass_fields__
     p.add_argument("--model", choices=list(MODELS), default=d["model"].default,
@@ -41,10 +60,20 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    "searched alone (default: $KWH_DATA, standard places, then download)")
     p.add_argument("--prior", choices=list(PRIORS), default=d["prior"].default,
                    help="sparsity prior (default: %(default)s)")
-    p.add_argument("--method", choices=("bayes", "binary"), default=d["method"].default,
-                   help="what the epochs after pretraining train: the free energy under "
-                        "--prior (bayes), or a binary network from the dense start (binary: "
-                        "kwh.binarize_, sign weights and activations); default: %(default)s")
+    p.add_argument("--method", choices=METHODS, default=d["method"].default,
+                   help="what the epochs after pretraining do: train on the free energy under "
+                        "--prior (bayes), train a binary network from the dense start (binary: "
+                        "kwh.binarize_, sign weights and activations), or sample the plain "
+                        "network's posterior with SGLD (sgld: weight samples kept in "
+                        "OUT_DIR/samples.safetensors, for kwh.predict(..., store=...)); "
+                        "default: %(default)s")
+    p.add_argument("--sgld-option", action="append", type=_sgld_option, default=[],
+                   metavar="KEY=VALUE", help=f"SGLD setting for --method sgld, one of "
+                   f"{', '.join(SGLD_DEFAULTS)}; e.g. lr=1e-6 (the constant step size; "
+                   f"default 1e-6, 4e-8 when preconditioned; --lr and --lr-decay are the "
+                   f"pretraining's), prior_std=1, temperature=1, preconditioned=false, "
+                   f"burn_in_epochs=1, thin_steps=100 (SGLD steps between samples), "
+                   f"max_samples=50 (none: keep all); repeatable")
     p.add_argument("--prior-option", action="append", type=_prior_option, default=[],
                    metavar="KEY=VALUE", help="prior setting, e.g. tau0=1e-5 or threshold=-1; "
                    "repeatable")
@@ -103,6 +132,7 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, prior=args.prior,
         prior_options=dict(args.prior_option), method=args.method,
+        sgld_options=dict(args.sgld_option),
         pretrain_epochs=args.pretrain_epochs,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         variance_lr_mult=args.variance_lr_mult, lr_decay=args.lr_decay,
@@ -118,7 +148,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a net with a sparsity prior (free energy), with checkpoints",
         description="Optional plain pretraining, then bayesify_ and Bayesian training on the "
-                    "free energy. Writes OUT_DIR/log.jsonl and OUT_DIR/checkpoint.safetensors "
+                    "free energy (--method: a binary net, or SGLD samples of the plain net's "
+                    "weights). Writes OUT_DIR/log.jsonl and OUT_DIR/checkpoint.safetensors "
                     "every epoch; --resume continues exactly where the last checkpoint left off. "
                     "Runs distributed under torchrun (see docs/distributed.md).")
     add_training_arguments(p)
@@ -144,7 +175,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def final_line(rec: dict, checkpoint) -> str:
-    """'test error X%; alive per layer: name kept/total, ...; checkpoint: path'."""
+    """'test error X%; alive per layer: name kept/total, ...; checkpoint: path', and for an
+    SGLD run '; N weight samples: path'."""
+    from pathlib import Path
+
+    from kwh.train.samples import SAMPLES_FILENAME
+
     alive = ", ".join(f"{n}: {rec['alive'][n]}/{rec['total'][n]}" for n in rec.get("alive", {}))
-    return (f"test error {rec['test_error']:.2f}%; alive per layer: {alive or 'n/a'}; "
+    line = (f"test error {rec['test_error']:.2f}%; alive per layer: {alive or 'n/a'}; "
             f"checkpoint: {checkpoint}")
+    if "samples" in rec:
+        line += f"; {rec['samples']} weight samples: {Path(checkpoint).parent / SAMPLES_FILENAME}"
+    return line

@@ -1,14 +1,18 @@
-"""The training engine: pretraining, bayesify_, free-energy training, checkpoints and resume."""
+"""The training engine: pretraining, bayesify_, free-energy training (or binary training, or
+SGLD sampling), checkpoints and resume."""
 
 from kwh.train.build import load_checkpoint
 from kwh.train.checkpoint import checkpoint_path, read_checkpoint, read_checkpoint_meta
 from kwh.train.config import TrainConfig
 from kwh.train.data import TrainData
 from kwh.train.engine import TrainResult, run_training
+from kwh.train.samples import load_samples
 
 __all__ = [
     # running
     "TrainConfig", "run_training", "TrainResult", "TrainData",
     # checkpoints
     "load_checkpoint", "checkpoint_path", "read_checkpoint", "read_checkpoint_meta",
+    # the weight samples of an SGLD run
+    "load_samples",
 ]

@@ -8,6 +8,7 @@ import os
 import torch
 from torch import nn
 
+from kwh.bayes import SGLD as SGLDSampler
 from kwh.bayes import bayesify_
 from kwh.bayes.optim import param_groups
 from kwh.binary import binarize_
@@ -17,10 +18,12 @@ from kwh.train.checkpoint import checkpoint_path, read_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.state import derive_seed, load_model_tensors
 
-PLAIN, BAYESIAN, BINARY = "plain", "bayes", "binary"
-KINDS = (PLAIN, BAYESIAN, BINARY)
+# SGLD: the plain network whose weights kwh.bayes.SGLD samples in the second phase.
+PLAIN, BAYESIAN, BINARY, SGLD = "plain", "bayes", "binary", "sgld"
+KINDS = (PLAIN, BAYESIAN, BINARY, SGLD)
+SECOND = (BAYESIAN, BINARY, SGLD)  # the kinds of a second phase
 
-__all__ = ["PLAIN", "BAYESIAN", "BINARY", "build_model", "to_bayesian", "to_second_phase",
+__all__ = ["PLAIN", "BAYESIAN", "BINARY", "SGLD", "build_model", "to_bayesian", "to_second_phase",
            "make_optimizer", "load_checkpoint"]
 
 
@@ -32,15 +35,18 @@ def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
 
 
 def to_second_phase(model: nn.Module, config: TrainConfig) -> tuple[nn.Module, str]:
-    """(model, kind) of the run's second phase: Bayesian (bayesify_) or binary (binarize_)."""
+    """(model, kind) of the run's second phase: Bayesian (bayesify_), binary (binarize_), or
+    the same plain model for SGLD to sample."""
     if config.method == BINARY:
         binarize_(model, **config.binary_options)
         return model, BINARY
+    if config.method == SGLD:
+        return model, SGLD
     return to_bayesian(model, config), BAYESIAN
 
 
 def build_model(config: TrainConfig, kind: str, template: nn.Module | None = None) -> nn.Module:
-    """The run's model on the CPU; Bayesian if kind says so.
+    """The run's model on the CPU; Bayesian or binary if kind says so (plain for SGLD).
 
     From ``template`` (a plain model given to run_training: a copy of it, its weights the
     dense start) or else the config's reference model, freshly initialised from the seed.
@@ -61,11 +67,26 @@ def build_model(config: TrainConfig, kind: str, template: nn.Module | None = Non
     return to_bayesian(model, config) if kind == BAYESIAN else model
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, kind: str) -> torch.optim.Adam:
+def make_optimizer(model: nn.Module, config: TrainConfig, kind: str, *,
+                   n_data: int | None = None,
+                   generator: torch.Generator | None = None) -> torch.optim.Optimizer:
     """Adam; Bayesian models put log-scale parameters in groups at lr * their multiplier.
 
     Every group remembers its ``base_lr``: the schedule sets lr = base_lr * factor each step.
+    For kind SGLD: kwh.bayes.SGLD with the config's sgld_settings() over ``n_data`` training
+    examples, its noise drawn from ``generator``; base_lr is its (constant) step size.
     """
+    if kind == SGLD:
+        if n_data is None:
+            raise KwhError("an SGLD optimizer needs n_data, the training set's size")
+        o = config.sgld_settings()
+        opt = SGLDSampler([p for p in model.parameters() if p.requires_grad], lr=o["lr"],
+                          n_data=n_data, prior_std=o["prior_std"], temperature=o["temperature"],
+                          preconditioned=o["preconditioned"], alpha=o["alpha"], eps=o["eps"],
+                          generator=generator)
+        for g in opt.param_groups:
+            g["base_lr"], g["name"] = g["lr"], "weights"
+        return opt
     if kind == BAYESIAN:
         groups = param_groups(model, config.lr, config.variance_lr_mult)
     else:
@@ -89,22 +110,26 @@ def _input_shape(model: nn.Module, config: TrainConfig) -> tuple[int, ...]:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     model: nn.Module | None = None) -> tuple[nn.Module, TrainConfig]:
     """(trained model in eval mode, its TrainConfig) from a checkpoint file or run directory:
-    the Bayesian model, or the binary one of a method='binary' run.
+    the Bayesian model, the binary one of a method='binary' run, or the plain one of a
+    method='sgld' run at the chain's last state (its posterior samples: load_samples).
 
     ``model``: the plain model the run started from (its structure; the weights come from the
     checkpoint), needed when the run trained a model of its own (config.model 'custom').
     """
     path = checkpoint_path(path)
     tensors, meta = read_checkpoint(path)
+    if meta.get("kind") == "sgld-samples":  # kwh.train.samples' file
+        raise KwhError(f"{path} holds an SGLD run's weight samples (kwh.train.load_samples); "
+                       f"its network is in {path.parent}'s checkpoint")
     try:
         config = TrainConfig.from_dict(meta["config"])
         kind, pos = meta["kind"], meta["position"]
     except (KeyError, TypeError, KwhError) as e:
         raise FormatError(f"{path}: malformed training metadata ({e})") from None
-    if kind not in (BAYESIAN, BINARY) and config.epochs == 0:
+    if kind not in SECOND and config.epochs == 0:
         raise KwhError(f"{path} is a plain run (--epochs 0): it holds a dense net, not a "
                        f"Bayesian one; start a Bayesian run from it, or train with --epochs N")
-    if kind not in (BAYESIAN, BINARY):
+    if kind not in SECOND:
         raise KwhError(f"{path} was written during pretraining (epoch {pos.get('epoch')} of "
                        f"{config.pretrain_epochs} plain epochs): it holds no Bayesian model yet; "
                        f"continue the run with `kwh train --resume --out-dir {path.parent}`")

@@ -10,7 +10,30 @@ from kwh.errors import KwhError
 CONFIG_VERSION = 1
 CUSTOM = "custom"  # model or data given to run_training as objects, not by name
 LR_DECAYS = ("linear", "constant")
-METHODS = ("bayes", "binary")  # what the second phase trains: the free energy, or a binary net
+# What the second phase does: train on the free energy, train a binary net, or sample the plain
+# net's posterior with SGLD.
+METHODS = ("bayes", "binary", "sgld")
+# SGLD settings (TrainConfig.sgld_options; kwh.bayes.SGLD's update, with N the training set's
+# size): theta <- theta - (lr / 2) G (N g + theta / prior_std^2) + sqrt(lr T G) xi.
+#   lr: the step size epsilon. The drift is (lr N / 2) times the mean-NLL gradient, so lr N / 2
+#     is the learning rate of the equivalent SGD step. None picks 1e-6 for plain SGLD: at
+#     MNIST's N = 55,000 that is SGD at lr ~0.03, a step plain SGD takes stably from a
+#     pretrained LeNet; the injected noise has std sqrt(lr) = 1e-3 per weight and step. With
+#     preconditioned=True, G ~ 1 / RMS(g) makes the drift an RMSprop step at lr N / 2 (the
+#     same 1e-6 would move every weight by ~0.03 a step), so None picks 4e-8 there: lr N / 2
+#     ~ 1e-3, Adam's usual rate. The step is constant: the config's lr and lr_decay are the
+#     pretraining's; only the rollback back-off (lr_backoff) lowers it, after a non-finite step.
+#   prior_std: the Gaussian prior N(0, prior_std^2) on every weight; None: a flat prior.
+#   temperature: T = 1 samples the posterior, T < 1 a tempered ("cold") one, 0 descends to MAP.
+#   preconditioned, alpha, eps: pSGLD (Li et al. 2016) and its RMSprop average.
+#   burn_in_epochs: epochs of the SGLD phase run before any sample is kept.
+#   thin_steps: SGLD steps between kept samples; the first is the state at the end of burn-in
+#     (after thin_steps steps when burn_in_epochs is 0). kwh.bayes.SampleStore's policy.
+#   max_samples: the newest ones kept (each a full copy of the weights); None: all of them.
+SGLD_DEFAULTS = {"lr": None, "prior_std": 1.0, "temperature": 1.0, "preconditioned": False,
+                 "alpha": 0.99, "eps": 1e-5, "burn_in_epochs": 1, "thin_steps": 100,
+                 "max_samples": 50}
+SGLD_LR, PSGLD_LR = 1e-6, 4e-8
 DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that change how a run computes, so a resumed run must agree on them; the others
@@ -35,6 +58,10 @@ class TrainConfig:
     5 -> 20 of 200 epochs, REFERENCES sec. 1, is 0.025 -> 0.1). Defaults 0 -> 0.2: with the
     lr decaying linearly, a KL-free first quarter would waste 44% of all the lr a short run
     has to move the posterior scales.
+
+    ``method="sgld"`` keeps the network plain after pretraining and samples its weights'
+    posterior with kwh.bayes.SGLD at a constant step for ``epochs`` epochs (settings:
+    ``sgld_options``, see SGLD_DEFAULTS), keeping samples past burn-in in a SampleStore.
     """
 
     model: str = "lenet5"
@@ -42,8 +69,9 @@ class TrainConfig:
     data_dir: str | None = None
     prior: str = "group-horseshoe"
     prior_options: dict = field(default_factory=dict)
-    method: str = "bayes"  # "binary": the second phase trains kwh.binarize_'s network instead
+    method: str = "bayes"  # "binary": kwh.binarize_'s network instead; "sgld": posterior samples
     binary_options: dict = field(default_factory=dict)  # kwh.binarize_ options
+    sgld_options: dict = field(default_factory=dict)  # keys of SGLD_DEFAULTS
     pretrain_epochs: int = 0
     epochs: int = 10
     batch_size: int = 100
@@ -98,11 +126,17 @@ class TrainConfig:
             if self.shrink_patience:
                 raise KwhError("shrink_patience removes pruned groups of a Bayesian net; a "
                                "binary run (method='binary') prunes nothing: leave it 0")
+        if not isinstance(self.sgld_options, dict):
+            raise KwhError(f"sgld_options must be a dict, got {self.sgld_options!r}")
+        if self.sgld_options and self.method != "sgld":
+            raise KwhError("sgld_options are for method='sgld'")
         for name in ("pretrain_epochs", "seed", "shrink_patience"):
             self._int(name, 0)
         for name in ("batch_size", "max_failures", "eval_batch_size"):
             self._int(name, 1)
         self._int("epochs", 0 if self.pretrain_epochs else 1)  # 0: a plain (dense) run
+        if self.method == "sgld":
+            self._check_sgld()
         if self.validation is not None:
             self._int("validation", 0)
         for name in ("limit_train", "limit_test", "threads", "checkpoint_every"):
@@ -134,6 +168,62 @@ class TrainConfig:
         self.out_dir = str(self.out_dir)
         if self.data_dir is not None:
             self.data_dir = str(self.data_dir)
+
+    def _check_sgld(self) -> None:
+        unknown = sorted(set(self.sgld_options) - set(SGLD_DEFAULTS))
+        if unknown:
+            raise KwhError(f"unknown SGLD option {unknown[0]!r}; choose from: "
+                           f"{', '.join(SGLD_DEFAULTS)}")
+        o = self.sgld_settings()
+
+        def number(name, low, *, none=False, zero=False, below=None):
+            v = o[name]
+            if v is None and none:
+                return
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+                and (v >= low if zero else v > low) and (below is None or v < below)
+            if not ok:
+                bound = f"{'>=' if zero else '>'} {low}" + (f" and < {below}" if below else "")
+                raise KwhError(f"SGLD option {name} must be a finite number {bound}"
+                               f"{' (or None)' if none else ''}, got {v!r}")
+
+        def count(name, low, *, none=False):
+            v = o[name]
+            if not (v is None and none) and not (_is_int(v) and v >= low):
+                raise KwhError(f"SGLD option {name} must be an integer >= {low}"
+                               f"{' (or None: no bound)' if none else ''}, got {v!r}")
+
+        number("lr", 0)
+        number("prior_std", 0, none=True)
+        number("temperature", 0, zero=True)
+        number("alpha", 0, zero=True, below=1)
+        number("eps", 0)
+        if not isinstance(o["preconditioned"], bool):
+            raise KwhError(f"SGLD option preconditioned must be True or False, got "
+                           f"{o['preconditioned']!r}")
+        count("burn_in_epochs", 0)
+        count("thin_steps", 1)
+        count("max_samples", 1, none=True)
+        if o["burn_in_epochs"] >= self.epochs:
+            raise KwhError(f"SGLD option burn_in_epochs={o['burn_in_epochs']} leaves none of "
+                           f"the {self.epochs} SGLD epoch(s) to sample: it must be smaller "
+                           f"than epochs")
+        if self.shrink_patience:
+            raise KwhError("shrink_patience removes pruned groups of a Bayesian net; an SGLD "
+                           "run (method='sgld') samples a plain net and prunes nothing: leave "
+                           "it 0")
+        if self.prior_options:
+            raise KwhError("prior_options set the sparsity prior of method='bayes'; an SGLD "
+                           "run's prior is N(0, prior_std^2): give it as sgld_options "
+                           "{'prior_std': ...}")
+
+    def sgld_settings(self) -> dict:
+        """Every SGLD setting: the defaults (SGLD_DEFAULTS) updated by sgld_options, the lr
+        resolved (None: 1e-6, or 4e-8 when preconditioned)."""
+        o = {**SGLD_DEFAULTS, **self.sgld_options}
+        if o["lr"] is None:
+            o["lr"] = PSGLD_LR if o["preconditioned"] is True else SGLD_LR
+        return o
 
     def _int(self, name: str, low: int):
         v = getattr(self, name)

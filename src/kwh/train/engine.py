@@ -5,6 +5,12 @@ derived from the run's seed; each epoch reseeds every RNG from (seed, rank, epoc
 its batches from a DistributedSampler seeded with (seed, epoch). A checkpoint holds the model,
 Adam's state, the position (epoch, step), the lr back-off, the epoch's running sums and the RNG
 states of every rank, so a resumed run retraces the uninterrupted one bit for bit.
+
+method='sgld' keeps the plain network after pretraining and moves it with kwh.bayes.SGLD on the
+mean NLL (its noise from a generator seeded with (seed, "sgld"), the same on every rank so that
+DDP replicas stay equal), collecting samples into a kwh.bayes.SampleStore; the checkpoint adds
+the generator's state and the store ("samples/<i>/<name>" tensors, the policy and steps in the
+meta), and the end of the run writes the samples to samples.safetensors (kwh.train.samples).
 """
 
 from __future__ import annotations
@@ -27,19 +33,28 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import kwh
-from kwh.bayes import free_energy
+from kwh.bayes import SampleStore, free_energy
 from kwh.binary import clip_latent_
 from kwh.compress.shrink import Shrinker, carry_optimizer_state
 from kwh.errors import FormatError, KwhError, ModelError
 from kwh.format.io import atomic_write_bytes
 from kwh.train.batches import BatchOrder
-from kwh.train.build import BAYESIAN, BINARY, PLAIN, build_model, make_optimizer, to_second_phase
+from kwh.train.build import (
+    BAYESIAN,
+    BINARY,
+    PLAIN,
+    SGLD,
+    build_model,
+    make_optimizer,
+    to_second_phase,
+)
 from kwh.train.checkpoint import FILENAME, read_checkpoint, write_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.data import TrainData, load_train_data
 from kwh.train.distributed import DistContext, setup_distributed
 from kwh.train.evaluate import layer_stats, pruned_architecture, test_metrics
 from kwh.train.runlog import RunLog
+from kwh.train.samples import PREFIX, SAMPLES_FILENAME, write_samples
 from kwh.train.schedule import Schedule
 from kwh.train.state import (
     derive_seed,
@@ -63,13 +78,15 @@ __all__ = ["TrainResult", "run_training"]
 
 @dataclass
 class TrainResult:
-    """What a run produced: the model (eval mode), per-epoch history, checkpoint path."""
+    """What a run produced: the model (eval mode), per-epoch history, checkpoint path; for
+    method='sgld', the weight samples (``kwh.predict(result.model, x, store=result.samples)``)."""
 
     model: nn.Module
     history: list[dict]
     checkpoint: Path | None
     config: TrainConfig | None = None
     log: list[dict] = field(default_factory=list)
+    samples: SampleStore | None = None
 
 
 def run_training(config: TrainConfig, resume: bool = False, progress: bool = True,
@@ -139,12 +156,17 @@ class _Trainer:
         self.log = RunLog(self.out / "log.jsonl" if ctx.is_main else None)
         self.failures = 0
         self.snapshot: tuple[dict, dict] | None = None
+        self.store: SampleStore | None = None  # the SGLD phase's samples
+        self.generator: torch.Generator | None = None  # the SGLD phase's noise
+        if config.method == SGLD:
+            self._check_sgld_plan()
 
     # ------------------------------------------------------------------ state
 
     def _fresh(self) -> None:
         self.model, self.kind = build_model(self.c, PLAIN, self.template), PLAIN
         self.shrinker = None
+        self.store = self.generator = None
         self._check_input()
         self.model.to(self.ctx.device)
         self._new_optimizer()
@@ -163,7 +185,8 @@ class _Trainer:
         self.model.train()
 
     def _new_optimizer(self) -> None:
-        self.opt = make_optimizer(self.model, self.c, self.kind)
+        self.opt = make_optimizer(self.model, self.c, self.kind, n_data=self.n_data,
+                                  generator=self.generator)
         if self.ctx.distributed:
             ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
@@ -185,6 +208,10 @@ class _Trainer:
                 "log": list(self.log.records), "kwh_version": kwh.__version__,
                 "shrink": None if self.shrinker is None else self.shrinker.state(),
                 "torch_version": torch.__version__}
+        if self.kind == SGLD:
+            store_tensors, meta["samples"] = self.store.payload(PREFIX)
+            tensors.update(store_tensors)  # the stored samples themselves: they never change
+            tensors["sgld/generator"] = self.generator.get_state()
         return tensors, meta
 
     def _apply(self, tensors: dict, meta: dict, where: str) -> None:
@@ -200,6 +227,9 @@ class _Trainer:
             raise FormatError(f"{where}: position epoch {epoch} step {step} lies outside this run")
         self.model, self.kind = build_model(self.c, kind, self.template), kind
         self.shrinker = self._new_shrinker(meta.get("shrink")) if kind == BAYESIAN else None
+        self.store = self.generator = None
+        if kind == SGLD:
+            self._restore_sampler(tensors, meta, where)
         load_model_tensors(self.model, tensors, where)
         self.model.to(self.ctx.device)
         self._new_optimizer()
@@ -238,7 +268,11 @@ class _Trainer:
         while self.epoch < self.c.total_epochs:
             self._run_epoch()
         self.model.eval()
-        return TrainResult(self.model, self.log.epochs(), self.ckpt, self.c, self.log.records)
+        if self.kind == SGLD and self.ctx.is_main:
+            write_samples(self.out / SAMPLES_FILENAME, self.store, self.c)
+        self.ctx.barrier()
+        return TrainResult(self.model, self.log.epochs(), self.ckpt, self.c, self.log.records,
+                           self.store)
 
     def _start(self, resume: bool) -> None:
         exists = self.ckpt.is_file()
@@ -246,8 +280,9 @@ class _Trainer:
             raise KwhError(f"{self.out} already holds a checkpoint; pass --resume to continue "
                            f"that run, or choose another --out-dir")
         if exists and self.ctx.is_main:
-            for stale in self.out.glob(f".{FILENAME}.*.tmp"):  # left by a kill during a write
-                stale.unlink(missing_ok=True)
+            for name in (FILENAME, SAMPLES_FILENAME):  # temp files left by a kill in a write
+                for stale in self.out.glob(f".{name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
         if exists:
             tensors, meta = read_checkpoint(self.ckpt)
             try:
@@ -280,6 +315,8 @@ class _Trainer:
             model, self.kind = to_second_phase(self.model.cpu(), c)
             self.model = model.to(self.ctx.device)
             self.shrinker = self._new_shrinker(None) if self.kind == BAYESIAN else None
+            if self.kind == SGLD:
+                self._new_sampler()
             self._new_optimizer()
         if self.step == 0:
             seed_all(derive_seed(c.seed, self.ctx.rank, e))
@@ -288,13 +325,15 @@ class _Trainer:
         cpu_started = time.process_time() - self.stats.get("cpu_seconds", 0.0)
         steps = self.order.steps_per_epoch
         bar = tqdm(total=steps, initial=self.step, disable=not self.progress, leave=False,
-                   desc=f"epoch {e + 1}/{c.total_epochs} {self.sched.phase(e)}", unit="step",
+                   desc=f"epoch {e + 1}/{c.total_epochs} {self._phase(e)}", unit="step",
                    dynamic_ncols=True, mininterval=0.5)
         self.net.train()
         with bar:
             for k in range(self.step, steps):
-                beta = self.sched.kl_weight(e, k)
-                factor = self.sched.lr_factor(e, k) * self.lr_scale
+                beta = self.sched.kl_weight(e, k) if self.kind != SGLD else 0.0
+                # SGLD samples at its own constant step (sgld_options' lr): the lr schedule is
+                # the pretraining's. The rollback back-off still lowers it.
+                factor = (self.sched.lr_factor(e, k) if self.kind != SGLD else 1.0) * self.lr_scale
                 for g in self.opt.param_groups:
                     g["lr"] = g["base_lr"] * factor
                 x, y = (t.to(self.ctx.device) for t in self.order.batch(e, k))
@@ -314,6 +353,8 @@ class _Trainer:
                 if self.kind == BINARY:
                     clip_latent_(self.model)  # latent weights stay in [-1, 1]
                 self.step, self.global_step = k + 1, self.global_step + 1
+                if self.kind == SGLD:  # kept when past burn-in and on the thinning interval
+                    self.store.collect(self.model, self._sgld_step())
                 self.stats["nll_sum"] += nll.item() * len(y)
                 self.stats["loss_sum"] += loss.item() * len(y)
                 self.stats["n"] += len(y)
@@ -335,7 +376,7 @@ class _Trainer:
             torch.distributed.all_reduce(t)
             sums = t.tolist()
         if self.ctx.is_main:
-            phase = BINARY if self.kind == BINARY else self.sched.phase(e)
+            phase = self._phase(e)
             rec = {"event": "epoch", "epoch": e + 1, "phase": phase,
                    "global_step": self.global_step, "train_nll": sums[0] / sums[2],
                    "train_loss": sums[1] / sums[2]}
@@ -345,7 +386,10 @@ class _Trainer:
                 v = test_metrics(self.model, *self.val.tensors[:2], self.c.eval_batch_size,
                                  self.ctx.device)
                 rec.update({"val_error": v["test_error"], "val_nll": v["test_nll"]})
-            rec.update({"kl_weight": beta, "lr": self.c.lr * factor, "lr_scale": self.lr_scale})
+            base = self.c.sgld_settings()["lr"] if self.kind == SGLD else self.c.lr
+            rec.update({"kl_weight": beta, "lr": base * factor, "lr_scale": self.lr_scale})
+            if self.kind == SGLD:
+                rec["samples"] = len(self.store)  # held now (max_samples bounds it)
             if self.kind == BAYESIAN:
                 rec.update(layer_stats(self.model))
                 rec["architecture"] = pruned_architecture(self.model, tuple(self.order.x.shape[1:]))
@@ -359,6 +403,56 @@ class _Trainer:
         if self.shrinker is not None:
             self._shrink(e)
         self._checkpoint()
+
+    def _phase(self, e: int) -> str:
+        """The epoch's phase for the log: pretrain, bayes, binary or sgld."""
+        return self.kind if self.kind in (BINARY, SGLD) else self.sched.phase(e)
+
+    # ------------------------------------------------------------------ SGLD
+
+    def _sgld_step(self) -> int:
+        """SGLD steps taken so far: the store's clock (burn-in and thinning count in it)."""
+        return self.global_step - self.c.pretrain_epochs * self.order.steps_per_epoch
+
+    def _new_store(self) -> SampleStore:
+        o = self.c.sgld_settings()
+        return SampleStore(burn_in=o["burn_in_epochs"] * self.order.steps_per_epoch,
+                           thin=o["thin_steps"], max_samples=o["max_samples"])
+
+    def _new_generator(self) -> torch.Generator:
+        """The SGLD noise's generator: on the run's device, one seed for every rank."""
+        return torch.Generator(device=self.ctx.device).manual_seed(
+            derive_seed(self.c.seed, "sgld"))
+
+    def _new_sampler(self) -> None:
+        """An empty store and a freshly seeded generator: the start of the SGLD phase."""
+        self.store, self.generator = self._new_store(), self._new_generator()
+
+    def _restore_sampler(self, tensors: dict, meta: dict, where: str) -> None:
+        """The store and the generator's state of an SGLD checkpoint."""
+        try:
+            store = SampleStore.from_payload(tensors, meta["samples"], PREFIX)
+            generator = self._new_generator()
+            generator.set_state(tensors["sgld/generator"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise FormatError(f"{where}: malformed SGLD state ({e})") from None
+        want = self._new_store()
+        if (store.burn_in, store.thin, store.max_samples) != (want.burn_in, want.thin,
+                                                              want.max_samples):
+            raise FormatError(f"{where}: the stored samples' burn-in, thinning or bound differ "
+                              f"from this run's ({store!r}, expected {want!r})")
+        self.store, self.generator = store, generator
+
+    def _check_sgld_plan(self) -> None:
+        """KwhError when burn-in and thinning would leave the SGLD phase without a sample."""
+        store, total = self._new_store(), self.c.epochs * self.order.steps_per_epoch
+        first = store.burn_in if store.burn_in >= 1 else store.thin
+        if first > total:
+            raise KwhError(f"SGLD would keep no sample: the first is due after SGLD step "
+                           f"{first} (burn-in {store.burn_in}, thin_steps {store.thin}), the "
+                           f"run takes {total} ({self.c.epochs} epochs of "
+                           f"{self.order.steps_per_epoch} steps); lower thin_steps or "
+                           f"burn_in_epochs, or train longer")
 
     # ------------------------------------------------------------------ shrinking
 
@@ -461,6 +555,8 @@ def _summary(rec: dict) -> str:
         s += ", alive " + " ".join(f"{rec['alive'][n]}/{rec['total'][n]}" for n in rec["alive"])
     if rec.get("architecture"):
         s += f" (after propagation {rec['architecture']})"
+    if "samples" in rec:
+        s += f", {rec['samples']} weight samples held"
     if math.isfinite(rec.get("seconds", 0)):
         s += f", {rec['seconds']:.1f} s"
     return s
