@@ -111,11 +111,13 @@ def score(probs, y, h_in, mi_in, h_out, mi_out, stochastic: bool) -> dict:
     }
 
 
-def evaluate(model, x_test, y_test, x_ood, samples: int, method: str = "auto"):
-    """kwh.predict on test and OOD images; returns (metrics dict, test probs, eval seconds)."""
+def evaluate(model, x_test, y_test, x_ood, samples: int, method: str = "auto", store=None):
+    """kwh.predict on test and OOD images (over ``store``'s weight samples when given);
+    returns (metrics dict, test probs, eval seconds)."""
     t = time.time()
-    p_in = predict(model, x_test, samples, method=method)
-    p_out = predict(model, x_ood, samples, method=method)
+    extra = {} if store is None else {"store": store}
+    p_in = predict(model, x_test, samples, method=method, **extra)
+    p_out = predict(model, x_ood, samples, method=method, **extra)
     s = score(p_in.probs, y_test, p_in.entropy, p_in.mutual_information, p_out.entropy,
               p_out.mutual_information, p_in.stochastic)
     s.update(method=p_in.method, samples=p_in.samples)
@@ -274,6 +276,20 @@ def _from_runs(args, train_name: str, tdata: TrainData, runs: Path, tensors, emi
     s, probs, te = evaluate(drop, x_te, y_te, x_ood, args.samples, "mc-dropout")
     emit({"model": "MC dropout", "epochs": args.pretrain_epochs, "train_s": t_drop,
           "eval_s": te, **s}, probs)
+    if args.sgld_epochs:
+        # SGLD from the same dense start (Welling and Teh 2011): kwh.train's method "sgld",
+        # constant step, burn-in one epoch, a sample every thin steps
+        opts = {"burn_in_epochs": 1, "thin_steps": args.sgld_thin, "max_samples": 50}
+        if args.sgld_lr:
+            opts["lr"] = args.sgld_lr
+        log(f"SGLD from the dense start: {args.sgld_epochs} epochs, {opts}")
+        res = fit("lenet5", tdata, runs / f"sgld_e{args.sgld_epochs}_tablesplit", model=dense,
+                  method="sgld", epochs=args.sgld_epochs, sgld_options=opts, **same)
+        store = res.samples
+        net, t_s = res.model.eval().cpu(), train_seconds(res)
+        s, probs, te = evaluate(net, x_te, y_te, x_ood, args.samples, "samples", store=store)
+        emit({"model": "SGLD", "epochs": f"{args.pretrain_epochs}+{args.sgld_epochs}",
+              "kept": f"{len(store)} samples held", "train_s": t_s, "eval_s": te, **s}, probs)
     for prior in args.priors:
         res = fit("lenet5", tdata, src / prior, model=dense, prior=prior,
                   epochs=args.bayes_epochs, shrink_patience=args.shrink_patience, **same)
@@ -339,6 +355,11 @@ def main(argv=None) -> int:
                          "reloaded instead of trained (give the table's --pretrain-epochs, "
                          "--bayes-epochs and --shrink-patience)")
     ap.add_argument("--shrink-patience", type=int, default=0)
+    ap.add_argument("--sgld-epochs", type=int, default=0,
+                    help="with --from-runs: also sample the dense net's posterior with SGLD "
+                         "for this many epochs (kwh train --method sgld); 0: no SGLD row")
+    ap.add_argument("--sgld-lr", type=float, default=None, help="SGLD step (default: kwh's)")
+    ap.add_argument("--sgld-thin", type=int, default=100, help="steps between kept samples")
     args = ap.parse_args(argv)
     args.priors = [p for p in args.priors.split(",") if p]
     if args.pretrain_epochs < 1:
