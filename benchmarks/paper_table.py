@@ -5,6 +5,7 @@
 Per seed: plain pretraining of the net (the shared start), then from copies of it: kwh with
 each prior (log-uniform = Sparse VD, group-nj = BC-GNJ, group-horseshoe = BC-GHS: bayesify_,
 free energy, kwh.compress, kwh.save), Deep Compression (prune + retrain, k-means, Huffman),
+soft weight-sharing (kwh.train method 'sws', kwh.sws.quantize_, the same Huffman file),
 Torch-Pruning structured L1 pruning at kwh's best error, and the dense net. Writes
 benchmarks/results/paper_table_<net>_<data>.{md,csv,json} and three PNG plots.
 """
@@ -28,10 +29,12 @@ from benchmarks.baselines.common import (INPUT_SHAPES, Clock, check_net_data, co
                                          load_data, make_net, test_error, throughput,
                                          weighted_layers)
 from benchmarks.baselines.kwh_rows import compress_and_save, log_alphas, train_bayes
+from kwh.sws import mixture_weights, quantize_
 
 PRIORS = {"log-uniform": "kwh Sparse VD (log-uniform)", "group-nj": "kwh BC-GNJ (group-nj)",
           "group-horseshoe": "kwh BC-GHS (group-horseshoe)"}
-METHODS = ("dense", *PRIORS, "deep-compression", "torch-pruning")
+SWS_LABEL = "Soft weight-sharing (mixture prior + Huffman)"
+METHODS = ("dense", *PRIORS, "deep-compression", "soft-weight-sharing", "torch-pruning")
 
 # pretrain / Bayesian epochs, data limits, Deep Compression rounds, Torch-Pruning fine-tune
 # epochs per candidate, timing repeats. "full" is the paper's 200 epochs (Louizos et al. 2017).
@@ -73,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shrink-patience", type=int, default=0,
                    help="kwh rows: remove groups dead this many epochs in a row while training "
                         "(kwh.train shrink_patience; 0: never)")
+    p.add_argument("--sws-option", action="append", type=_sws_option, default=[],
+                   metavar="KEY=VALUE", help="soft weight-sharing row: a kwh.train sws_options "
+                   "setting (e.g. tau=5e-3, init_std=0.25); repeatable")
     p.add_argument("--repeats", type=int, help="timed passes per throughput median (overrides)")
     p.add_argument("--bench-batch", type=int, default=1000, help="images per timed pass")
     a = p.parse_args(argv)
@@ -86,7 +92,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.shrink_patience < 0:
         p.error(f"--shrink-patience must be >= 0, got {a.shrink_patience}")
     a.cfg = cfg
+    a.sws_options = dict(a.sws_option)
     return a
+
+
+def _sws_option(text: str) -> tuple[str, float | None]:
+    key, sep, value = (t.strip() for t in text.partition("="))
+    try:
+        if not (sep and key and value):
+            raise ValueError
+        if value.lower() == "none":
+            return key, None
+        return key, int(value) if value.lstrip("-").isdigit() else float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KEY=NUMBER (e.g. tau=5e-3), got {text!r}") from None
 
 
 def machine_info() -> dict:
@@ -231,6 +250,30 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
         log(f"seed {seed}: Deep Compression: error {r['error_pct']:.2f}% (pruned, before sharing "
             f"{dc_pruned_err:.2f}%) max compression {r['max_compression_huffman']:.1f}x (Huffman)")
 
+    if "soft-weight-sharing" in methods:
+        clock = Clock()
+        res = fit(a.net, tdata, runs / "soft_weight_sharing", model=dense, method="sws",
+                  epochs=cfg["epochs"], seed=seed, sws_options=a.sws_options, **opts)
+        sws = res.model.eval().cpu()
+        trained_err = 100 * test_error(sws, data)
+        q = quantize_(sws, res.prior.cpu())
+        swf = deep_compression.write_file(files / f"seed{seed}_soft_weight_sharing.sphf",
+                                          sws_layers(sws, q))
+        bits = [q.index_bits] * len(weighted_layers(sws))
+        r = {**base, "method": SWS_LABEL, **measure(sws, data, w_orig, x_bench, reps),
+             "bits": "-".join(map(str, bits)),
+             **table.rates(sws, w_orig, bits, False, swf["payload_bytes"] + swf["bias_bytes"]),
+             "max_compression_huffman": 32 * w_orig / (8 * swf["payload_bytes"]),
+             "file_bytes": swf["file_bytes"], "wall_s": clock(),
+             "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} sws",
+             "error_before_quantization_pct": trained_err, "codebook": q.codebook.tolist(),
+             "components_merged": q.merged, "val_error_pct": 100 * _val_error(sws, tdata)}
+        rows.append(r)
+        log(f"seed {seed}: soft weight-sharing: error {r['error_pct']:.2f}% (before quantizing "
+            f"{trained_err:.2f}%), {len(q.codebook) - 1} nonzero values, nonzero "
+            f"{r['nonzero_pct']:.2f}%, max compression {r['max_compression_huffman']:.1f}x "
+            f"(Huffman)")
+
     if "torch-pruning" in methods:
         clock = Clock()
         kwh_val = [x["val_error_pct"] for x in rows if x["method"] in PRIORS.values()]
@@ -248,6 +291,21 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
         log(f"seed {seed}: Torch-Pruning ratio {ratio}: error {r['error_pct']:.2f}% (validation "
             f"target {100 * target:.2f}%) pruning {r['pruning']:.1f}x")
     return rows, histories, alphas
+
+
+def sws_layers(model, q) -> list[dict]:
+    """The layers of the soft weight-sharing file: symbols are the quantized codes (0: the zero
+    component, pruned; k: codebook entry k), each layer with the merged means as its codebook;
+    relative indices at 8 bits for conv, 5 for fc, as Deep Compression's file."""
+    names = {id(w): n for n, w in mixture_weights(model)}
+    out = []
+    for i, m in enumerate(weighted_layers(model)):
+        out.append({"name": f"layer{i}", "shape": list(m.weight.shape),
+                    "symbols": q.codes[names[id(m.weight)]].numpy(),
+                    "codebook": q.codebook[1:].numpy(),
+                    "index_bits": 8 if isinstance(m, torch.nn.Conv2d) else 5,
+                    "bias": None if m.bias is None else m.bias.detach().numpy()})
+    return out
 
 
 def _payload(model, data) -> int:
@@ -326,6 +384,13 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
            "File bytes: the whole real file (.kwh for kwh, dense and Torch-Pruning rows; the",
            "relative-index Huffman file for Deep Compression), headers and float32 biases included.",
            "Deep Compression: 8-bit k-means codebooks for conv, 5-bit for fc, centroids not fine-tuned.",
+           "Soft weight-sharing: kwh.train method 'sws' from the same dense start for the Bayesian",
+           f"rows' epochs (sws_options {a.sws_options or 'defaults'}: 17 components, pi_0 0.999, tau 5e-3",
+           "unless set), then kwh.sws.quantize_ (components merged below KL 0.01, each weight to its",
+           "most responsible component's mean); the Deep Compression file with the merged means as",
+           "codebook and the component indices as symbols; bits = the index width of that codebook.",
+           "Published (Ullrich, Meeds, Welling 2017): LeNet-300-100 64x at 1.94%, LeNet-5-Caffe",
+           "162x at 0.97% error.",
            f"Throughput: batch {a.bench_batch}, median of {cfg['repeats']} repeats, torch threads as in Machine.", ""]
     (out / f"{stem}.md").write_text("\n".join(md))
     (out / f"{stem}.csv").write_text(table.csv_text(rows))

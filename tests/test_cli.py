@@ -29,6 +29,10 @@ from kwh.errors import FormatError, KwhError
     (["train", "--sgld-option", "preconditioned=maybe"], "expected KEY=VALUE"),
     (["train", "--method", "sgld", "--sgld-option", "thin=2"], "unknown SGLD option 'thin'"),
     (["train", "--sgld-option", "lr=1e-6"], "sgld_options are for method='sgld'"),
+    (["train", "--sws-option", "tau"], "expected KEY=VALUE with a number or none"),
+    (["train", "--method", "sws", "--sws-option", "taus=1"],
+     "unknown soft weight-sharing option 'taus'"),
+    (["train", "--sws-option", "tau=1e-3"], "sws_options are for method='sws'"),
 ])
 def test_nonsense_arguments_exit_2_with_a_message(argv, fragment, capsys):
     code, out, err = run_main(argv, capsys)
@@ -190,6 +194,25 @@ def test_train_method_sgld_maps_its_options_and_names_the_samples(capsys, tmp_pa
     assert out.rstrip().endswith(f"; 3 weight samples: {out_dir / 'samples.safetensors'}")
     model, _ = load_checkpoint(out_dir)
     assert load_samples(out_dir, model).steps == (4, 6, 8)
+
+
+def test_train_method_sws_maps_its_options_and_keeps_the_prior(capsys, tmp_path, data_root):
+    from kwh.train import load_mixture_prior
+
+    out_dir = tmp_path / "run"
+    argv = ["train", "--model", "lenet300", "--method", "sws", "--pretrain-epochs", "1",
+            "--epochs", "1", "--limit-train", "200", "--limit-test", "100", "--batch-size", "50",
+            "--threads", "1", "--sws-option", "tau=1e-3", "--sws-option", "n_components=9",
+            "--sws-option", "lr=none", "--data-dir", str(data_root), "--out-dir", str(out_dir),
+            "--no-progress"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    with open(out_dir / "config.json", encoding="utf-8") as f:
+        cfg = json.load(f)
+    assert cfg["method"] == "sws" and cfg["sws_options"] == {
+        "tau": 1e-3, "n_components": 9, "lr": None}
+    assert out.startswith("test error ") and "checkpoint: " in out
+    assert load_mixture_prior(out_dir).n_components == 9
 
 
 def test_python_dash_m_kwh_exits_2_without_traceback():

@@ -19,8 +19,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 KWH = SRC / "kwh"
 
 # What a core package may import from kwh, besides itself: the shared leaves (errors, modules,
-# metrics, the reference models), and the core packages below it.
-LEAVES = ("kwh.errors", "kwh.modules", "kwh.metrics", "kwh.models")
+# metrics, the reference models, soft weight-sharing's prior), and the core packages below it.
+LEAVES = ("kwh.errors", "kwh.modules", "kwh.metrics", "kwh.models", "kwh.sws")
 ALLOWED = {
     "bayes": LEAVES,
     "compress": (*LEAVES, "kwh.graph", "kwh.bayes"),
@@ -104,6 +104,14 @@ def test_core_packages_import_only_what_is_below_them():
     assert not bad, ("the core packages must not import a layer above them (allowed: "
                      + "; ".join(f"{c}: {', '.join(a)}" for c, a in ALLOWED.items())
                      + "):\n" + "\n".join(bad))
+
+
+def test_the_sws_leaf_imports_only_torch_math_and_kwh_errors():
+    path = KWH / "sws.py"
+    found = {name for _, name in imports(ast.parse(path.read_text(encoding="utf-8")), "kwh")}
+    roots = {n.split(".")[0] for n in found if not n.startswith("kwh")}
+    assert {n for n in found if n.startswith("kwh")} == {"kwh.errors"}, found
+    assert roots <= {"__future__", "math", "collections", "dataclasses", "torch"}, roots
 
 
 def test_the_contract_sees_every_kind_of_import():

@@ -16,7 +16,11 @@ from benchmarks.baselines.common import load_data
 from benchmarks.baselines.common import test_error as error_of
 from kwh.format.codec import load
 
-METHODS = ("dense", "Sparse VD", "BC-GNJ", "BC-GHS", "Deep Compression", "Torch-Pruning")
+METHODS = ("dense", "Sparse VD", "BC-GNJ", "BC-GHS", "Deep Compression", "Soft weight-sharing",
+           "Torch-Pruning")
+# The quick runs give the soft weight-sharing phase a few steps: its components start narrow
+# (sigma 0.01, not 0.25) so that some weights already sit at nonzero ones.
+SWS_QUICK = ["--sws-option", "init_std=0.01"]
 
 
 def _write_cifar(folder: Path, n_train_file: int, n_test: int) -> None:
@@ -58,6 +62,19 @@ def _check_outputs(out: Path, stem: str, files_dir: Path, data, seed: int = 0) -
         assert err == pytest.approx(float(row["error_pct"]), abs=1e-9)
     dc = next(r for r in rows if "Deep Compression" in r["method"])
     assert (files_dir / f"seed{seed}_deep_compression.sphf").stat().st_size == int(dc["file_bytes"])
+    # soft weight-sharing: the same kind of file, its weights the codebook's values, as many
+    # nonzero as the row says
+    sws = next(r for r in rows if "Soft weight-sharing" in r["method"])
+    path = files_dir / f"seed{seed}_soft_weight_sharing.sphf"
+    assert path.stat().st_size == int(sws["file_bytes"])
+    layers = sparse_file.read(path)
+    weights = np.concatenate([d["weight"].reshape(-1) for d in layers.values()])
+    assert 100 * np.count_nonzero(weights) / weights.size == pytest.approx(
+        float(sws["nonzero_pct"]), abs=1e-9)
+    codebook = json.loads((out / f"{stem}.json").read_text())["rows"]
+    codebook = next(r for r in codebook if "Soft weight-sharing" in r["method"])["codebook"]
+    assert codebook[0] == 0.0 and set(np.unique(weights)) <= set(np.float32(codebook))
+    assert len(sws["bits"].split("-")) == len(layers)
     return rows
 
 
@@ -67,7 +84,7 @@ def test_vgg_cifar10_quick_pipeline(tmp_path):
     args = ["--net", "vgg", "--data", "cifar10", "--budget", "quick", "--data-dir", str(tmp_path / "data"),
             "--out", str(out), "--width", "0.0625", "--epochs", "1", "--pretrain-epochs", "1",
             "--limit-train", "100", "--limit-test", "30", "--tp-ratios", "0.5",
-            "--repeats", "1", "--bench-batch", "50"]
+            "--repeats", "1", "--bench-batch", "50", *SWS_QUICK]
     assert paper_table.main(args) == 0
     _, data = load_data("cifar10", str(tmp_path / "data"), 100, 30)
     rows = _check_outputs(out, "paper_table_vgg_cifar10", out / "paper_table_vgg_cifar10_files", data)
@@ -82,7 +99,7 @@ def test_lenet300_mnist_quick_subset(tmp_path, data_root):
     args = ["--net", "lenet300", "--data", "mnist", "--budget", "quick", "--data-dir", str(data_root),
             "--out", str(out), "--epochs", "1", "--pretrain-epochs", "1", "--limit-train", "500",
             "--limit-test", "200", "--tp-ratios", "0.5",
-            "--repeats", "1", "--bench-batch", "100"]
+            "--repeats", "1", "--bench-batch", "100", *SWS_QUICK]
     assert paper_table.main(args) == 0
     _, data = load_data("mnist", str(data_root), 500, 200)
     rows = _check_outputs(out, "paper_table_lenet300_mnist", out / "paper_table_lenet300_mnist_files", data)
@@ -120,3 +137,12 @@ def test_sparse_file_round_trip_with_fillers(tmp_path):
 def test_bad_net_data_pair_is_a_clear_error():
     with pytest.raises(ValueError, match="reads cifar10"):
         paper_table.parse_args(["--net", "vgg", "--data", "mnist"])
+
+
+def test_sws_options_parse_to_numbers(capsys):
+    a = paper_table.parse_args(["--net", "lenet5", "--data", "mnist", "--sws-option", "tau=1e-3",
+                                "--sws-option", "n_components=9", "--sws-option", "lr=none"])
+    assert a.sws_options == {"tau": 1e-3, "n_components": 9, "lr": None}
+    with pytest.raises(SystemExit):
+        paper_table.parse_args(["--net", "lenet5", "--data", "mnist", "--sws-option", "tau"])
+    assert "expected KEY=NUMBER" in capsys.readouterr().err

@@ -509,3 +509,127 @@ def test_sgld_settings_fill_in_the_defaults_and_a_run_without_samples_is_refused
                sgld_options={"burn_in_epochs": 0, "thin_steps": 11})
     with pytest.raises(KwhError, match="SGLD would keep no sample: .* lower thin_steps"):
         run_training(cfg, progress=False)
+
+
+# ------------------------------------------------------------------ soft weight-sharing
+
+# 1 plain epoch, then 2 epochs (10 steps) under the mixture prior; sigma starts at 0.01 (the
+# tiny run's weights reach 0.1) so that a few steps leave some at nonzero components.
+SWS_KW = dict(method="sws", epochs=2, sws_options={"init_std": 0.01, "tau": 0.01})
+
+
+def sws_tensors(path) -> dict[str, torch.Tensor]:
+    """Everything of a checkpoint that the run's state is: weights, Adam, the mixture prior."""
+    tensors, _ = read_checkpoint(path)
+    return {k: v for k, v in tensors.items() if k.startswith(("model/", "optim/", "sws/"))}
+
+
+@pytest.fixture(scope="module")
+def sws_reference(tmp_path_factory, data_root):
+    cfg = tiny(tmp_path_factory.mktemp("sws"), data_root, **SWS_KW)
+    return cfg, run_training(cfg, progress=False)
+
+
+def test_sws_method_retrains_the_plain_net_under_the_prior_and_loads_it_back(sws_reference,
+                                                                              reference):
+    import math
+
+    from kwh.sws import MixturePrior, mixture_weights, quantize_
+    from kwh.train import load_mixture_prior
+
+    cfg, result = sws_reference
+    lines = read_log(cfg.out_dir)
+    assert [r["phase"] for r in lines] == ["pretrain", "sws", "sws"]
+    assert "kl" not in lines[-1] and "alive" not in lines[-1]
+    assert [r["kl_weight"] for r in lines[1:]] == [0.0, 0.0]
+    assert lines[-1]["lr"] == pytest.approx(5e-4 / 10)  # the phase's weight lr, decayed linearly
+    mix = lines[-1]["mixture"]
+    assert len(mix["pi"]) == len(mix["mean"]) == len(mix["std"]) == 17
+    assert mix["mean"][0] == 0.0 and mix["pi"][0] == pytest.approx(0.999)
+    assert 0 < mix["zero_pct"] < 100
+    assert all(r["train_loss"] != r["train_nll"] for r in lines[1:])  # the prior's term
+    prior = result.prior
+    assert isinstance(prior, MixturePrior)
+    assert not torch.allclose(prior.log_vars.detach(), torch.full((17,), 2 * math.log(0.01)))
+    # the checkpoint: the plain net, the prior's tensors, Adam over four groups
+    tensors, meta = read_checkpoint(f"{cfg.out_dir}/checkpoint.safetensors")
+    assert {k for k in tensors if k.startswith("sws/")} == {"sws/means", "sws/log_vars",
+                                                            "sws/mix_logits"}
+    assert [g["name"] for g in meta["optimizer"]["param_groups"]] == [
+        "weights", "mixture means", "mixture log-variances", "mixing logits"]
+    assert [g["base_lr"] for g in meta["optimizer"]["param_groups"]] == [5e-4, 1e-4, 3e-3, 3e-3]
+    model, c = load_checkpoint(cfg.out_dir)
+    assert c == cfg and not model.training
+    assert not any(isinstance(m, BayesLayer) for m in model.modules())
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model.eval()(x))
+    loaded = load_mixture_prior(cfg.out_dir)
+    assert_bit_equal(loaded.state_dict(), prior.state_dict())
+    # quantized with the trained prior: every weight on the codebook, the zero code exactly 0
+    q = quantize_(model, loaded)
+    for name, w in mixture_weights(model):
+        assert torch.equal(w, q.codebook[q.codes[name]]) and torch.equal(w == 0, q.codes[name] == 0)
+    assert 0 < q.density() < 1
+    with pytest.raises(KwhError, match="not from a soft weight-sharing run"):
+        load_mixture_prior(reference[0].out_dir)
+
+
+# Crash points: the first step under the prior (back to the plain checkpoint of epoch 1), just
+# after the mid-epoch checkpoint at global step 6, and after the one at step 12.
+@pytest.mark.parametrize("step", [5, 7, 13])
+def test_sws_resume_after_a_crash_retraces_the_run_bit_for_bit(sws_reference, tmp_path,
+                                                               data_root, step):
+    ref_cfg, ref = sws_reference
+    cfg = tiny(tmp_path, data_root, **SWS_KW)
+    with pytest.raises(Crash):
+        run_training(cfg, progress=False, fault=crash_at(step))
+    resumed = run_training(cfg, resume=True, progress=False)
+    assert_bit_equal(sws_tensors(f"{cfg.out_dir}/checkpoint.safetensors"),
+                     sws_tensors(f"{ref_cfg.out_dir}/checkpoint.safetensors"))
+    assert untimed(resumed.history) == untimed(ref.history)
+    assert_bit_equal(resumed.prior.state_dict(), ref.prior.state_dict())
+
+
+def test_sws_non_finite_step_rolls_back_the_prior_too(tmp_path, data_root):
+    fired = []
+
+    def fault(step):
+        if step == 8 and not fired:
+            fired.append(step)
+            return "gradient"
+        return False
+
+    result = run_training(tiny(tmp_path, data_root, **SWS_KW), progress=False, fault=fault)
+    events = [r for r in result.log if r["event"] == "rollback"]
+    assert [(e["global_step"], e["to_epoch"], e["to_step"]) for e in events] == [(8, 2, 1)]
+    assert [r["lr_scale"] for r in result.history] == [1.0, 0.5, 0.5]
+    assert all(torch.isfinite(p).all() for p in result.prior.parameters())
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(sws_options={"taus": 1}), "unknown soft weight-sharing option 'taus'; choose from: "
+                                    "tau, n_components"),
+    (dict(sws_options={"tau": 0}), "option tau must be a finite number > 0, got 0"),
+    (dict(sws_options={"zero_mix": 1.0}), r"option zero_mix must be a finite number in \(0, 1\)"),
+    (dict(sws_options={"n_components": 1}), "option n_components must be an integer >= 2"),
+    (dict(sws_options={"lr_means": float("inf")}), "option lr_means must be a finite number"),
+    (dict(sws_options={"gamma_rate": True}), "option gamma_rate must be a finite number > 0"),
+    (dict(shrink_patience=1), "a soft weight-sharing run .* trains a plain net: leave it 0"),
+    (dict(prior_options={"tau0": 1e-5}), "give its settings as sws_options"),
+    (dict(method="bayes"), "sws_options are for method='sws'"),
+])
+def test_sws_options_are_checked(tmp_path, data_root, kw, match):
+    with pytest.raises(KwhError, match=match):
+        tiny(tmp_path, data_root, **{**SWS_KW, **kw})
+
+
+def test_sws_settings_fill_in_the_paper_defaults():
+    c = TrainConfig(method="sws")
+    assert c.out_dir == "runs/lenet5-mnist-sws" and c.sws_settings() == {
+        "tau": 5e-3, "n_components": 17, "zero_mix": 0.999, "init_std": 0.25,
+        "gamma_shape": 250.0, "gamma_rate": 0.1, "zero_gamma_shape": 5000.0,
+        "zero_gamma_rate": 2.0, "lr": 5e-4, "lr_means": 1e-4, "lr_log_vars": 3e-3,
+        "lr_mix": 3e-3}
+    assert TrainConfig(method="sws", lr=2e-3, sws_options={"lr": None}).sws_settings()["lr"] == 2e-3
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c

@@ -61,6 +61,8 @@ def rates(model: nn.Module, w_orig: int, bits: list[int], structured: bool,
     if structured:
         pruning = w_orig / sum(dense)
         fast = 32 * w_orig / sum(d * b for d, b in zip(dense, bits))
+    elif not sum(nnz):  # every weight pruned (a degenerate short run)
+        pruning = fast = math.inf
     else:
         pruning = w_orig / (2 * sum(nnz))
         fast = 32 * w_orig / sum(2 * n * b for n, b in zip(nnz, bits))

@@ -20,6 +20,7 @@ from kwh import binary
 from kwh.binary import BinarizeReport, binarize_
 from kwh import compress  # the package of the core step; made the verb below
 from kwh import models
+from kwh import sws
 from kwh.app.verb import CompressPackage
 from kwh.compress import CompressConfig, format_summary
 from kwh.data import get_dataset, load_mnist, make_loaders, sequence_dataset
@@ -40,6 +41,8 @@ __all__ = [
     "models", "load_mnist", "get_dataset", "make_loaders", "sequence_dataset",
     # binary networks
     "binarize_", "BinarizeReport", "binary",
+    # soft weight-sharing (kwh.sws.MixturePrior, kwh.sws.quantize_)
+    "sws",
     # compression
     "compress", "CompressConfig", "format_summary",
     # the .kwh file

@@ -44,12 +44,35 @@ def _sgld_option(text: str) -> tuple[str, object]:
         f"or preconditioned=true), got {text!r}")
 
 
+def _sws_option(text: str) -> tuple[str, object]:
+    """KEY=VALUE of --sws-option: a number, or none (the config checks the key)."""
+    key, sep, value = (t.strip() for t in text.partition("="))
+    if sep and key and value:
+        if value.lower() == "none":
+            return key, None
+        for kind in (int, float):
+            try:
+                return key, kind(value)
+            except ValueError:
+                pass
+    raise argparse.ArgumentTypeError(
+        f"expected KEY=VALUE with a number or none (e.g. tau=5e-3, n_components=17 or "
+        f"lr=none), got {text!r}")
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The options that map onto TrainConfig (shared with commands that train first)."""
     from kwh.bayes import PRIORS
     from kwh.data import DATASETS
     from kwh.models import MODELS
-    from kwh.train.config import DEVICES, LR_DECAYS, METHODS, SGLD_DEFAULTS, TrainConfig
+    from kwh.train.config import (
+        DEVICES,
+        LR_DECAYS,
+        METHODS,
+        SGLD_DEFAULTS,
+        SWS_DEFAULTS,
+        TrainConfig,
+    )
 
     d = TrainConfig.__dataclass_fields__
     p.add_argument("--model", choices=list(MODELS), default=d["model"].default,
@@ -63,10 +86,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default=d["method"].default,
                    help="what the epochs after pretraining do: train on the free energy under "
                         "--prior (bayes), train a binary network from the dense start (binary: "
-                        "kwh.binarize_, sign weights and activations), or sample the plain "
+                        "kwh.binarize_, sign weights and activations), sample the plain "
                         "network's posterior with SGLD (sgld: weight samples kept in "
-                        "OUT_DIR/samples.safetensors, for kwh.predict(..., store=...)); "
-                        "default: %(default)s")
+                        "OUT_DIR/samples.safetensors, for kwh.predict(..., store=...)), or "
+                        "retrain it under soft weight-sharing's Gaussian-mixture prior (sws: "
+                        "the prior in the checkpoint, kwh.train.load_mixture_prior, for "
+                        "kwh.sws.quantize_); default: %(default)s")
     p.add_argument("--sgld-option", action="append", type=_sgld_option, default=[],
                    metavar="KEY=VALUE", help=f"SGLD setting for --method sgld, one of "
                    f"{', '.join(SGLD_DEFAULTS)}; e.g. lr=1e-6 (the constant step size; "
@@ -74,6 +99,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    f"pretraining's), prior_std=1, temperature=1, preconditioned=false, "
                    f"burn_in_epochs=1, thin_steps=100 (SGLD steps between samples), "
                    f"max_samples=50 (none: keep all); repeatable")
+    p.add_argument("--sws-option", action="append", type=_sws_option, default=[],
+                   metavar="KEY=VALUE", help=f"soft weight-sharing setting for --method sws, "
+                   f"one of {', '.join(SWS_DEFAULTS)}; e.g. tau=5e-3 (the prior's weight per "
+                   f"example), n_components=17, zero_mix=0.999, init_std=0.25, lr=5e-4 (the "
+                   f"network's; none: --lr), lr_means=1e-4, lr_log_vars=3e-3, lr_mix=3e-3; "
+                   f"repeatable")
     p.add_argument("--prior-option", action="append", type=_prior_option, default=[],
                    metavar="KEY=VALUE", help="prior setting, e.g. tau0=1e-5 or threshold=-1; "
                    "repeatable")
@@ -132,7 +163,7 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, prior=args.prior,
         prior_options=dict(args.prior_option), method=args.method,
-        sgld_options=dict(args.sgld_option),
+        sgld_options=dict(args.sgld_option), sws_options=dict(args.sws_option),
         pretrain_epochs=args.pretrain_epochs,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         variance_lr_mult=args.variance_lr_mult, lr_decay=args.lr_decay,
@@ -148,8 +179,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a net with a sparsity prior (free energy), with checkpoints",
         description="Optional plain pretraining, then bayesify_ and Bayesian training on the "
-                    "free energy (--method: a binary net, or SGLD samples of the plain net's "
-                    "weights). Writes OUT_DIR/log.jsonl and OUT_DIR/checkpoint.safetensors "
+                    "free energy (--method: a binary net, SGLD samples of the plain net's "
+                    "weights, or soft weight-sharing). Writes OUT_DIR/log.jsonl and OUT_DIR/checkpoint.safetensors "
                     "every epoch; --resume continues exactly where the last checkpoint left off. "
                     "Runs distributed under torchrun (see docs/distributed.md).")
     add_training_arguments(p)

@@ -1,11 +1,12 @@
-"""The training engine: pretraining, bayesify_, free-energy training (or binary training, or
-SGLD sampling), checkpoints and resume."""
+"""The training engine: pretraining, bayesify_, free-energy training (or binary training, SGLD
+sampling, or soft weight-sharing), checkpoints and resume."""
 
 from kwh.train.build import load_checkpoint
 from kwh.train.checkpoint import checkpoint_path, read_checkpoint, read_checkpoint_meta
 from kwh.train.config import TrainConfig
 from kwh.train.data import TrainData
 from kwh.train.engine import TrainResult, run_training
+from kwh.train.mixture import load_mixture_prior
 from kwh.train.samples import load_samples
 
 __all__ = [
@@ -13,6 +14,6 @@ __all__ = [
     "TrainConfig", "run_training", "TrainResult", "TrainData",
     # checkpoints
     "load_checkpoint", "checkpoint_path", "read_checkpoint", "read_checkpoint_meta",
-    # the weight samples of an SGLD run
-    "load_samples",
+    # the weight samples of an SGLD run, the mixture prior of a soft weight-sharing run
+    "load_samples", "load_mixture_prior",
 ]

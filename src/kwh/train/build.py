@@ -14,17 +14,19 @@ from kwh.bayes.optim import param_groups
 from kwh.binary import binarize_
 from kwh.errors import FormatError, KwhError
 from kwh.models import build
+from kwh.sws import MixturePrior
 from kwh.train.checkpoint import checkpoint_path, read_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.state import derive_seed, load_model_tensors
 
-# SGLD: the plain network whose weights kwh.bayes.SGLD samples in the second phase.
-PLAIN, BAYESIAN, BINARY, SGLD = "plain", "bayes", "binary", "sgld"
-KINDS = (PLAIN, BAYESIAN, BINARY, SGLD)
-SECOND = (BAYESIAN, BINARY, SGLD)  # the kinds of a second phase
+# SGLD: the plain network whose weights kwh.bayes.SGLD samples in the second phase; SWS: the
+# plain network retrained under soft weight-sharing's mixture prior.
+PLAIN, BAYESIAN, BINARY, SGLD, SWS = "plain", "bayes", "binary", "sgld", "sws"
+KINDS = (PLAIN, BAYESIAN, BINARY, SGLD, SWS)
+SECOND = (BAYESIAN, BINARY, SGLD, SWS)  # the kinds of a second phase
 
-__all__ = ["PLAIN", "BAYESIAN", "BINARY", "SGLD", "build_model", "to_bayesian", "to_second_phase",
-           "make_optimizer", "load_checkpoint"]
+__all__ = ["PLAIN", "BAYESIAN", "BINARY", "SGLD", "SWS", "build_model", "to_bayesian",
+           "to_second_phase", "make_optimizer", "new_mixture_prior", "load_checkpoint"]
 
 
 def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -36,17 +38,26 @@ def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
 
 def to_second_phase(model: nn.Module, config: TrainConfig) -> tuple[nn.Module, str]:
     """(model, kind) of the run's second phase: Bayesian (bayesify_), binary (binarize_), or
-    the same plain model for SGLD to sample."""
+    the same plain model for SGLD to sample or soft weight-sharing to retrain."""
     if config.method == BINARY:
         binarize_(model, **config.binary_options)
         return model, BINARY
-    if config.method == SGLD:
-        return model, SGLD
+    if config.method in (SGLD, SWS):
+        return model, config.method
     return to_bayesian(model, config), BAYESIAN
 
 
+def new_mixture_prior(model: nn.Module, config: TrainConfig) -> MixturePrior:
+    """The soft weight-sharing phase's prior over ``model``'s Linear and Conv weights, as
+    config.sws_settings() says (its means spread over the weights' range, on their device)."""
+    o = config.sws_settings()
+    return MixturePrior(model, n_components=o["n_components"], zero_mix=o["zero_mix"],
+                        init_std=o["init_std"], gamma=(o["gamma_shape"], o["gamma_rate"]),
+                        zero_gamma=(o["zero_gamma_shape"], o["zero_gamma_rate"]))
+
+
 def build_model(config: TrainConfig, kind: str, template: nn.Module | None = None) -> nn.Module:
-    """The run's model on the CPU; Bayesian or binary if kind says so (plain for SGLD).
+    """The run's model on the CPU; Bayesian or binary if kind says so (plain for SGLD, SWS).
 
     From ``template`` (a plain model given to run_training: a copy of it, its weights the
     dense start) or else the config's reference model, freshly initialised from the seed.
@@ -68,13 +79,15 @@ def build_model(config: TrainConfig, kind: str, template: nn.Module | None = Non
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, kind: str, *,
-                   n_data: int | None = None,
-                   generator: torch.Generator | None = None) -> torch.optim.Optimizer:
+                   n_data: int | None = None, generator: torch.Generator | None = None,
+                   prior: MixturePrior | None = None) -> torch.optim.Optimizer:
     """Adam; Bayesian models put log-scale parameters in groups at lr * their multiplier.
 
     Every group remembers its ``base_lr``: the schedule sets lr = base_lr * factor each step.
     For kind SGLD: kwh.bayes.SGLD with the config's sgld_settings() over ``n_data`` training
-    examples, its noise drawn from ``generator``; base_lr is its (constant) step size.
+    examples, its noise drawn from ``generator``; base_lr is its (constant) step size. For
+    kind SWS: Adam over the network's parameters and ``prior``'s means, log-variances and
+    mixing logits, four groups at sws_settings()' learning rates.
     """
     if kind == SGLD:
         if n_data is None:
@@ -89,6 +102,16 @@ def make_optimizer(model: nn.Module, config: TrainConfig, kind: str, *,
         return opt
     if kind == BAYESIAN:
         groups = param_groups(model, config.lr, config.variance_lr_mult)
+    elif kind == SWS:
+        if prior is None:
+            raise KwhError("a soft weight-sharing optimizer needs the mixture prior")
+        o = config.sws_settings()
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+                   "lr": o["lr"], "name": "weights"},
+                  {"params": [prior.means], "lr": o["lr_means"], "name": "mixture means"},
+                  {"params": [prior.log_vars], "lr": o["lr_log_vars"],
+                   "name": "mixture log-variances"},
+                  {"params": [prior.mix_logits], "lr": o["lr_mix"], "name": "mixing logits"}]
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad],
                    "lr": config.lr, "name": "weights"}]
@@ -110,8 +133,9 @@ def _input_shape(model: nn.Module, config: TrainConfig) -> tuple[int, ...]:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     model: nn.Module | None = None) -> tuple[nn.Module, TrainConfig]:
     """(trained model in eval mode, its TrainConfig) from a checkpoint file or run directory:
-    the Bayesian model, the binary one of a method='binary' run, or the plain one of a
-    method='sgld' run at the chain's last state (its posterior samples: load_samples).
+    the Bayesian model, the binary one of a method='binary' run, the plain one of a
+    method='sgld' run at the chain's last state (its posterior samples: load_samples), or the
+    plain one of a method='sws' run, not yet quantized (its prior: load_mixture_prior).
 
     ``model``: the plain model the run started from (its structure; the weights come from the
     checkpoint), needed when the run trained a model of its own (config.model 'custom').

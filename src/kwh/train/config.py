@@ -6,13 +6,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from kwh.errors import KwhError
+from kwh.sws import GAMMA, INIT_STD, N_COMPONENTS, TAU, ZERO_GAMMA, ZERO_MIX
 
 CONFIG_VERSION = 1
 CUSTOM = "custom"  # model or data given to run_training as objects, not by name
 LR_DECAYS = ("linear", "constant")
-# What the second phase does: train on the free energy, train a binary net, or sample the plain
-# net's posterior with SGLD.
-METHODS = ("bayes", "binary", "sgld")
+# What the second phase does: train on the free energy, train a binary net, sample the plain
+# net's posterior with SGLD, or retrain the plain net under soft weight-sharing's mixture prior.
+METHODS = ("bayes", "binary", "sgld", "sws")
 # SGLD settings (TrainConfig.sgld_options; kwh.bayes.SGLD's update, with N the training set's
 # size): theta <- theta - (lr / 2) G (N g + theta / prior_std^2) + sqrt(lr T G) xi.
 #   lr: the step size epsilon. The drift is (lr N / 2) times the mean-NLL gradient, so lr N / 2
@@ -34,6 +35,22 @@ SGLD_DEFAULTS = {"lr": None, "prior_std": 1.0, "temperature": 1.0, "precondition
                  "alpha": 0.99, "eps": 1e-5, "burn_in_epochs": 1, "thin_steps": 100,
                  "max_samples": 50}
 SGLD_LR, PSGLD_LR = 1e-6, 4e-8
+# Soft weight-sharing settings (TrainConfig.sws_options; kwh.sws, Ullrich, Meeds and Welling
+# 2017): the phase minimises mean NLL + tau * (-log p(w) - log p(lambda)) / N with Adam, the
+# network's parameters and the mixture's three kinds of parameters in four groups.
+#   tau: the prior's weight per training example (paper: 5e-3).
+#   n_components, zero_mix, init_std: the mixture (kwh.sws.MixturePrior): 17 components, the
+#     zero one's pi_0 = 0.999 fixed, every sigma starting at 0.25.
+#   gamma_shape, gamma_rate / zero_gamma_shape, zero_gamma_rate: Gamma hyper-priors on the
+#     precisions of the learned components / of the zero component: (250, 0.1) / (5000, 2).
+#   lr, lr_means, lr_log_vars, lr_mix: the base learning rates of the network's parameters, the
+#     means, the log-variances and the mixing logits: 5e-4, 1e-4, 3e-3, 3e-3 (the authors'
+#     tutorial; the paper names 5e-4 and 1e-4). lr None: the config's lr. Each follows the
+#     config's lr_decay over the phase, like every group of a Bayesian run.
+SWS_DEFAULTS = {"tau": TAU, "n_components": N_COMPONENTS, "zero_mix": ZERO_MIX,
+                "init_std": INIT_STD, "gamma_shape": GAMMA[0], "gamma_rate": GAMMA[1],
+                "zero_gamma_shape": ZERO_GAMMA[0], "zero_gamma_rate": ZERO_GAMMA[1],
+                "lr": 5e-4, "lr_means": 1e-4, "lr_log_vars": 3e-3, "lr_mix": 3e-3}
 DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that change how a run computes, so a resumed run must agree on them; the others
@@ -62,6 +79,11 @@ class TrainConfig:
     ``method="sgld"`` keeps the network plain after pretraining and samples its weights'
     posterior with kwh.bayes.SGLD at a constant step for ``epochs`` epochs (settings:
     ``sgld_options``, see SGLD_DEFAULTS), keeping samples past burn-in in a SampleStore.
+
+    ``method="sws"`` keeps it plain too and retrains it for ``epochs`` epochs under soft
+    weight-sharing's mixture prior (kwh.sws.MixturePrior, learned with the weights; settings:
+    ``sws_options``, see SWS_DEFAULTS); kwh.sws.quantize_ with the trained prior then sets
+    each weight to its component's mean.
     """
 
     model: str = "lenet5"
@@ -72,6 +94,7 @@ class TrainConfig:
     method: str = "bayes"  # "binary": kwh.binarize_'s network instead; "sgld": posterior samples
     binary_options: dict = field(default_factory=dict)  # kwh.binarize_ options
     sgld_options: dict = field(default_factory=dict)  # keys of SGLD_DEFAULTS
+    sws_options: dict = field(default_factory=dict)  # keys of SWS_DEFAULTS
     pretrain_epochs: int = 0
     epochs: int = 10
     batch_size: int = 100
@@ -130,6 +153,10 @@ class TrainConfig:
             raise KwhError(f"sgld_options must be a dict, got {self.sgld_options!r}")
         if self.sgld_options and self.method != "sgld":
             raise KwhError("sgld_options are for method='sgld'")
+        if not isinstance(self.sws_options, dict):
+            raise KwhError(f"sws_options must be a dict, got {self.sws_options!r}")
+        if self.sws_options and self.method != "sws":
+            raise KwhError("sws_options are for method='sws'")
         for name in ("pretrain_epochs", "seed", "shrink_patience"):
             self._int(name, 0)
         for name in ("batch_size", "max_failures", "eval_batch_size"):
@@ -137,6 +164,8 @@ class TrainConfig:
         self._int("epochs", 0 if self.pretrain_epochs else 1)  # 0: a plain (dense) run
         if self.method == "sgld":
             self._check_sgld()
+        if self.method == "sws":
+            self._check_sws()
         if self.validation is not None:
             self._int("validation", 0)
         for name in ("limit_train", "limit_test", "threads", "checkpoint_every"):
@@ -216,6 +245,43 @@ class TrainConfig:
             raise KwhError("prior_options set the sparsity prior of method='bayes'; an SGLD "
                            "run's prior is N(0, prior_std^2): give it as sgld_options "
                            "{'prior_std': ...}")
+
+    def _check_sws(self) -> None:
+        unknown = sorted(set(self.sws_options) - set(SWS_DEFAULTS))
+        if unknown:
+            raise KwhError(f"unknown soft weight-sharing option {unknown[0]!r}; choose from: "
+                           f"{', '.join(SWS_DEFAULTS)}")
+        o = {**SWS_DEFAULTS, **self.sws_options}
+        for name, v in o.items():
+            if name == "n_components":
+                if not (_is_int(v) and v >= 2):
+                    raise KwhError(f"soft weight-sharing option n_components must be an "
+                                   f"integer >= 2, got {v!r}")
+                continue
+            if v is None and name == "lr":
+                continue
+            high = 1 if name == "zero_mix" else None
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+                and v > 0 and (high is None or v < high)
+            if not ok:
+                bound = "in (0, 1)" if high else "> 0" + (" (or None)" if name == "lr" else "")
+                raise KwhError(f"soft weight-sharing option {name} must be a finite number "
+                               f"{bound}, got {v!r}")
+        if self.shrink_patience:
+            raise KwhError("shrink_patience removes pruned groups of a Bayesian net; a soft "
+                           "weight-sharing run (method='sws') trains a plain net: leave it 0")
+        if self.prior_options:
+            raise KwhError("prior_options set the sparsity prior of method='bayes'; a soft "
+                           "weight-sharing run's prior is a Gaussian mixture: give its settings "
+                           "as sws_options")
+
+    def sws_settings(self) -> dict:
+        """Every soft weight-sharing setting: SWS_DEFAULTS updated by sws_options, the
+        weights' lr resolved (None: the config's lr)."""
+        o = {**SWS_DEFAULTS, **self.sws_options}
+        if o["lr"] is None:
+            o["lr"] = self.lr
+        return o
 
     def sgld_settings(self) -> dict:
         """Every SGLD setting: the defaults (SGLD_DEFAULTS) updated by sgld_options, the lr

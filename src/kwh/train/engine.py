@@ -11,6 +11,10 @@ mean NLL (its noise from a generator seeded with (seed, "sgld"), the same on eve
 DDP replicas stay equal), collecting samples into a kwh.bayes.SampleStore; the checkpoint adds
 the generator's state and the store ("samples/<i>/<name>" tensors, the policy and steps in the
 meta), and the end of the run writes the samples to samples.safetensors (kwh.train.samples).
+
+method='sws' keeps the plain network too and trains it on mean NLL + tau (-log p(w)) / N under
+kwh.sws.MixturePrior, whose means, log-variances and mixing logits Adam learns in their own
+groups; the checkpoint adds the prior's parameters ("sws/<name>", kwh.train.mixture).
 """
 
 from __future__ import annotations
@@ -38,14 +42,17 @@ from kwh.binary import clip_latent_
 from kwh.compress.shrink import Shrinker, carry_optimizer_state
 from kwh.errors import FormatError, KwhError, ModelError
 from kwh.format.io import atomic_write_bytes
+from kwh.sws import MixturePrior, mixture_weights
 from kwh.train.batches import BatchOrder
 from kwh.train.build import (
     BAYESIAN,
     BINARY,
     PLAIN,
     SGLD,
+    SWS,
     build_model,
     make_optimizer,
+    new_mixture_prior,
     to_second_phase,
 )
 from kwh.train.checkpoint import FILENAME, read_checkpoint, write_checkpoint
@@ -53,6 +60,7 @@ from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.data import TrainData, load_train_data
 from kwh.train.distributed import DistContext, setup_distributed
 from kwh.train.evaluate import layer_stats, pruned_architecture, test_metrics
+from kwh.train.mixture import prior_tensors, restore_prior
 from kwh.train.runlog import RunLog
 from kwh.train.samples import PREFIX, SAMPLES_FILENAME, write_samples
 from kwh.train.schedule import Schedule
@@ -79,7 +87,9 @@ __all__ = ["TrainResult", "run_training"]
 @dataclass
 class TrainResult:
     """What a run produced: the model (eval mode), per-epoch history, checkpoint path; for
-    method='sgld', the weight samples (``kwh.predict(result.model, x, store=result.samples)``)."""
+    method='sgld', the weight samples (``kwh.predict(result.model, x, store=result.samples)``);
+    for method='sws', the trained mixture prior (``kwh.sws.quantize_(result.model,
+    result.prior)``)."""
 
     model: nn.Module
     history: list[dict]
@@ -87,6 +97,7 @@ class TrainResult:
     config: TrainConfig | None = None
     log: list[dict] = field(default_factory=list)
     samples: SampleStore | None = None
+    prior: MixturePrior | None = None
 
 
 def run_training(config: TrainConfig, resume: bool = False, progress: bool = True,
@@ -158,6 +169,7 @@ class _Trainer:
         self.snapshot: tuple[dict, dict] | None = None
         self.store: SampleStore | None = None  # the SGLD phase's samples
         self.generator: torch.Generator | None = None  # the SGLD phase's noise
+        self.prior: MixturePrior | None = None  # the soft weight-sharing phase's prior
         if config.method == SGLD:
             self._check_sgld_plan()
 
@@ -166,7 +178,7 @@ class _Trainer:
     def _fresh(self) -> None:
         self.model, self.kind = build_model(self.c, PLAIN, self.template), PLAIN
         self.shrinker = None
-        self.store = self.generator = None
+        self.store = self.generator = self.prior = None
         self._check_input()
         self.model.to(self.ctx.device)
         self._new_optimizer()
@@ -186,7 +198,7 @@ class _Trainer:
 
     def _new_optimizer(self) -> None:
         self.opt = make_optimizer(self.model, self.c, self.kind, n_data=self.n_data,
-                                  generator=self.generator)
+                                  generator=self.generator, prior=self.prior)
         if self.ctx.distributed:
             ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
@@ -212,6 +224,8 @@ class _Trainer:
             store_tensors, meta["samples"] = self.store.payload(PREFIX)
             tensors.update(store_tensors)  # the stored samples themselves: they never change
             tensors["sgld/generator"] = self.generator.get_state()
+        if self.kind == SWS:
+            tensors.update(prior_tensors(self.prior))
         return tensors, meta
 
     def _apply(self, tensors: dict, meta: dict, where: str) -> None:
@@ -227,11 +241,13 @@ class _Trainer:
             raise FormatError(f"{where}: position epoch {epoch} step {step} lies outside this run")
         self.model, self.kind = build_model(self.c, kind, self.template), kind
         self.shrinker = self._new_shrinker(meta.get("shrink")) if kind == BAYESIAN else None
-        self.store = self.generator = None
+        self.store = self.generator = self.prior = None
         if kind == SGLD:
             self._restore_sampler(tensors, meta, where)
         load_model_tensors(self.model, tensors, where)
         self.model.to(self.ctx.device)
+        if kind == SWS:
+            self.prior = restore_prior(self.model, self.c, tensors, where)
         self._new_optimizer()
         load_optimizer(self.opt, tensors, opt_meta, where)
         self.epoch, self.step, self.global_step = epoch, step, global_step
@@ -272,7 +288,7 @@ class _Trainer:
             write_samples(self.out / SAMPLES_FILENAME, self.store, self.c)
         self.ctx.barrier()
         return TrainResult(self.model, self.log.epochs(), self.ckpt, self.c, self.log.records,
-                           self.store)
+                           self.store, self.prior)
 
     def _start(self, resume: bool) -> None:
         exists = self.ckpt.is_file()
@@ -317,6 +333,8 @@ class _Trainer:
             self.shrinker = self._new_shrinker(None) if self.kind == BAYESIAN else None
             if self.kind == SGLD:
                 self._new_sampler()
+            if self.kind == SWS:  # its means spread over the dense start's weights
+                self.prior = new_mixture_prior(self.model, c)
             self._new_optimizer()
         if self.step == 0:
             seed_all(derive_seed(c.seed, self.ctx.rank, e))
@@ -328,9 +346,10 @@ class _Trainer:
                    desc=f"epoch {e + 1}/{c.total_epochs} {self._phase(e)}", unit="step",
                    dynamic_ncols=True, mininterval=0.5)
         self.net.train()
+        tau = c.sws_settings()["tau"] if self.kind == SWS else 0.0
         with bar:
             for k in range(self.step, steps):
-                beta = self.sched.kl_weight(e, k) if self.kind != SGLD else 0.0
+                beta = self.sched.kl_weight(e, k) if self.kind not in (SGLD, SWS) else 0.0
                 # SGLD samples at its own constant step (sgld_options' lr): the lr schedule is
                 # the pretraining's. The rollback back-off still lowers it.
                 factor = (self.sched.lr_factor(e, k) if self.kind != SGLD else 1.0) * self.lr_scale
@@ -340,8 +359,12 @@ class _Trainer:
                 nll = F.cross_entropy(self.net(x), y)  # mean over this rank's batch
                 # Each rank adds beta KL / N to its local mean NLL; DDP averages gradients over
                 # ranks, so the KL gradient arrives once per global step, not world_size times.
-                loss = free_energy(self.model, nll, self.n_data, beta) if self.kind == BAYESIAN \
-                    else nll
+                if self.kind == BAYESIAN:
+                    loss = free_energy(self.model, nll, self.n_data, beta)
+                elif self.kind == SWS:  # the prior term's gradient reaches every rank alike
+                    loss = nll + self.prior.loss(self.model, self.n_data, tau)
+                else:
+                    loss = nll
                 if self.fault is not None:
                     loss = _poison(loss, self.fault(self.global_step), self.model)
                 self.opt.zero_grad(set_to_none=True)
@@ -386,10 +409,13 @@ class _Trainer:
                 v = test_metrics(self.model, *self.val.tensors[:2], self.c.eval_batch_size,
                                  self.ctx.device)
                 rec.update({"val_error": v["test_error"], "val_nll": v["test_nll"]})
-            base = self.c.sgld_settings()["lr"] if self.kind == SGLD else self.c.lr
+            base = self.c.sgld_settings()["lr"] if self.kind == SGLD else \
+                self.c.sws_settings()["lr"] if self.kind == SWS else self.c.lr
             rec.update({"kl_weight": beta, "lr": base * factor, "lr_scale": self.lr_scale})
             if self.kind == SGLD:
                 rec["samples"] = len(self.store)  # held now (max_samples bounds it)
+            if self.kind == SWS:
+                rec["mixture"] = _mixture_stats(self.model, self.prior)
             if self.kind == BAYESIAN:
                 rec.update(layer_stats(self.model))
                 rec["architecture"] = pruned_architecture(self.model, tuple(self.order.x.shape[1:]))
@@ -405,8 +431,8 @@ class _Trainer:
         self._checkpoint()
 
     def _phase(self, e: int) -> str:
-        """The epoch's phase for the log: pretrain, bayes, binary or sgld."""
-        return self.kind if self.kind in (BINARY, SGLD) else self.sched.phase(e)
+        """The epoch's phase for the log: pretrain, bayes, binary, sgld or sws."""
+        return self.kind if self.kind in (BINARY, SGLD, SWS) else self.sched.phase(e)
 
     # ------------------------------------------------------------------ SGLD
 
@@ -493,7 +519,9 @@ class _Trainer:
         if not torch.isfinite(loss.detach()).all():
             problem = "loss"
         else:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            params = [*self.model.parameters(),
+                      *(self.prior.parameters() if self.prior is not None else ())]
+            grads = [p.grad for p in params if p.grad is not None]
             if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
                 problem = "gradient"
         if self.ctx.any(problem is not None) and problem is None:
@@ -540,6 +568,19 @@ def _poison(loss: torch.Tensor, kind, model: nn.Module) -> torch.Tensor:
     return loss * float("nan")
 
 
+@torch.no_grad()
+def _mixture_stats(model: nn.Module, prior: MixturePrior) -> dict:
+    """The prior's components (pi, mean, sigma) and the percentage of the weights that the
+    zero component is most responsible for: what quantize_ would set to 0 before merging."""
+    log_pi, mu, log_var = prior.mixture()
+    zero = total = 0
+    for _, w in mixture_weights(model):
+        zero += int((prior.log_joint(w).argmax(dim=1) == 0).sum())
+        total += w.numel()
+    return {"zero_pct": 100 * zero / max(1, total), "pi": log_pi.exp().tolist(),
+            "mean": mu.tolist(), "std": (0.5 * log_var).exp().tolist()}
+
+
 def _new_stats() -> dict:
     return {"nll_sum": 0.0, "loss_sum": 0.0, "n": 0, "seconds": 0.0, "cpu_seconds": 0.0}
 
@@ -557,6 +598,8 @@ def _summary(rec: dict) -> str:
         s += f" (after propagation {rec['architecture']})"
     if "samples" in rec:
         s += f", {rec['samples']} weight samples held"
+    if "mixture" in rec:
+        s += f", {rec['mixture']['zero_pct']:.1f}% of the weights at the zero component"
     if math.isfinite(rec.get("seconds", 0)):
         s += f", {rec['seconds']:.1f} s"
     return s
