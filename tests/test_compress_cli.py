@@ -83,3 +83,15 @@ def test_bad_input_exits_2_with_one_line(argv, fragment, capsys, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(argv, capsys)
     assert code == 2 and fragment in err and "Traceback" not in err
+
+
+def test_compress_names_a_run_of_another_method(data_root, tmp_path, capsys):
+    from kwh.train import TrainConfig, run_training
+    cfg = TrainConfig(model="lenet300", data="mnist", data_dir=str(data_root), method="binary",
+                      pretrain_epochs=1, epochs=1, limit_train=300, limit_test=100, threads=1,
+                      out_dir=str(tmp_path / "bin"))
+    run_training(cfg, progress=False)
+    code, _, err = run_main(["compress", "--checkpoint", cfg.out_dir, "--out",
+                             str(tmp_path / "b.kwh")], capsys)
+    assert code == 2 and "--method binary run" in err and "already 1 bit" in err
+    assert not (tmp_path / "b.kwh").exists()

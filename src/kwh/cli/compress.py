@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from kwh.cli.args import int_in, number
+from kwh.errors import KwhError
 
 __all__ = ["register", "run"]
 
@@ -99,6 +100,16 @@ def _dense_start_error(args, records: list[dict]) -> tuple[float, int] | None:
     return (plain[-1]["test_error"], plain[-1]["epoch"]) if plain else None
 
 
+_OTHER_METHODS = {
+    "binary": "a binary run's weights are already 1 bit (kwh.train.load_checkpoint gives the "
+              "network; kwh.energy prices it)",
+    "sgld": "an SGLD run holds weight samples for kwh.predict (kwh.train.load_samples), not a "
+            "posterior to prune",
+    "sws": "quantize a soft weight-sharing run with kwh.sws.quantize_(model, "
+           "kwh.train.load_mixture_prior(run))",
+}
+
+
 def _bayesian_model(args: argparse.Namespace):
     """(trained Bayesian model, its TrainConfig, the run's log records): from --checkpoint or
     a fresh training run."""
@@ -108,6 +119,10 @@ def _bayesian_model(args: argparse.Namespace):
         from kwh.train import read_checkpoint_meta
 
         model, tconfig = load_checkpoint(args.checkpoint)
+        if tconfig.method != "bayes":
+            raise KwhError(f"{args.checkpoint} is a --method {tconfig.method} run: kwh compress "
+                           "prunes and quantizes a Bayesian posterior; "
+                           + _OTHER_METHODS[tconfig.method])
         return model, tconfig, read_checkpoint_meta(args.checkpoint).get("log", [])
     from kwh.cli.train import config_from_args
 
