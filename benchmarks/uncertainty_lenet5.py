@@ -128,6 +128,33 @@ def entropy_of(p: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(p, p).sum(1)
 
 
+def dense_rows(dense, epochs, t_dense: float, x_ho, y_ho, x_te, y_te, x_ood, emit) -> None:
+    """The dense net's row, and its row with a temperature fitted on the held-out split."""
+    s, probs, te = evaluate(dense, x_te, y_te, x_ood, 1, "deterministic")
+    emit({"model": "dense", "epochs": epochs, "train_s": t_dense, "eval_s": te, **s}, probs)
+    temp = metrics.fit_temperature(logits_of(dense, x_ho), y_ho)
+    t0 = time.time()
+    p_in = metrics.apply_temperature(logits_of(dense, x_te), temp)
+    p_out = metrics.apply_temperature(logits_of(dense, x_ood), temp)
+    z_in, z_out = torch.zeros(len(p_in)), torch.zeros(len(p_out))
+    s = score(p_in, y_te, entropy_of(p_in), z_in, entropy_of(p_out), z_out, False)
+    emit({"model": "dense + temperature", "method": "deterministic", "samples": 1,
+          "epochs": epochs, "temperature": temp, "train_s": t_dense,
+          "eval_s": time.time() - t0, **s}, p_in)
+
+
+def bayes_rows(bnet, epochs: str, t_b: float, x_te, y_te, x_ood, samples: int, prior: str,
+               emit) -> None:
+    """A Bayesian net's sampled predictive and its posterior mean."""
+    kept = kept_groups(bnet)
+    s, probs, te = evaluate(bnet, x_te, y_te, x_ood, samples, "bayes")
+    emit({"model": f"Bayesian {prior}", "epochs": epochs, "kept": kept, "train_s": t_b,
+          "eval_s": te, **s}, probs)
+    s, probs, te = evaluate(bnet, x_te, y_te, x_ood, 1, "deterministic")
+    emit({"model": f"{prior} posterior mean", "epochs": epochs, "kept": kept, "train_s": t_b,
+          "eval_s": te, **s}, probs)
+
+
 def run_pair(args, train_name: str, ood_name: str, writer, rel_out: dict):
     """Train every model on ``train_name``, score on its test set and on ``ood_name``."""
     root = args.data_dir
@@ -189,18 +216,7 @@ def run_pair(args, train_name: str, ood_name: str, writer, rel_out: dict):
     start = (run_a if dense_epochs >= args.pretrain_epochs else run_b).model.eval().cpu()
     dense = dense_runs[-1].model.eval().cpu()
     t_dense = train_seconds(*dense_runs)
-    s, probs, te = evaluate(dense, x_te, y_te, x_ood, 1, "deterministic")
-    emit({"model": "dense", "epochs": dense_epochs, "train_s": t_dense, "eval_s": te, **s}, probs)
-    # temperature scaling on the held-out split
-    temp = metrics.fit_temperature(logits_of(dense, x_ho), y_ho)
-    t0 = time.time()
-    p_in = metrics.apply_temperature(logits_of(dense, x_te), temp)
-    p_out = metrics.apply_temperature(logits_of(dense, x_ood), temp)
-    z_in, z_out = torch.zeros(len(p_in)), torch.zeros(len(p_out))
-    s = score(p_in, y_te, entropy_of(p_in), z_in, entropy_of(p_out), z_out, False)
-    emit({"model": "dense + temperature", "method": "deterministic", "samples": 1,
-          "epochs": dense_epochs, "temperature": temp, "train_s": t_dense,
-          "eval_s": time.time() - t0, **s}, p_in)
+    dense_rows(dense, dense_epochs, t_dense, x_ho, y_ho, x_te, y_te, x_ood, emit)
     # MC dropout
     torch.manual_seed(args.seed)
     drop = lenet5_dropout(0.5)
@@ -226,13 +242,7 @@ def run_pair(args, train_name: str, ood_name: str, writer, rel_out: dict):
                   kl_warmup_start=0.0, kl_warmup_end=warmup_end, **opts)
         log_run(res, prior)
         bnet, t_b = res.model.eval().cpu(), train_seconds(res)
-        kept = kept_groups(bnet)
-        s, probs, te = evaluate(bnet, x_te, y_te, x_ood, args.samples, "bayes")
-        emit({"model": f"Bayesian {prior}", "epochs": epochs, "kept": kept, "train_s": t_b,
-              "eval_s": te, **s}, probs)
-        s, probs, te = evaluate(bnet, x_te, y_te, x_ood, 1, "deterministic")
-        emit({"model": f"{prior} posterior mean", "epochs": epochs, "kept": kept, "train_s": t_b,
-              "eval_s": te, **s}, probs)
+        bayes_rows(bnet, epochs, t_b, x_te, y_te, x_ood, args.samples, prior, emit)
         try:
             small = kwh.compress(bnet, input_shape=(1, 28, 28))
         except Exception as e:  # kwh.compress is optional here: report why it is missing
@@ -256,18 +266,7 @@ def _from_runs(args, train_name: str, tdata: TrainData, runs: Path, tensors, emi
     dense_res = fit("lenet5", tdata, src / "dense", model=lenet5(),
                     pretrain_epochs=args.pretrain_epochs, **same)
     dense, t_dense = dense_res.model.eval().cpu(), train_seconds(dense_res)
-    s, probs, te = evaluate(dense, x_te, y_te, x_ood, 1, "deterministic")
-    emit({"model": "dense", "epochs": args.pretrain_epochs, "train_s": t_dense, "eval_s": te,
-          **s}, probs)
-    temp = metrics.fit_temperature(logits_of(dense, x_ho), y_ho)
-    t0 = time.time()
-    p_in = metrics.apply_temperature(logits_of(dense, x_te), temp)
-    p_out = metrics.apply_temperature(logits_of(dense, x_ood), temp)
-    z_in, z_out = torch.zeros(len(p_in)), torch.zeros(len(p_out))
-    s = score(p_in, y_te, entropy_of(p_in), z_in, entropy_of(p_out), z_out, False)
-    emit({"model": "dense + temperature", "method": "deterministic", "samples": 1,
-          "epochs": args.pretrain_epochs, "temperature": temp, "train_s": t_dense,
-          "eval_s": time.time() - t0, **s}, p_in)
+    dense_rows(dense, args.pretrain_epochs, t_dense, x_ho, y_ho, x_te, y_te, x_ood, emit)
     torch.manual_seed(args.seed)
     log(f"LeNet-5 + dropout 0.5 on the fc inputs, {args.pretrain_epochs} epochs (as the dense)")
     res = fit("custom", tdata, runs / f"dropout_e{args.pretrain_epochs}_tablesplit",
@@ -295,13 +294,7 @@ def _from_runs(args, train_name: str, tdata: TrainData, runs: Path, tensors, emi
                   epochs=args.bayes_epochs, shrink_patience=args.shrink_patience, **same)
         bnet, t_b = res.model.eval().cpu(), train_seconds(res)
         epochs = f"{args.pretrain_epochs}+{args.bayes_epochs}"
-        kept = kept_groups(bnet)
-        s, probs, te = evaluate(bnet, x_te, y_te, x_ood, args.samples, "bayes")
-        emit({"model": f"Bayesian {prior}", "epochs": epochs, "kept": kept, "train_s": t_b,
-              "eval_s": te, **s}, probs)
-        s, probs, te = evaluate(bnet, x_te, y_te, x_ood, 1, "deterministic")
-        emit({"model": f"{prior} posterior mean", "epochs": epochs, "kept": kept,
-              "train_s": t_b, "eval_s": te, **s}, probs)
+        bayes_rows(bnet, epochs, t_b, x_te, y_te, x_ood, args.samples, prior, emit)
 
 
 def _fmt(v):

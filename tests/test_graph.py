@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import kwh
-from kwh.bayes import GroupHorseshoe, GroupNJ, bayes_layers
 from kwh.errors import ModelError
 from kwh.graph import chain, example_input
+
+from any_models import Branchy, SkipSequential, Twice, random_posterior_
 
 TOL = 1e-5
 PRIORS = ["group-horseshoe", "group-nj", "log-uniform"]
@@ -40,35 +41,6 @@ class FeaturesHead(nn.Module):
         return F.log_softmax(x, dim=1) if self.log_softmax else x
 
 
-class SkipSequential(nn.Sequential):
-    """An nn.Sequential subclass whose forward adds a skip connection."""
-
-    def forward(self, x):
-        h = self[0](x)
-        return self[2](self[1](h) + h)
-
-
-class Branchy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(6, 6), nn.Linear(6, 3)
-
-    def forward(self, x):
-        h = self.fc1(x)
-        if h.sum() > 0:  # data-dependent control flow
-            h = F.relu(h)
-        return self.fc2(h)
-
-
-class Twice(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc, self.out = nn.Linear(6, 6), nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.out(F.relu(self.fc(F.relu(self.fc(x)))))
-
-
 class Pair(nn.Module):
     def __init__(self):
         super().__init__()
@@ -88,29 +60,12 @@ class Concat(nn.Module):
         return self.out(torch.cat([self.a(x), self.b(x)], 1))
 
 
-@torch.no_grad()
-def _random_posterior_(model: nn.Module, seed: int = 3) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for _, layer in bayes_layers(model):
-        p = layer.prior
-        if isinstance(p, GroupHorseshoe):
-            p.a_log_var[torch.rand(p.n_groups, generator=g) < 0.4] = 3.0
-        elif isinstance(p, GroupNJ):
-            p.z_log_var[torch.rand(p.n_groups, generator=g) < 0.4] = 3.0
-        else:
-            p.log_sigma2[torch.rand(p.theta.shape, generator=g) < 0.7] = 5.0
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1, generator=g)
-            m.running_var.uniform_(0.5, 2, generator=g)
-
-
 @pytest.mark.parametrize("prior", PRIORS)
 def test_own_forward_chain_compresses_exactly(prior):
     torch.manual_seed(0)
     model = FeaturesHead()
     kwh.bayesify_(model, prior)
-    _random_posterior_(model)
+    random_posterior_(model)
     model.eval()
     x = torch.randn(16, 1, 16, 16)
     small = kwh.compress(model, example_inputs=x, quantize=False)
@@ -177,7 +132,7 @@ def test_sigma_delta_on_a_traced_model_equals_rounding_network():
     from kwh.spike.plan import reference_forward
     torch.manual_seed(4)
     model = FeaturesHead(log_softmax=False)
-    _random_posterior_(model)  # BatchNorm statistics to fold
+    random_posterior_(model)  # BatchNorm statistics to fold
     model.eval()
     frames = torch.rand(10, 3, 1, 16, 16).cumsum(0) / 10  # (T, B, frame): slowly changing
     plan = build_plan(model, example_inputs=frames[0])
@@ -215,7 +170,7 @@ def test_weights_mode_takes_any_model(cls, prior):
     model = SkipSequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)) \
         if cls is SkipSequential else cls()
     kwh.bayesify_(model, prior)
-    _random_posterior_(model)
+    random_posterior_(model)
     model.eval()
     x = torch.randn(8, 1, 8, 8) if cls is Residual else torch.randn(8, 6)
     with pytest.raises(ModelError):  # structurally it is not a chain

@@ -21,6 +21,19 @@ def tiny(tmp_path, data_root, name="run", **kw) -> TrainConfig:
     return TrainConfig(**{**TINY, **kw}, data_dir=str(data_root), out_dir=str(tmp_path / name))
 
 
+def fault_once(step: int, kind: str):
+    """The fault hook of one non-finite step: ``kind`` ("loss" or "gradient") at global step
+    ``step``, the first time only (the rolled-back run passes it again)."""
+    fired = []
+
+    def fault(s: int):
+        if s == step and not fired:
+            fired.append(s)
+            return kind
+        return False
+    return fault
+
+
 class Crash(Exception):
     """Stands in for a process dying at a given step (the SIGKILL tests do it for real)."""
 
@@ -190,16 +203,8 @@ def test_pretraining_checkpoint_is_not_a_bayesian_model(tmp_path, data_root):
 def test_one_non_finite_step_is_rolled_back_with_half_the_lr(reference, tmp_path, data_root,
                                                               kind):
     ref_cfg, ref = reference
-    fired = []
-
-    def fault(step):
-        if step == 8 and not fired:
-            fired.append(step)
-            return kind
-        return False
-
     cfg = tiny(tmp_path, data_root)
-    result = run_training(cfg, progress=False, fault=fault)
+    result = run_training(cfg, progress=False, fault=fault_once(8, kind))
     events = [r for r in result.log if r["event"] == "rollback"]
     assert len(events) == 1
     ev = events[0]
@@ -463,15 +468,8 @@ def test_sgld_resume_after_a_crash_gives_the_same_chain_and_samples(sgld_referen
 
 def test_sgld_non_finite_step_rolls_back_with_its_samples_and_half_the_step(tmp_path,
                                                                             data_root):
-    fired = []
-
-    def fault(step):
-        if step == 14 and not fired:
-            fired.append(step)
-            return "gradient"
-        return False
-
-    result = run_training(tiny(tmp_path, data_root, **SGLD_KW), progress=False, fault=fault)
+    result = run_training(tiny(tmp_path, data_root, **SGLD_KW), progress=False,
+                          fault=fault_once(14, "gradient"))
     events = [r for r in result.log if r["event"] == "rollback"]
     assert [(e["global_step"], e["to_epoch"], e["to_step"]) for e in events] == [(14, 3, 2)]
     assert [r["lr"] for r in result.history[1:]] == [1e-6, 5e-7, 5e-7]
@@ -592,15 +590,8 @@ def test_sws_resume_after_a_crash_retraces_the_run_bit_for_bit(sws_reference, tm
 
 
 def test_sws_non_finite_step_rolls_back_the_prior_too(tmp_path, data_root):
-    fired = []
-
-    def fault(step):
-        if step == 8 and not fired:
-            fired.append(step)
-            return "gradient"
-        return False
-
-    result = run_training(tiny(tmp_path, data_root, **SWS_KW), progress=False, fault=fault)
+    result = run_training(tiny(tmp_path, data_root, **SWS_KW), progress=False,
+                          fault=fault_once(8, "gradient"))
     events = [r for r in result.log if r["event"] == "rollback"]
     assert [(e["global_step"], e["to_epoch"], e["to_step"]) for e in events] == [(8, 2, 1)]
     assert [r["lr_scale"] for r in result.history] == [1.0, 0.5, 0.5]

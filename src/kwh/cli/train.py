@@ -25,12 +25,12 @@ def _prior_option(text: str) -> tuple[str, float]:
             f"expected KEY=NUMBER (e.g. tau0=1e-5 or threshold=-1), got {text!r}") from None
 
 
-def _sgld_option(text: str) -> tuple[str, object]:
-    """KEY=VALUE of --sgld-option: a number, true/false or none (the config checks the key)."""
+def _typed_option(text: str, booleans: bool, examples: str) -> tuple[str, object]:
+    """KEY=VALUE with a number, none, or (``booleans``) true/false; the config checks the key."""
     key, sep, value = (t.strip() for t in text.partition("="))
     if sep and key and value:
         low = value.lower()
-        if low in ("true", "false"):
+        if booleans and low in ("true", "false"):
             return key, low == "true"
         if low == "none":
             return key, None
@@ -39,25 +39,19 @@ def _sgld_option(text: str) -> tuple[str, object]:
                 return key, kind(value)
             except ValueError:
                 pass
-    raise argparse.ArgumentTypeError(
-        f"expected KEY=VALUE with a number, true/false or none (e.g. lr=1e-6, thin_steps=50 "
-        f"or preconditioned=true), got {text!r}")
+    kinds = "a number, true/false or none" if booleans else "a number or none"
+    raise argparse.ArgumentTypeError(f"expected KEY=VALUE with {kinds} (e.g. {examples}), "
+                                     f"got {text!r}")
+
+
+def _sgld_option(text: str) -> tuple[str, object]:
+    """KEY=VALUE of --sgld-option."""
+    return _typed_option(text, True, "lr=1e-6, thin_steps=50 or preconditioned=true")
 
 
 def _sws_option(text: str) -> tuple[str, object]:
-    """KEY=VALUE of --sws-option: a number, or none (the config checks the key)."""
-    key, sep, value = (t.strip() for t in text.partition("="))
-    if sep and key and value:
-        if value.lower() == "none":
-            return key, None
-        for kind in (int, float):
-            try:
-                return key, kind(value)
-            except ValueError:
-                pass
-    raise argparse.ArgumentTypeError(
-        f"expected KEY=VALUE with a number or none (e.g. tau=5e-3, n_components=17 or "
-        f"lr=none), got {text!r}")
+    """KEY=VALUE of --sws-option."""
+    return _typed_option(text, False, "tau=5e-3, n_components=17 or lr=none")
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:

@@ -86,6 +86,20 @@ class CompressConfig:
             if not isinstance(t, (int, float)) or isinstance(t, bool):
                 raise ValueError(f"thresholds[{name!r}]={t!r} is not a number")
 
+    def check_layer_names(self, bayesian: list[str], weighted: list[str],
+                          kind: str = "Linear/Conv2d") -> None:
+        """ValueError when ``thresholds`` names a layer that is not Bayesian, or ``bits`` one
+        that is not among ``weighted`` (the layers this compression quantizes, of ``kind``)."""
+        for name in self.thresholds:
+            if name not in bayesian:
+                raise ValueError(f"thresholds: no Bayesian layer named {name!r}; Bayesian "
+                                 f"layers: {', '.join(bayesian) or 'none'}")
+        for name in self.bits:
+            if name not in weighted:
+                label = "layers" if kind == "Linear/Conv2d" else f"{kind} layers"
+                raise ValueError(f"bits: no {kind} layer named {name!r}; {label}: "
+                                 f"{', '.join(weighted)}")
+
     def threshold_for(self, name: str) -> float | None:
         """The threshold override of one layer (None: the layer's own)."""
         return self.thresholds.get(name, self.threshold)

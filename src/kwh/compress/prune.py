@@ -216,16 +216,8 @@ def _plain_layer(s: Stage, w: torch.Tensor, prec: LayerPrecision | None) -> nn.M
 
 
 def _check_names(nodes, config: CompressConfig) -> None:
-    bayes = [n.name for n in nodes if isinstance(n.module, BayesLayer)]
-    weighted = [n.name for n in nodes if n.weighted]
-    for name in config.thresholds:
-        if name not in bayes:
-            raise ValueError(f"thresholds: no Bayesian layer named {name!r}; Bayesian layers: "
-                             f"{', '.join(bayes) or 'none'}")
-    for name in config.bits:
-        if name not in weighted:
-            raise ValueError(f"bits: no Linear/Conv2d layer named {name!r}; layers: "
-                             f"{', '.join(weighted)}")
+    config.check_layer_names([n.name for n in nodes if isinstance(n.module, BayesLayer)],
+                             [n.name for n in nodes if n.weighted])
 
 
 def _input_shape(model: nn.Module, nodes, config: CompressConfig, eval_data) -> tuple[int, ...]:

@@ -120,14 +120,7 @@ def compress_weights(model: nn.Module, config: CompressConfig, *,
         raise ModelError(f"{type(model).__name__} has no Bayesian layer: train it with "
                          "kwh.bayesify_ and kwh.free_energy first")
     names = [n for n, _ in layers]
-    for name in config.thresholds:
-        if name not in names:
-            raise ValueError(f"thresholds: no Bayesian layer named {name!r}; Bayesian layers: "
-                             f"{', '.join(names)}")
-    for name in config.bits:
-        if name not in names:
-            raise ValueError(f"bits: no Bayesian layer named {name!r}; Bayesian layers: "
-                             f"{', '.join(names)}")
+    config.check_layer_names(names, names, "Bayesian")  # only those are quantized here
     was = model.training
     model.eval()
     try:
