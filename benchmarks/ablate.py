@@ -8,7 +8,9 @@ A variant is NAME or NAME:key=value,key=value over TrainConfig fields (prior opt
 prior.key=value). Every variant starts from the same seeded pretraining (the run's seed fixes
 it), trains through kwh.train.run_training with a checkpoint each epoch (an interrupted
 ablation reruns only the variants without a result, and resumes the one that was running),
-is compressed with the default CompressConfig, and adds one row to OUT/results.{json,md}: test
+(or, with ``--dense RUN``, from the dense model of that `kwh train` run folder, e.g. a paper
+table's shared dense start, with no pretraining of its own) is compressed with the default
+CompressConfig, and adds one row to OUT/results.{json,md}: test
 error before and after quantization, architecture, bits, nonzero weights, the rates, and the
 per-epoch alive units and error from the run's log.
 """
@@ -16,8 +18,10 @@ per-epoch alive units and error from the run's log.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -57,12 +61,13 @@ def commit() -> str:
 
 def run_variant(args, name: str, over: dict, prior: dict, out: Path) -> dict:
     base = dict(model=args.model, data=args.data, prior=args.prior, epochs=args.epochs,
-                pretrain_epochs=args.pretrain_epochs, seed=args.seed, threads=1,
-                out_dir=str(out / name), limit_train=args.limit_train)
+                pretrain_epochs=0 if args.dense else args.pretrain_epochs, seed=args.seed,
+                threads=1, out_dir=str(out / name), limit_train=args.limit_train)
     base.update(over)
     cfg = TrainConfig(**base, prior_options=prior)
+    start = dense_start(args.dense, out) if args.dense else None
     t0 = time.process_time()
-    result = run_training(cfg, resume=True, progress=False)
+    result = run_training(cfg, resume=True, progress=False, model=start)
     cpu = time.process_time() - t0
     test = get_dataset(cfg.data, "test", cfg.data_dir)
     shape = tuple(test.tensors[0].shape[1:])
@@ -92,6 +97,19 @@ def run_variant(args, name: str, over: dict, prior: dict, out: Path) -> dict:
                        "val_error": r.get("val_error")} for r in hist],
             "bayes_cpu_seconds": round(sum(r.get("cpu_seconds") or 0 for r in hist), 1),
             "shrink_events": [r for r in result.log if r.get("event") == "shrink"]}
+
+
+def dense_start(run: str, out: Path) -> torch.nn.Module:
+    """The finished dense net of a plain `kwh train` run folder, read from a copy in OUT/dense
+    (so several ablations can start from one folder at once without writing to it)."""
+    copy = out / "dense"
+    if not (copy / "config.json").is_file():
+        shutil.copytree(run, copy, dirs_exist_ok=True)
+    cfg = TrainConfig.from_dict(json.loads((copy / "config.json").read_text()))
+    cfg = dataclasses.replace(cfg, out_dir=str(copy), threads=1)
+    if cfg.epochs != 0:
+        raise SystemExit(f"--dense {run}: not a plain run (it has {cfg.epochs} Bayesian epochs)")
+    return run_training(cfg, resume=True, progress=False).model.train()
 
 
 def kept_bits_rate(s: dict) -> float:
@@ -135,6 +153,36 @@ def markdown(rows: list[dict], header: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def plot_alive(rows: list[dict], path: Path, title: str) -> None:
+    """Alive units of each layer per Bayesian epoch, one line per variant (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted({k for r in rows for c in r["curve"] for k in (c.get("alive") or {})}, key=int)
+    if not layers:
+        return
+    fig, axes = plt.subplots(1, len(layers), figsize=(4 * len(layers), 3.4), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        for r in rows:
+            pts = [(c["epoch"], c["alive"][layer]) for c in r["curve"] if layer in (c.get("alive") or {})]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=r["variant"])
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("Bayesian epoch")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("alive units")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ablate", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="lenet300")
@@ -144,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-epochs", type=int, default=20)
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dense", help="start every variant from the dense model of this `kwh train` "
+                   "run folder (e.g. a paper table's runs/seed0/dense) instead of pretraining")
     p.add_argument("--variant", action="append", required=True)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
@@ -164,10 +214,12 @@ def main(argv=None) -> int:
         info = {"command": command, "machine": {"cpu": platform.processor(), "torch": torch.__version__,
                                                 "threads": 1}, "rows": rows}
         res_path.write_text(json.dumps(info, indent=1) + "\n")
-        header = (f"# Ablation: {a.model} / {a.data} / {a.prior}, {a.pretrain_epochs} plain + "
+        start = f"dense start {a.dense}" if a.dense else f"{a.pretrain_epochs} plain"
+        header = (f"# Ablation: {a.model} / {a.data} / {a.prior}, {start} + "
                   f"{a.epochs} Bayesian epochs, seed {a.seed}\n\nCommand: `{command}`\n\n"
                   + NOTE)
-        (out / "results.md").write_text(markdown(rows, header))
+        (out / "results.md").write_text(markdown(rows, header) + "\n![alive units per epoch](alive_units.png)\n")
+        plot_alive(rows, out / "alive_units.png", f"{a.model} / {a.data} / {a.prior}: alive units")
         print(markdown(rows[-1:], f"## {name}"), flush=True)
     return 0
 
