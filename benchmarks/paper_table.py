@@ -357,8 +357,10 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
         rows += r
         histories[seed], alphas[seed] = h, al
     if not set(TABLE_METHODS) <= set(a.methods):
-        log("trained and measured the selected methods; the tables are written by a run of all "
-            f"methods ({', '.join(TABLE_METHODS)} at least; finished runs are reused)")
+        _write_selected(a, out, stem, rows, histories, info, data, total)
+        log("trained and measured the selected methods (written to "
+            f"{stem}_selected.md/.json); the full tables are written by a run of all methods "
+            f"({', '.join(TABLE_METHODS)} at least; finished runs are reused)")
         return 0
     first = a.seeds[0]
     layer_names = [d["layer"] for d in alphas[first]["log-uniform"]]
@@ -403,6 +405,23 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
          "log_alpha_histograms": {str(k): v for k, v in alphas.items()}}, indent=1))
     log(f"wrote {out / stem}.md/.csv/.json and plots in {total():.0f} s")
     return 0
+
+
+def _write_selected(a, out: Path, stem: str, rows: list[dict], histories: dict, info: dict,
+                    data, total) -> None:
+    """The rows of a run of some methods only, beside the published table (no plots)."""
+    command = "python -m benchmarks.paper_table " + " ".join(sys.argv[1:] if a.argv is None else a.argv)
+    md = [f"# Bayesian Compression table, selected methods: {a.net} on {a.data}", "",
+          f"Command: `{command}`", "",
+          f"Budget `{a.budget}`: {a.cfg}; {len(data.y_train)} train / {len(data.y_test)} test "
+          f"examples; methods {', '.join(a.methods)}.", "", f"Machine: {info}", "",
+          table.markdown(rows), "", "## Published (Louizos, Ullrich, Welling 2017, Table 1)", "",
+          table.paper_markdown(a.net), "",
+          "Rates and columns as in the full table (paper_table_README.md).", ""]
+    (out / f"{stem}_selected.md").write_text("\n".join(md))
+    (out / f"{stem}_selected.json").write_text(json.dumps(
+        {"command": command, "budget": a.budget, "config": a.cfg, "machine": info, "rows": rows,
+         "histories": {str(k): v for k, v in histories.items()}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -146,3 +146,24 @@ def test_sws_options_parse_to_numbers(capsys):
     with pytest.raises(SystemExit):
         paper_table.parse_args(["--net", "lenet5", "--data", "mnist", "--sws-option", "tau"])
     assert "expected KEY=NUMBER" in capsys.readouterr().err
+
+
+def test_selected_methods_write_their_rows(tmp_path, data_root):
+    """A run of some methods writes their rows (and the shared dense start is reused)."""
+    out = tmp_path / "out"
+    args = ["--net", "lenet300", "--data", "mnist", "--budget", "quick", "--data-dir", str(data_root),
+            "--out", str(out), "--epochs", "1", "--pretrain-epochs", "1", "--limit-train", "300",
+            "--limit-test", "100", "--repeats", "1", "--bench-batch", "50",
+            "--methods", "dense", "group-nj"]
+    assert paper_table.main(args) == 0
+    stem = "paper_table_lenet300_mnist"
+    assert not (out / f"{stem}.md").exists()  # the full table needs every method
+    saved = json.loads((out / f"{stem}_selected.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == ["dense (pretrained start)", "kwh BC-GNJ (group-nj)"]
+    assert set(saved["histories"]["0"]) == {"group-nj"}
+    md = (out / f"{stem}_selected.md").read_text()
+    assert "kwh BC-GNJ (group-nj)" in md and "BC-GHS" in md  # its row and the published ones
+    kwh_row = saved["rows"][1]
+    _, data = load_data("mnist", str(data_root), 300, 100)
+    err = 100 * error_of(load(out / f"{stem}_files" / "seed0_group-nj.kwh"), data)
+    assert err == pytest.approx(kwh_row["error_pct"], abs=1e-9)
