@@ -35,6 +35,18 @@ SHAPE = (1, 28, 28)
 PRIORS = ("log-uniform", "group-nj", "group-horseshoe")
 
 
+def lenet5_bn() -> torch.nn.Sequential:
+    """LeNet-5-Caffe with BatchNorm on each hidden layer's (pooled) pre-activation."""
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(1, 20, 5), nn.MaxPool2d(2), nn.BatchNorm2d(20), nn.ReLU(),
+        nn.Conv2d(20, 50, 5), nn.MaxPool2d(2), nn.BatchNorm2d(50), nn.ReLU(),
+        nn.Flatten(), nn.Linear(800, 500), nn.BatchNorm1d(500), nn.ReLU(),
+        nn.Linear(500, 10))
+    model.kwh_input_shape = SHAPE
+    return model
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.binary_lenet5",
                                 description=__doc__.split("\n")[0])
@@ -43,15 +55,23 @@ def main(argv=None) -> int:
     p.add_argument("--scale", choices=("none", "channel"), default="none")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/results/binary_lenet5")
+    p.add_argument("--batchnorm", action="store_true",
+                   help="LeNet-5 with BatchNorm after each hidden layer's pooling, before its "
+                        "activation (the binary networks of Courbariaux et al. 2016 normalise "
+                        "every pre-activation before its sign)")
+    p.add_argument("--out", default=None,
+                   help="output stem (default benchmarks/results/binary_lenet5[_bn])")
     a = p.parse_args(argv)
+    if a.out is None:
+        a.out = "benchmarks/results/binary_lenet5" + ("_bn" if a.batchnorm else "")
+    net = lenet5_bn if a.batchnorm else lenet5
     torch.set_num_threads(a.threads)
     tdata, data = load_data("mnist", a.data_dir, None, None)
     cfg = TrainConfig(model="lenet5", data="mnist", data_dir=a.data_dir, method="binary",
                       binary_options={"scale": a.scale}, pretrain_epochs=a.pretrain_epochs,
                       epochs=a.epochs, validation=len(tdata.validation), seed=0,
                       threads=a.threads, out_dir=f"{a.out}_run")
-    res = run_training(cfg, resume=True, progress=False, model=lenet5(), data=tdata)
+    res = run_training(cfg, resume=True, progress=False, model=net(), data=tdata)
     binary = res.model.eval().cpu()
     dense_rec = [r for r in res.log if r.get("event") == "epoch" and r["phase"] == "pretrain"][-1]
     rows = []
@@ -62,10 +82,11 @@ def main(argv=None) -> int:
                      "per_correct_nj": 1e9 * e.per_correct_j, "mults": e.mults,
                      "weight_bits": e.weight_bits, "note": note})
 
-    dense = lenet5().eval()  # priced by its shapes: dense fp32, every MAC
-    row("dense LeNet-5 fp32 (the pretrained start)", dense, dense_rec["test_error"] / 100,
+    dense = net().eval()  # priced by its shapes: dense fp32, every MAC
+    name = "LeNet-5 + BatchNorm" if a.batchnorm else "LeNet-5"
+    row(f"dense {name} fp32 (the pretrained start)", dense, dense_rec["test_error"] / 100,
         f"{a.pretrain_epochs} plain epochs")
-    row(f"binary LeNet-5 (kwh.binarize_, scale {a.scale})", binary, test_error(binary, data),
+    row(f"binary {name} (kwh.binarize_, scale {a.scale})", binary, test_error(binary, data),
         f"{a.pretrain_epochs} plain + {a.epochs} binary epochs; first layer 1-bit weights x "
         "real inputs, last layer float32")
     for prior in PRIORS:
