@@ -288,10 +288,14 @@ def _describe(a) -> str:
 def _join_message(n: fx.Node, where: str, inputs: list[fx.Node]) -> str:
     if len(inputs) > 1:
         name = getattr(n.target, "__name__", str(n.target))
-        kind = ("concatenates" if name in ("cat", "concat", "stack", "hstack") else "combines")
+        kind, example = "combines", "a residual connection or a join of branches"
+        if name in ("cat", "concat", "stack", "hstack"):
+            kind = "concatenates"
+        elif name in ("matmul", "bmm", "mul"):
+            kind, example = "multiplies", "attention's q @ k^T or a gate"
         return (f"{where} {kind} {len(inputs)} paths ({', '.join(i.name for i in inputs)}), e.g. "
-                "a residual connection or a join of branches; only a chain of layers can be "
-                f"pruned structurally, {_WEIGHTS_MODE_HINT}")
+                f"{example}; only a chain of layers can be pruned structurally, "
+                f"{_WEIGHTS_MODE_HINT}")
     if not inputs:
         return (f"{where} does not read the activations (it makes a new tensor from constants); "
                 f"kwh cannot place it in a chain of layers, {_WEIGHTS_MODE_HINT}")
