@@ -441,11 +441,7 @@ def _count_graph(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCo
             label = f"{op.name}:{type(op.module).__name__}"
             blocks.append(_weight_counts(label, op.module, ins, op.out_shape))
             held = set(op.inputs[:1])  # its input: the block's in_elems
-        elif not blocks:
-            continue  # before the first weight layer: nothing to fuse into
         else:
-            extra = sum(elems[i] for i in dict.fromkeys(op.inputs) if i not in held)
-            held.update(op.inputs)
             if op.module is not None:
                 label = f"{op.name}:{type(op.module).__name__}"
                 cost = _module_cost(label, op.module, ins, op.out_shape)
@@ -453,6 +449,10 @@ def _count_graph(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCo
             else:
                 cost = _function_cost(model, op)
                 kind = None if cost is None else op.function
+            if not blocks:
+                continue  # before the first weight layer: nothing to fuse into
+            extra = sum(elems[i] for i in dict.fromkeys(op.inputs) if i not in held)
+            held.update(op.inputs)
             _fuse(blocks, op.out_shape, kind, cost, extra)
         k = len(blocks) - 1
         readers += [(k, i) for i in op.inputs]
