@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import fx, nn
 from kwh.bayes import BayesLayer
 from kwh.binary import BinaryLayer
 from kwh.errors import ModelError
-from kwh.modules import SelectInputs
+from kwh.modules import PositionEmbedding, SelectInputs
 
 __all__ = ["trace", "chain", "ChainLink", "calls", "Call", "explicit_chain",
            "is_plain_sequential", "example_input"]
@@ -34,11 +34,16 @@ _WEIGHTS_MODE_HINT = ("or compress only the weights with kwh.compress(model, mod
                       "(masks and bits in place, the architecture unchanged)")
 
 
+# kwh's own layers: called as modules in a traced graph, never traced through (a
+# PositionEmbedding read inside forward() would be a tensor attribute, which kwh refuses).
+_KWH_LEAVES = (BayesLayer, BinaryLayer, SelectInputs, PositionEmbedding)
+
+
 class _Tracer(fx.Tracer):
     """torch.nn modules and kwh's layers are leaves; user modules are traced through."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (BayesLayer, BinaryLayer, SelectInputs)):
+        if isinstance(m, _KWH_LEAVES):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -63,7 +68,7 @@ def explicit_chain(model: nn.Module) -> bool:
 
 def _library_module(m: nn.Module) -> bool:
     """A module whose forward is torch.nn's or kwh's own (not a user-defined forward)."""
-    return isinstance(m, (BayesLayer, BinaryLayer, SelectInputs)) or \
+    return isinstance(m, _KWH_LEAVES) or \
         type(m).__module__.startswith("torch.nn")
 
 
@@ -164,7 +169,9 @@ class Call:
 
     ``module``: the module called, or the torch.nn module equivalent to a functional call
     (F.relu -> nn.ReLU, ...); None for other functions, then ``function`` names it ("add",
-    "cat", "adaptive_avg_pool2d", ...).
+    "cat", "adaptive_avg_pool2d", ...). ``node``: the traced node's name; ``inputs``: the
+    names of the nodes whose tensors it reads (the model's input is "x" or its argument's
+    name), in the order of ``in_shapes``.
     """
 
     name: str
@@ -172,6 +179,8 @@ class Call:
     function: str | None
     in_shapes: list[tuple[int, ...]]
     out_shape: tuple[int, ...]
+    node: str = ""
+    inputs: list[str] = field(default_factory=list)
 
 
 def calls(model: nn.Module, example: torch.Tensor) -> list[Call]:
@@ -190,15 +199,17 @@ def calls(model: nn.Module, example: torch.Tensor) -> list[Call]:
         if n.name not in shapes:
             raise ModelError(f"{where} does not produce one tensor; kwh follows operations on "
                              "tensors only")
-        ins = [shapes[i.name][1:] for i in _tensor_inputs(n) if i.name in shapes]
+        read = [i.name for i in _tensor_inputs(n) if i.name in shapes]
+        ins = [shapes[i][1:] for i in read]
         if n.op == "call_module":
-            out.append(Call(str(n.target), modules[n.target], None, ins, shapes[n.name][1:]))
+            out.append(Call(str(n.target), modules[n.target], None, ins, shapes[n.name][1:],
+                            n.name, read))
             continue
         try:
             module, function = _as_module(n, where, shapes), None
         except ModelError:
             module, function = None, getattr(n.target, "__name__", str(n.target)).strip("_")
-        out.append(Call(n.name, module, function, ins, shapes[n.name][1:]))
+        out.append(Call(n.name, module, function, ins, shapes[n.name][1:], n.name, read))
     return out
 
 
@@ -239,7 +250,7 @@ def _shape_only(n: fx.Node) -> bool:
         return True
     if n.op == "call_function" and n.target in (operator.getitem, operator.mul,
                                                 operator.floordiv):
-        return all(_shape_only(a) or not isinstance(a, fx.Node) for a in n.args) and \
+        return all(not isinstance(a, fx.Node) or _shape_only(a) for a in n.args) and \
             any(isinstance(a, fx.Node) for a in n.args)
     return False
 
@@ -277,10 +288,14 @@ def _describe(a) -> str:
 def _join_message(n: fx.Node, where: str, inputs: list[fx.Node]) -> str:
     if len(inputs) > 1:
         name = getattr(n.target, "__name__", str(n.target))
-        kind = ("concatenates" if name in ("cat", "concat", "stack", "hstack") else "combines")
+        kind, example = "combines", "a residual connection or a join of branches"
+        if name in ("cat", "concat", "stack", "hstack"):
+            kind = "concatenates"
+        elif name in ("matmul", "bmm", "mul"):
+            kind, example = "multiplies", "attention's q @ k^T or a gate"
         return (f"{where} {kind} {len(inputs)} paths ({', '.join(i.name for i in inputs)}), e.g. "
-                "a residual connection or a join of branches; only a chain of layers can be "
-                f"pruned structurally, {_WEIGHTS_MODE_HINT}")
+                f"{example}; only a chain of layers can be pruned structurally, "
+                f"{_WEIGHTS_MODE_HINT}")
     if not inputs:
         return (f"{where} does not read the activations (it makes a new tensor from constants); "
                 f"kwh cannot place it in a chain of layers, {_WEIGHTS_MODE_HINT}")

@@ -1,11 +1,12 @@
-"""Layers a compressed model may contain beyond torch's own (below every kwh package: torch only)."""
+"""Layers kwh's models and compressed models may contain beyond torch's own (below every kwh
+package: torch only)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SelectInputs"]
+__all__ = ["SelectInputs", "PositionEmbedding"]
 
 
 class SelectInputs(nn.Module):
@@ -47,3 +48,33 @@ class SelectInputs(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.out_features} of {self.in_features} inputs"
+
+
+class PositionEmbedding(nn.Module):
+    """Adds a learned embedding to each token: ``x + weight``, x of shape (B, tokens, dim).
+
+    A module of its own, so that a traced model calls it (kwh.graph keeps it a leaf) instead
+    of reading a tensor attribute inside the user's forward(); the energy model prices it as
+    one elementwise addition per activation, its table read as weights.
+    """
+
+    def __init__(self, tokens: int, dim: int):
+        super().__init__()
+        if tokens < 1 or dim < 1:
+            raise ValueError(f"tokens and dim must be positive, got tokens={tokens}, dim={dim}")
+        self.weight = nn.Parameter(torch.zeros(tokens, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    @property
+    def tokens(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.weight.shape[1]
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, tokens, dim) -> (B, tokens, dim)
+        return x + self.weight
+
+    def extra_repr(self) -> str:
+        return f"tokens={self.tokens}, dim={self.dim}"

@@ -25,8 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from kwh.bayes import BayesConv2d, BayesLayer, BayesLinear
-from kwh.compress.chain import DROPOUT, ELEMENTWISE, POOLS, flatten_chain, probe_shapes
+from kwh.compress.chain import (DROPOUT, ELEMENTWISE, POOLS, WEIGHTED, flatten_chain,
+                                probe_shapes)
 from kwh.errors import ModelError
+from kwh.graph import explicit_chain
 
 __all__ = ["Shrinker", "carry_optimizer_state"]
 
@@ -46,6 +48,10 @@ class _Link:
 
 def _chain(model: nn.Module, input_shape) -> tuple[dict[str, BayesLayer], list[_Link]]:
     """The Bayesian layers of a chain in order, and the links between consecutive ones."""
+    if not explicit_chain(model) and not isinstance(model, WEIGHTED):
+        raise ModelError(f"shrinking while training (shrink_patience) works on nn.Sequential "
+                         f"chains; {type(model).__name__} has a forward() of its own: train "
+                         "it without shrinking (shrink_patience 0)")
     nodes = flatten_chain(model)
     probe_shapes(nodes, tuple(input_shape))
     layers: dict[str, BayesLayer] = {}

@@ -12,6 +12,14 @@ Binary layers (kwh.binary) count 1-bit weights (sign(W), never zero) and their i
 (``input_bits``: 1 for +-1 inputs, 2 for ternary, None for real ones); for +-1 inputs
 ``popcounts`` records how many outputs sum how many products (a padding tap adds nothing, so
 border outputs of a padded convolution sum fewer).
+
+Models that are not a chain are read from their traced graph (kwh.graph.calls): a block then
+also reads the tensors its operations take from other blocks (the other operand of a residual
+addition, the queries and keys of attention) and writes the ones other blocks read from it.
+Products of two activations (attention's ``q @ k^T`` and ``weights @ v``) are counted as
+``act_macs``; softmax, LayerNorm and GELU as the comparisons, multiplies and additions of their
+formulas, their exp, reciprocal, rsqrt and erf as the operations of an fp32-accurate routine
+for each (:data:`FUNCTION_OPS`). What is not in these lists is a ModelError naming it.
 """
 
 from __future__ import annotations
@@ -28,9 +36,9 @@ from kwh.binary import BinaryConv2d, BinaryLayer
 from kwh.errors import ModelError
 from kwh.graph import calls as graph_calls
 from kwh.graph import example_input, explicit_chain
-from kwh.modules import SelectInputs
+from kwh.modules import PositionEmbedding, SelectInputs
 
-__all__ = ["LayerCounts", "count_model", "weight_of", "SUPPORTED_LAYERS"]
+__all__ = ["LayerCounts", "count_model", "weight_of", "SUPPORTED_LAYERS", "FUNCTION_OPS"]
 
 _FREE = (nn.Flatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Unflatten,
          nn.BatchNorm1d, nn.BatchNorm2d, SelectInputs)  # views, identities, folded BatchNorm,
@@ -41,7 +49,27 @@ SUPPORTED_LAYERS = ("Linear", "Conv2d", "BayesLinear", "BayesConv2d", "BinaryLin
                     "LeakyReLU", "Hardtanh", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
                     "Flatten", "Unflatten",
                     "Identity", "Dropout", "BatchNorm1d/2d (folded into the layer before)",
-                    "SelectInputs")
+                    "SelectInputs", "Softmax", "LayerNorm", "GELU (approximate='none')",
+                    "PositionEmbedding")
+
+# Multiplies and additions of one evaluation of a function, as an fp32-accurate routine
+# computes it (the price table has none of them), and the functions the routine calls.
+FUNCTION_OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
+    # exp(x) = 2^k e^r: k = round(x log2 e) (1 mult, 1 add), r = x - k ln 2 (1 mult, 1 add),
+    # e^r by its degree-6 Taylor polynomial with Horner (6 mults, 6 adds; |r| <= ln(2)/2 leaves
+    # a relative error of 1.2e-7), 2^k added to the exponent field (1 add)
+    "exp": (8, 9, ()),
+    # 1/x: a seed from the exponent bits (1 add), 3 Newton-Raphson steps y (2 - x y) (2 mults,
+    # 1 add each): 3 correct bits -> 24
+    "reciprocal": (6, 4, ()),
+    # 1/sqrt(x): a seed from the exponent bits (1 add), x/2 (1 mult), 3 Newton-Raphson steps
+    # y (1.5 - (x/2) y^2) (3 mults, 1 add each)
+    "rsqrt": (10, 4, ()),
+    # erf(x) = 1 - t P(t) exp(-x^2), t = 1 / (1 + p x), x >= 0, odd (Abramowitz and Stegun
+    # 7.1.26, error 1.5e-7): p x + 1 (1 mult, 1 add), t P(t) of degree 5 by Horner (5 mults,
+    # 4 adds), x^2 (1 mult), the product (1 mult), 1 - it (1 add)
+    "erf": (8, 6, ("reciprocal", "exp")),
+}
 
 
 @dataclass
@@ -65,6 +93,16 @@ class LayerCounts:
     pool_adds: int = 0              # average-pool additions
     elementwise_adds: int = 0       # additions of two activation tensors (residual connections)
     extra_in_elems: int = 0         # elements read besides the block input (the other operand)
+    extra_out_elems: int = 0        # elements written besides the block output (read by
+    #                                 later blocks: the residual stream of a transformer)
+    act_macs: int = 0               # multiply-accumulates of two activations (attention)
+    act_mults: int = 0              # other multiplies of activations: by a constant, and those
+    #                                 of softmax, LayerNorm, GELU and their functions
+    norm_adds: int = 0              # additions of softmax, LayerNorm, GELU and their functions
+    functions: dict[str, int] = field(default_factory=dict)  # evaluations of FUNCTION_OPS
+    #                                 (their operations are in act_mults and norm_adds)
+    n_extra_params: int = 0         # other stored numbers read with the weights (LayerNorm's
+    #                                 scale and shift, a position embedding)
     fused: list[str] = field(default_factory=list)  # names of the ops fused into this block
     weight_bits: int | None = None  # kwh_bits of a kwh-compressed layer, else None (plain)
     frac_bits: int | None = None    # kwh_frac_bits; None on a kwh layer: weights left float32
@@ -217,33 +255,138 @@ _ADDS = ("add", "iadd", "sub", "isub")  # elementwise sum of two activation tens
 _MOVES = ("cat", "concat", "view", "reshape", "flatten", "contiguous", "permute", "transpose",
           "squeeze", "unsqueeze", "getitem", "chunk", "split")  # data movement: no arithmetic
 _MEANS = ("adaptive_avg_pool2d", "mean")
+_MATMULS = ("matmul", "bmm")  # products of two activation tensors
+_SCALES = ("mul", "imul", "truediv", "itruediv", "div")  # by a constant: one multiply each
+_SILENT = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
 
-def _module_cost(label: str, m: nn.Module, ins: tuple, outs: tuple) -> tuple[int, int]:
-    """(comparisons, narrow additions) of a module that is not a weight layer."""
+@dataclass
+class _Cost:
+    """What one operation that is not a weight layer adds to the block it is fused into."""
+
+    compares: int = 0
+    pool_adds: int = 0
+    elementwise_adds: int = 0
+    act_macs: int = 0
+    act_mults: int = 0
+    norm_adds: int = 0
+    functions: dict[str, int] = field(default_factory=dict)
+    n_extra_params: int = 0
+    folded_bias: int = 0  # a BatchNorm's channels: folded into a bias-free layer, a bias
+
+    def evaluate(self, name: str, n: int) -> _Cost:
+        """Add ``n`` evaluations of FUNCTION_OPS[name], the functions it calls included."""
+        mults, adds, inner = FUNCTION_OPS[name]
+        self.functions[name] = self.functions.get(name, 0) + n
+        self.act_mults += n * mults
+        self.norm_adds += n * adds
+        for f in inner:
+            self.evaluate(f, n)
+        return self
+
+
+def _softmax_cost(label: str, m: nn.Softmax, ins: tuple) -> _Cost:
+    """Per row of n: max (n - 1 compares), x - max (n adds), n exps, their sum (n - 1 adds),
+    one reciprocal, n multiplies by it."""
+    dim = m.dim
+    if dim is None:  # torch's implicit choice for a tensor of ndim dims (nn.Softmax(dim=None))
+        dim = 0 if len(ins) + 1 in (0, 1, 3) else 1
+    dim = dim % (len(ins) + 1)
+    if dim == 0:
+        raise ModelError(f"layer {label}: a softmax over the batch dimension mixes examples; "
+                         "kwh prices one example at a time (give dim=-1 or the class dim)")
+    n = ins[dim - 1]
+    rows = math.prod(ins) // n
+    c = _Cost(compares=rows * (n - 1), norm_adds=rows * (2 * n - 1), act_mults=rows * n)
+    return c.evaluate("exp", rows * n).evaluate("reciprocal", rows)
+
+
+def _layer_norm_cost(m: nn.LayerNorm, ins: tuple) -> _Cost:
+    """Per vector of n: mean (n - 1 adds, 1 mult), x - mean (n adds), variance (n mults, n - 1
+    adds, 1 mult, + eps 1 add), one rsqrt, n multiplies by it; scale and shift n of each."""
+    n = math.prod(m.normalized_shape)
+    rows = math.prod(ins) // n
+    mults, adds = 2 * n + 2, 3 * n - 1
+    params = 0
+    if getattr(m, "weight", None) is not None:
+        mults, params = mults + n, params + m.weight.numel()
+    if getattr(m, "bias", None) is not None:
+        adds, params = adds + n, params + m.bias.numel()
+    c = _Cost(act_mults=rows * mults, norm_adds=rows * adds, n_extra_params=params)
+    return c.evaluate("rsqrt", rows)
+
+
+def _gelu_cost(label: str, m: nn.GELU, ins: tuple) -> _Cost:
+    """GELU(x) = x/2 (1 + erf(x / sqrt 2)): 3 multiplies, 1 addition and one erf each."""
+    if m.approximate != "none":
+        raise ModelError(f"layer {label}: GELU(approximate={m.approximate!r}) is not supported "
+                         "by the energy model; the exact form (approximate='none') is")
+    n = math.prod(ins)
+    return _Cost(act_mults=3 * n, norm_adds=n).evaluate("erf", n)
+
+
+def _module_cost(label: str, m: nn.Module, ins: tuple, outs: tuple) -> _Cost:
+    """The operations of a module that is not a weight layer, for one example."""
     if isinstance(m, _FREE):
-        return 0, 0
+        return _Cost(folded_bias=getattr(m, "num_features", 0))
     if isinstance(m, _COMPARE):
-        return math.prod(ins), 0
+        return _Cost(compares=math.prod(ins))
     if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
         k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
         per_out = math.prod(outs) * (math.prod(k) - 1)  # k*k inputs -> k*k - 1 ops
-        return (per_out, 0) if isinstance(m, nn.MaxPool2d) else (0, per_out)
+        return _Cost(compares=per_out) if isinstance(m, nn.MaxPool2d) else _Cost(pool_adds=per_out)
     if isinstance(m, nn.AdaptiveAvgPool2d):
-        return 0, max(0, math.prod(ins) - math.prod(outs))  # sums; one scale per output
+        return _Cost(pool_adds=max(0, math.prod(ins) - math.prod(outs)))  # one scale per output
+    if isinstance(m, PositionEmbedding):  # x + table: one addition per element; the table is
+        return _Cost(elementwise_adds=math.prod(outs), n_extra_params=m.weight.numel())  # read
+    if isinstance(m, nn.Softmax):
+        return _softmax_cost(label, m, ins)
+    if isinstance(m, nn.LayerNorm):
+        return _layer_norm_cost(m, ins)
+    if isinstance(m, nn.GELU):
+        return _gelu_cost(label, m, ins)
     raise ModelError(f"layer {label} ({m!r}) is not supported by the energy model; "
                      f"supported: {', '.join(SUPPORTED_LAYERS)}")
 
 
-def _fuse(blocks: list[LayerCounts], outs: tuple, kind: str | None, compares: int = 0,
-          adds: int = 0, elementwise: int = 0, extra: int = 0) -> None:
+def _function_cost(model: nn.Module, op) -> _Cost | None:
+    """The operations of a traced function call without a module form; None: data movement."""
+    n = math.prod(op.out_shape)
+    if op.function in _ADDS and len(op.in_shapes) == 2:
+        return _Cost(elementwise_adds=n)
+    if op.function in _MOVES:
+        return None
+    if op.function in _MEANS:
+        return _Cost(pool_adds=max(0, math.prod(op.in_shapes[0]) - n))
+    if op.function in _MATMULS and len(op.in_shapes) == 2 and op.in_shapes[0]:
+        return _Cost(act_macs=n * op.in_shapes[0][-1])  # (.., n, k) @ (.., k, m): k per output
+    if op.function in _SCALES and len(op.in_shapes) == 1:
+        return _Cost(act_mults=n)  # x * c, x / c (c a number): one multiply per element
+    raise ModelError(f"{op.name} ({op.function}) in {type(model).__name__}.forward is not "
+                     "supported by the energy model; supported: "
+                     f"{', '.join(SUPPORTED_LAYERS)}, functional activations and pooling, "
+                     "additions of two paths, products of two activations (matmul, @), "
+                     "multiplication or division by a number, concatenation and reshapes")
+
+
+def _fuse(blocks: list[LayerCounts], outs: tuple, kind: str | None, cost: _Cost | None = None,
+          extra: int = 0) -> None:
     """Add an op to the block of the last weight layer before it (nothing before the first)."""
     if not blocks:
         return
     blk = blocks[-1]
-    blk.compares += compares
-    blk.pool_adds += adds
-    blk.elementwise_adds += elementwise
+    cost = cost or _Cost()
+    blk.compares += cost.compares
+    blk.pool_adds += cost.pool_adds
+    blk.elementwise_adds += cost.elementwise_adds
+    blk.act_macs += cost.act_macs
+    blk.act_mults += cost.act_mults
+    blk.norm_adds += cost.norm_adds
+    for f, k in cost.functions.items():
+        blk.functions[f] = blk.functions.get(f, 0) + k
+    blk.n_extra_params += cost.n_extra_params
+    if cost.folded_bias and blk.n_bias == 0:  # BatchNorm folded into a bias-free layer
+        blk.n_bias, blk.bias_adds = cost.folded_bias, math.prod(blk.layer_out_shape)
     blk.extra_in_elems += extra
     blk.out_shape = outs
     if kind is not None:
@@ -254,8 +397,9 @@ def count_model(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCou
     """Per-block op counts of ``model`` for one example of shape ``input_shape`` (no batch dim).
 
     An nn.Sequential of torch.nn/kwh layers is read through forward hooks; any other model
-    is traced (kwh.graph.calls), so functional calls and additions of two paths (residual
-    connections) are counted too, and what cannot be priced is an error naming it.
+    is traced (kwh.graph.calls), so functional calls, additions of two paths (residual
+    connections) and products of activations are counted too, and what cannot be priced is
+    an error naming it.
     """
     if not explicit_chain(model) and not isinstance(model, (nn.Linear, nn.Conv2d, BayesLayer,
                                                     BinaryLayer)):
@@ -266,15 +410,17 @@ def count_model(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCou
         if _is_weight(m):
             blocks.append(_weight_counts(label, m, ins, outs))
             continue
-        cmp, adds = _module_cost(label, m, ins, outs)
-        silent = isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d))
-        _fuse(blocks, outs, None if silent else type(m).__name__, cmp, adds)
+        cost = _module_cost(label, m, ins, outs)
+        _fuse(blocks, outs, None if isinstance(m, _SILENT) else type(m).__name__, cost)
     if not blocks:
         raise ModelError("model has no Linear or Conv2d layer; nothing to price")
     return blocks
 
 
 def _count_graph(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCounts]:
+    """Blocks of a traced model. An operation's operand computed outside its block is read
+    from memory (once per block), and a block writes, besides its output, every tensor it
+    computed that a later block reads."""
     was = model.training
     model.eval()
     try:
@@ -282,29 +428,44 @@ def _count_graph(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCo
     finally:
         model.train(was)
     blocks: list[LayerCounts] = []
+    block_of: dict[str, int] = {}      # traced node -> the block that computed it
+    elems: dict[str, int] = {}         # traced node -> its elements per example
+    last: list[str] = []               # each block's last node: its output
+    held: set[str] = set()             # tensors the current block computed or has read
+    readers: list[tuple[int, str]] = []  # (block, node read) for every operand
     for op in ops:
         ins = op.in_shapes[0] if op.in_shapes else ()
-        if op.module is not None:
+        elems.update((i, math.prod(s)) for i, s in zip(op.inputs, op.in_shapes))
+        elems[op.node] = math.prod(op.out_shape)
+        if op.module is not None and _is_weight(op.module):
             label = f"{op.name}:{type(op.module).__name__}"
-            if _is_weight(op.module):
-                blocks.append(_weight_counts(label, op.module, ins, op.out_shape))
-                continue
-            cmp, adds = _module_cost(label, op.module, ins, op.out_shape)
-            silent = isinstance(op.module, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d))
-            _fuse(blocks, op.out_shape, None if silent else type(op.module).__name__, cmp, adds)
-        elif op.function in _ADDS and len(op.in_shapes) == 2:
-            n = math.prod(op.out_shape)
-            _fuse(blocks, op.out_shape, "add", elementwise=n, extra=n)
-        elif op.function in _MOVES:
-            _fuse(blocks, op.out_shape, None)
-        elif op.function in _MEANS:
-            _fuse(blocks, op.out_shape, op.function,
-                  adds=max(0, math.prod(ins) - math.prod(op.out_shape)))
+            blocks.append(_weight_counts(label, op.module, ins, op.out_shape))
+            held = set(op.inputs[:1])  # its input: the block's in_elems
         else:
-            raise ModelError(f"{op.name} ({op.function}) in {type(model).__name__}.forward is not "
-                             "supported by the energy model; supported: "
-                             f"{', '.join(SUPPORTED_LAYERS)}, functional activations and pooling, "
-                             "additions of two paths, concatenation and reshapes")
+            if op.module is not None:
+                label = f"{op.name}:{type(op.module).__name__}"
+                cost = _module_cost(label, op.module, ins, op.out_shape)
+                kind = None if isinstance(op.module, _SILENT) else type(op.module).__name__
+            else:
+                cost = _function_cost(model, op)
+                kind = None if cost is None else op.function
+            if not blocks:
+                continue  # before the first weight layer: nothing to fuse into
+            extra = sum(elems[i] for i in dict.fromkeys(op.inputs) if i not in held)
+            held.update(op.inputs)
+            _fuse(blocks, op.out_shape, kind, cost, extra)
+        k = len(blocks) - 1
+        readers += [(k, i) for i in op.inputs]
+        block_of[op.node] = k
+        held.add(op.node)
+        if len(last) < len(blocks):
+            last.append(op.node)
+        else:
+            last[-1] = op.node
     if not blocks:
         raise ModelError("model has no Linear or Conv2d layer; nothing to price")
+    written = {(block_of[i], i) for k, i in readers
+               if i in block_of and block_of[i] != k and i != last[block_of[i]]}
+    for k, i in written:
+        blocks[k].extra_out_elems += elems[i]
     return blocks

@@ -4,7 +4,9 @@ E = sum_layers [ mults * E_mult(w x a) + adds * E_add(acc) + compares * E_add(a)
                  + weight bits * E_mem(weights) / batch + activation bits * E_mem(acts) ]
 
 with the prices of an :class:`~kwh.energy.table.EnergyTable` (Horowitz 2014 by default) and the
-number formats and memory system of an :class:`~kwh.energy.config.EnergyConfig`.
+number formats and memory system of an :class:`~kwh.energy.config.EnergyConfig`. Operations on
+activations alone (attention's products, softmax, LayerNorm, GELU) are priced in the number
+format of the block they are fused into (:func:`activation_compute`).
 
 Binary layers (kwh.binary): 1-bit weights. With +-1 inputs a product is an XNOR and a sum a
 popcount (:mod:`.popcount`), activations 1 bit; with real inputs (the first layer) they are
@@ -25,7 +27,7 @@ from .result import EnergyEstimate, LayerEnergy
 from .table import HOROWITZ_45NM, EnergyTable
 
 __all__ = ["estimate_energy", "Arith", "layer_arith", "weight_storage_bits", "Placement",
-           "place", "block_compute"]
+           "place", "block_compute", "activation_compute"]
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,11 @@ def weight_storage_bits(c: LayerCounts, ar: Arith, fmt: str) -> int:
     bits; "sparse" is CSR, per nonzero w bits plus a column index of ceil(log2 cols) bits,
     plus (rows + 1) row pointers of ceil(log2(nnz + 1)) bits; "auto" takes the smaller.
     Biases: float32 in kwh files (kwh.compress leaves them unquantized), float_bits otherwise;
-    so are XNOR-Net's per-channel scales of binary layers.
+    so are XNOR-Net's per-channel scales of binary layers and the other stored numbers fused
+    into the block (LayerNorm's scale and shift, a position embedding).
     """
-    bias = (c.n_bias + c.n_scales) * (32 if c.weight_bits is not None else ar.w_bits)
+    bias = (c.n_bias + c.n_scales + c.n_extra_params) * \
+        (32 if c.weight_bits is not None else ar.w_bits)
     dense = c.n_weights * ar.w_bits
     if not ar.sparse or fmt == "dense":
         return dense + bias
@@ -112,8 +116,9 @@ def place(weight_bits: float, act_peak_bits: float, table: EnergyTable,
 
 
 def _act_io(c: LayerCounts, ar: Arith) -> tuple[int, int]:
-    """Bits read (input) and written (block output) per inference."""
-    return (c.in_elems + c.extra_in_elems) * ar.a_bits, c.out_elems * ar.a_bits
+    """Bits read (inputs) and written (outputs) per inference."""
+    return ((c.in_elems + c.extra_in_elems) * ar.a_bits,
+            (c.out_elems + c.extra_out_elems) * ar.a_bits)
 
 
 def block_compute(c: LayerCounts, ar: Arith, table: EnergyTable, mults: float, acc_adds: float,
@@ -122,11 +127,14 @@ def block_compute(c: LayerCounts, ar: Arith, table: EnergyTable, mults: float, a
 
     ``mults`` products (w x a bits), ``acc_adds`` additions into the accumulator, plus the
     bias additions (times ``bias_share``), pooling and residual additions and ``act_adds`` at
-    activation width, and the ReLU / max-pool comparisons.
+    activation width, the ReLU / max-pool comparisons, and the operations on activations
+    alone (:func:`activation_compute`).
     """
     if ar.kind == "xnor":  # kwh.binary, +-1 inputs: XNOR and popcount (see .popcount)
-        return with_scale_mults(c, table, xnor_compute(c, ar, table, mults, act_adds,
-                                                       bias_share))
+        comp = xnor_compute(c, ar, table, mults, act_adds, bias_share)
+        # what follows acts on the integer sums, as the pooling and bias do there
+        return with_scale_mults(c, table, _plus(comp, activation_compute(
+            c, "int", ar.acc_bits, ar.acc_bits, table)))
     acc = acc_adds + c.bias_adds * bias_share
     narrow = c.pool_adds + c.elementwise_adds + act_adds
     if ar.kind == "fp":
@@ -140,9 +148,35 @@ def block_compute(c: LayerCounts, ar: Arith, table: EnergyTable, mults: float, a
     # A float comparison is an integer comparison of the bit patterns (sign aside).
     e_cmp = c.compares * table.add_j(ar.a_bits)
     bits = mults * product_bits + acc * ar.acc_bits + (narrow + c.compares) * ar.a_bits
-    return with_scale_mults(c, table, dict(
-        mults=mults, adds=acc + narrow, compares=c.compares, e_mult=e_mult, e_add=e_add,
-        e_compare=e_cmp, landauer_bits=bits))
+    comp = dict(mults=mults, adds=acc + narrow, compares=c.compares, e_mult=e_mult,
+                e_add=e_add, e_compare=e_cmp, landauer_bits=bits)
+    kind = "fp" if ar.kind == "fp" else "int"
+    return with_scale_mults(c, table, _plus(comp, activation_compute(
+        c, kind, ar.a_bits, ar.acc_bits, table)))
+
+
+def activation_compute(c: LayerCounts, kind: str, a_bits: int, acc_bits: int,
+                       table: EnergyTable) -> dict:
+    """The block's operations on activations alone, in its number format (``kind`` "fp" or
+    "int", activations of ``a_bits``): products of two activations (attention) as a_bits x
+    a_bits multiplies summed at ``acc_bits``; the multiplies and additions of softmax,
+    LayerNorm, GELU and scaling by a constant at activation width."""
+    mults = c.act_macs + c.act_mults
+    if kind == "fp":
+        e_mult = mults * table.mult_j(a_bits, kind="fp")
+        e_add = (c.act_macs + c.norm_adds) * table.add_j(a_bits, kind="fp")
+        bits = (mults + c.act_macs + c.norm_adds) * a_bits
+    else:
+        e_mult = mults * table.mult_j(a_bits, a_bits)
+        e_add = c.act_macs * table.add_j(acc_bits) + c.norm_adds * table.add_j(a_bits)
+        bits = mults * 2 * a_bits + c.act_macs * acc_bits + c.norm_adds * a_bits
+    return dict(mults=mults, adds=c.act_macs + c.norm_adds, compares=0, e_mult=e_mult,
+                e_add=e_add, e_compare=0.0, landauer_bits=bits)
+
+
+def _plus(a: dict, b: dict) -> dict:
+    """Two computes' counts and energies, added key by key."""
+    return {k: a[k] + b[k] for k in a}
 
 
 def estimate_energy(model: nn.Module, input_shape: tuple[int, ...],

@@ -12,7 +12,7 @@ from kwh.errors import ModelError
 from kwh.modules import SelectInputs
 from kwh.models import MODELS, build
 
-__all__ = ["dense_reference", "input_shape_for", "DATA_SHAPES"]
+__all__ = ["dense_reference", "dense_of_weights_mode", "input_shape_for", "DATA_SHAPES"]
 
 DATA_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -67,11 +67,24 @@ def dense_from_chain(model: nn.Module, summary: dict) -> nn.Module:
     return nn.Sequential(*out).eval()
 
 
+def dense_of_weights_mode(model: nn.Module) -> nn.Module:
+    """The dense original of a weight-only compression (its architecture unchanged): a copy
+    without the kwh attributes, so every layer is priced as dense fp32."""
+    dense = copy.deepcopy(model)
+    for m in dense.modules():
+        for attr in ("kwh_bits", "kwh_frac_bits", "kwh_summary"):
+            if attr in m.__dict__:
+                delattr(m, attr)
+    return dense.eval()
+
+
 def dense_reference(summary: dict | None, name: str | None = None,
                     model: nn.Module | None = None) -> tuple[nn.Module, str]:
-    """The dense original: ``name`` if given, else the reference model whose weight shapes
-    equal the summary's original ones (``layers[i]['shape_original']``), else (a compressed
-    chain ``model`` given) that chain rebuilt at the original shapes (dense_from_chain)."""
+    """The dense original: ``name`` if given; for a weight-only compression (summary mode
+    "weights") with ``model`` given, the same architecture dense (dense_of_weights_mode);
+    else the reference model whose weight shapes equal the summary's original ones
+    (``layers[i]['shape_original']``), else (a compressed chain ``model`` given) that chain
+    rebuilt at the original shapes (dense_from_chain)."""
     if name is not None:
         kw = {}
         if summary and summary.get("num_classes"):
@@ -80,6 +93,12 @@ def dense_reference(summary: dict | None, name: str | None = None,
     if not summary or not summary.get("layers"):
         raise ValueError("this model carries no compression summary, so its dense original is "
                          f"unknown; give --dense NAME (one of: {', '.join(MODELS)})")
+    if summary.get("mode") == "weights":
+        if model is None:
+            raise ValueError("a weight-only compression's dense original is its own "
+                             "architecture: pass the model, or give --dense NAME (one of: "
+                             f"{', '.join(MODELS)})")
+        return dense_of_weights_mode(model), str(summary.get("model") or type(model).__name__)
     want = [tuple(d["shape_original"]) for d in summary["layers"]]
     for label, make in _candidates(summary):
         try:

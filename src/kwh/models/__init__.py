@@ -1,9 +1,10 @@
-"""Reference networks of the Bayesian Compression paper, as plain ``nn.Sequential`` chains.
+"""Reference networks: the Bayesian Compression paper's chains, and two that are not chains.
 
 Louizos, Ullrich, Welling 2017, section 5: LeNet-300-100 (784-300-100-10), LeNet-5-Caffe
 (conv 20 5x5, pool, conv 50 5x5, pool, fc 800-500, fc 500-10) and a VGG-like net with
-BatchNorm for CIFAR-10. Chains keep every later stage (pruning propagation, sigma-delta
-conversion, op counting) a walk over a list of modules.
+BatchNorm for CIFAR-10, as plain ``nn.Sequential`` chains. ResNet-20 (:mod:`.resnet`) and a
+small vision transformer (:mod:`.vit`) are ordinary modules with their own forward(), with
+residual additions and attention, for 28x28 images: the models users bring.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["lenet300", "lenet5", "vgg_cifar", "build", "MODELS"]
+from .resnet import BasicBlock, ResNet
+from .vit import Attention, TransformerBlock, VisionTransformer
+
+__all__ = ["lenet300", "lenet5", "vgg_cifar", "resnet20", "vit_tiny", "build", "MODELS",
+           "ResNet", "BasicBlock", "VisionTransformer", "TransformerBlock", "Attention"]
 
 
-def _with_input(model: nn.Sequential, shape: tuple[int, ...]) -> nn.Sequential:
+def _with_input(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
     """Record one example's shape (``kwh_input_shape``): kwh.compress and the file use it."""
     model.kwh_input_shape = shape
     return model
@@ -67,14 +72,28 @@ def vgg_cifar(width: float = 1.0, num_classes: int = 10, in_channels: int = 3) -
     return _with_input(nn.Sequential(*layers), (in_channels, 32, 32))
 
 
-MODELS: dict[str, Callable[..., nn.Sequential]] = {
+def resnet20(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> ResNet:
+    """ResNet-20 (He et al. 2016) for 28x28 inputs: stages of width, 2 width, 4 width channels."""
+    return _with_input(ResNet(in_channels, num_classes, width, n=3), (in_channels, 28, 28))
+
+
+def vit_tiny(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, patch: int = 7,
+             dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128) -> VisionTransformer:
+    """A small vision transformer: (image_size / patch)^2 tokens of ``dim``, ``depth`` blocks."""
+    return _with_input(VisionTransformer(in_channels, num_classes, image_size, patch, dim,
+                                         depth, heads, mlp), (in_channels, image_size, image_size))
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet300": lenet300,
     "lenet5": lenet5,
     "vgg": vgg_cifar,
+    "resnet20": resnet20,
+    "vit": vit_tiny,
 }
 
 
-def build(name: str, **kwargs) -> nn.Sequential:
+def build(name: str, **kwargs) -> nn.Module:
     """Build a reference model by name; unknown names list the valid ones."""
     try:
         factory = MODELS[name]
