@@ -164,7 +164,8 @@ class Call:
 
     ``module``: the module called, or the torch.nn module equivalent to a functional call
     (F.relu -> nn.ReLU, ...); None for other functions, then ``function`` names it ("add",
-    "cat", "adaptive_avg_pool2d", ...).
+    "cat", "adaptive_avg_pool2d", ...). ``node``: the traced node (its arguments, and through
+    ``node.graph`` the wiring and the output).
     """
 
     name: str
@@ -172,6 +173,7 @@ class Call:
     function: str | None
     in_shapes: list[tuple[int, ...]]
     out_shape: tuple[int, ...]
+    node: fx.Node | None = None
 
 
 def calls(model: nn.Module, example: torch.Tensor) -> list[Call]:
@@ -192,13 +194,13 @@ def calls(model: nn.Module, example: torch.Tensor) -> list[Call]:
                              "tensors only")
         ins = [shapes[i.name][1:] for i in _tensor_inputs(n) if i.name in shapes]
         if n.op == "call_module":
-            out.append(Call(str(n.target), modules[n.target], None, ins, shapes[n.name][1:]))
+            out.append(Call(str(n.target), modules[n.target], None, ins, shapes[n.name][1:], n))
             continue
         try:
             module, function = _as_module(n, where, shapes), None
         except ModelError:
             module, function = None, getattr(n.target, "__name__", str(n.target)).strip("_")
-        out.append(Call(n.name, module, function, ins, shapes[n.name][1:]))
+        out.append(Call(n.name, module, function, ins, shapes[n.name][1:], n))
     return out
 
 
