@@ -143,7 +143,7 @@ def read_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[GraphNet
         index[c.node] = len(steps)
         steps.append(step)
         sources.append(_where(c.node))
-    _check_in_place(live, known, by_node)
+    _check_in_place([c for c in found if c.node in live], live, known)
     net = GraphNet(steps, modules, index[result])
     _check_same(model, net, example)
     return net, sources
@@ -300,10 +300,11 @@ def _in_place(n: fx.Node, module: nn.Module | None) -> bool:
     return n.kwargs.get("inplace") is True
 
 
-def _check_in_place(live: set, known: set, by_node: dict) -> None:
+def _check_in_place(kept: list[Call], live: set, known: set) -> None:
     """An in-place operation may only overwrite an activation nothing else reads."""
-    for n in live:
-        if n not in by_node or not _in_place(n, by_node[n].module):
+    for c in kept:
+        n = c.node
+        if not _in_place(n, c.module):
             continue
         src = _inputs(n, known)[:1]
         others = [u.name for u in (src[0].users if src else ()) if u is not n and u in live]
