@@ -295,6 +295,21 @@ def test_kwh_inspect_shows_a_graph_file(tmp_path, capsys):
     assert json.loads(out)["file"]["layout"] == "graph"
 
 
+def test_a_graph_file_exports_to_onnx(tmp_path, graph_file):
+    import numpy as np
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "g.kwh"
+    path.write_bytes(graph_file)
+    kwh.export_onnx(path, tmp_path / "g.onnx")  # the input shape comes from the file
+    session = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    x = batch(3)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = traced()(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)  # two runtimes' float32 kernels
+    assert np.abs(want).max() > 1e-2
+
+
 def test_a_graph_file_takes_no_model(graph_file):
     with pytest.raises(ModelError, match="whole graph of layers.*without model="):
         codec.decode(graph_file, model=SmallResNet())
