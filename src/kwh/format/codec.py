@@ -1156,8 +1156,9 @@ def load(path: str | os.PathLike, *, model: nn.Module | None = None,
     """Read a .kwh file, verifying every byte; the model in eval mode.
 
     A chain file (version 1) gives a plain nn.Sequential and a graph file (version 3) a
-    ``kwh.format.GraphNet``, each built from the file alone; leave ``model`` None. A state file (version 2, e.g. ``kwh.compress(net, mode="weights")``)
-    holds tensors, not code: pass ``model``, an instance of the saved model's class built
+    ``kwh.format.GraphNet``, each built from the file alone; leave ``model`` None. A state
+    file (version 2, e.g. ``kwh.compress(net, mode="weights")``) holds tensors, not code:
+    pass ``model``, an instance of the saved model's class built
     with the same arguments (before bayesify_); its state_dict must have exactly the file's
     names and shapes (ModelError listing the differences otherwise). The tensors are copied
     into it (assigned, when it was built on the meta device) and it is returned.

@@ -111,7 +111,12 @@ def read_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[GraphNet
     operations whose result the output does not depend on are left out.
     """
     example = example_input(model, tuple(input_shape))
-    found = calls(model, example)
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        found = calls(model, example)
+    finally:  # tracing runs the model in eval mode: give every module its own mode back
+        for m, flag in flags:
+            m.training = flag
     name = type(model).__name__
     if not found:
         raise ModelError(f"{name}.forward applies no operation to its input; there is no graph "
