@@ -260,6 +260,38 @@ def test_functional_forms_are_read_into_allowed_operations():
                              "quant": None, "section": None}
 
 
+class Basic(nn.Module):
+    """torchvision's BasicBlock idioms: one in-place ReLU module called twice, out += identity."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+def test_torchvision_style_blocks_are_read():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), Basic(), Basic(),
+                          nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(4, 3)).eval()
+    data = codec.encode(model, input_shape=SHAPE)  # not a chain (Basic): a graph
+    assert data[8] == codec.GRAPH_VERSION
+    ops = [(n["op"], n["inputs"]) for n in split_header(data)["nodes"]]
+    assert ops[2:9] == [("Conv2d", [1]), ("BatchNorm2d", [2]), ("ReLU", [3]), ("Conv2d", [4]),
+                        ("BatchNorm2d", [5]), ("add", [6, 1]), ("ReLU", [7])]
+    with torch.no_grad():
+        assert torch.equal(codec.decode(data)(batch()), model(batch()))
+
+
 # ------------------------------------------------------------------ loaded files, read by kwh
 
 def test_kwh_graph_and_energy_read_a_loaded_graph(graph_file):
