@@ -3,10 +3,11 @@
 The fuzzer knows the format: besides blind byte damage (caught by the checksums) it edits the
 JSON header, the decompressed section blobs and the zstd frames and then re-seals the file
 with valid checksums, as an attacker would, so that the parser and every field check are
-exercised, not only the checksums. Its seeds are files of both layouts: chains (version 1)
-and state files (version 2, any model's named tensors). Oracle: ``decode`` either returns a
-model that runs (a chain on the input shape it declares; a state file in the model built for
-it), or raises FormatError with one of its own messages (never the "unexpected" safety net,
+exercised, not only the checksums. Its seeds are files of all three layouts: chains (version
+1), state files (version 2, any model's named tensors) and graphs (version 3, layers and
+functions wired as a DAG). Oracle: ``decode`` either returns a model that runs (a chain or a
+graph on the input shape it declares; a state file in the model built for it), or raises
+FormatError with one of its own messages (never the "unexpected" safety net,
 never another exception type), within a per-case time bound. The one other outcome is for a
 state file that passed every check of the file but whose tensors do not fit the model built
 for its seed (a renamed or reshaped tensor): a ModelError saying so.
@@ -31,11 +32,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zstandard
-from torch import nn
+from torch import fx, nn
 
 from kwh.errors import FormatError, ModelError
-from kwh.format import bitpack, codec
+from kwh.format import GraphNet, bitpack, codec
 from kwh.format import modules as fm
+from kwh.format import ops
 
 PRE = codec.PREAMBLE
 CASE_SECONDS = 5.0  # a case slower than this counts as a hang
@@ -148,15 +150,62 @@ def shared_seed() -> bytes:
     return codec.encode(m.eval())
 
 
+class Branches(nn.Module):
+    """A residual addition, a concatenation of two branches, pooling and means: a graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.bn = nn.BatchNorm2d(2)
+        self.mix = nn.Conv2d(2, 2, 1, bias=False)
+        self.side = nn.Conv2d(2, 1, 3, stride=2, padding=1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv(x)))
+        h = h + self.mix(h)
+        h = torch.cat([F.max_pool2d(h, 2), self.side(h)], 1)
+        return self.head(torch.cat([h.mean((2, 3)), F.adaptive_avg_pool2d(h, 1).flatten(1)], 1))
+
+
+def graph_seed() -> bytes:
+    """A traced residual, branching CNN: dense, bitmap and marked-float32 layers, BatchNorm,
+    add, cat, max and average pooling, mean, flatten, an input normalization."""
+    torch.manual_seed(0)
+    m = Branches()
+    _quantize(m.conv, 4, 2, 0.0, 9)
+    _quantize(m.mix, 3, 1, 0.5, 10)
+    m.side.kwh_bits, m.side.kwh_frac_bits = 32, None
+    _quantize(m.head, 5, 3, 0.3, 11)
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+    return codec.encode(fx.symbolic_trace(m.eval()), input_shape=(1, 4, 4),
+                        input_normalization={"mean": [0.1], "std": [0.3]})
+
+
+def chain_graph_seed() -> bytes:
+    """A chain stored as a graph: an MLP with a relative-index layer and a summary."""
+    m = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+    _quantize(m[1], 6, 4, 0.9, 12)
+    _quantize(m[3], 2, 0, 0.0, 13)
+    m.kwh_summary = {"arch": "6-8-2"}
+    return codec.encode(m.eval(), input_shape=(2, 3), layout="graph")
+
+
 SEEDS = {"mlp": mlp_seed(), "cnn": cnn_seed(), "sparse": sparse_seed(), "res": res_seed(),
-         "shared": shared_seed()}
+         "shared": shared_seed(), "graph": graph_seed(), "graph_mlp": chain_graph_seed()}
 STATE_MODELS = {"res": (TinyRes, (1, 5, 5)), "shared": (Shared, (8,))}  # class, input shape
+LAYOUT_OF = {codec.CHAIN_VERSION: "chain", codec.STATE_VERSION: "state",
+             codec.GRAPH_VERSION: "graph"}
 
 
 # ------------------------------------------------------------------ taking files apart, re-sealing
 
 def section_entries(header: dict) -> list[dict]:
-    """The section descriptions of a chain or state header, in file order."""
+    """The section descriptions of a chain, state or graph header, in file order."""
+    if header.get("layout") == "graph":
+        return [node["section"] for node in header["nodes"] if node["section"]]
     if "layout" in header:
         return header["sections"]
     return [entry["section"] for entry in header["modules"] if entry["section"]]
@@ -212,7 +261,11 @@ POOL = [None, True, False, 0, 1, -1, 2, 3, 7, 8, 16, 17, 23, 24, 25, 26, 31, 32,
         [], [1], [1, 1], [0, 0], [2, 2], [2**31, 1], [1, 28, 28], [12], {},
         {"bits": 8, "frac_bits": 2}, {"bits": 32, "frac_bits": None}, "x" * 300,
         "int64", "state", "chain", "conv.weight", "head.bias", "bn.num_batches_tracked",
-        "fc.weight", "alias.weight", "mask", "TinyRes", "a\nb", [2, 1, 3, 3], [8, 8], [3]]
+        "fc.weight", "alias.weight", "mask", "TinyRes", "a\nb", [2, 1, 3, 3], [8, 8], [3],
+        "graph", "add", "cat", "mean", "flatten", "MaxPool2d", "AdaptiveAvgPool2d", [-1],
+        [0, 0], [0, 1], [1, 0], [-1, -1], [2, 3], [3, 2], {"dim": 1}, {"dim": 2},
+        {"dims": [2, 3], "keepdim": False}, {"dims": [1], "keepdim": True},
+        {"mean": [0.5], "std": [0.0]}, {"mean": [0.5, 0.5], "std": [1, 1]}]
 
 
 def mutate_json(header: dict, rng: random.Random) -> object:
@@ -308,8 +361,8 @@ def mutate(rng: random.Random) -> tuple[str, bytes]:
         header, sections = split(data)
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             header = mutate_json(header, rng) if isinstance(header, dict) else header
-        if rng.random() < 0.05:  # a header read under the other layout's version
-            version = codec.CHAIN_VERSION + codec.STATE_VERSION - version
+        if rng.random() < 0.05:  # a header read under another layout's version
+            version = rng.choice([v for v in LAYOUT_OF if v != version])
         return name, reseal(header, sections, version)
     if kind < 0.8:
         return name, mutate_section(data, rng, recount=rng.random() < 0.8)
@@ -339,13 +392,25 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def _activation_peak(model: nn.Sequential, shape: tuple[int, ...]) -> int:
-    peak = math.prod(shape)
-    for i, m in enumerate(model):
-        _, spec = fm.spec_for(m, str(i))
-        shape = spec.shape(fm.module_args(m, spec, str(i))[1], shape, str(i))
-        peak = max(peak, math.prod(shape))
-    return peak
+def _activation_peak(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """The largest activation, in elements per example, of a loaded chain or graph."""
+    if not isinstance(model, GraphNet):
+        peak = math.prod(shape)
+        for i, m in enumerate(model):
+            _, spec = fm.spec_for(m, str(i))
+            shape = spec.shape(fm.module_args(m, spec, str(i))[1], shape, str(i))
+            peak = max(peak, math.prod(shape))
+        return peak
+    shapes = []
+    for i, step in enumerate(model.steps):
+        ins = [shape if j == -1 else shapes[j] for j in step.inputs]
+        if step.op in ops.OPS:
+            shapes.append(ops.OPS[step.op].shape(step.args, ins, str(i)))
+        else:
+            _, spec = fm.spec_for(model.layer(i), str(i))
+            args = fm.module_args(model.layer(i), spec, str(i))[1]
+            shapes.append(spec.shape(args, ins[0], str(i)))
+    return max(math.prod(s) for s in [shape, *shapes])
 
 
 def check_case(data: bytes, name: str) -> str:
@@ -381,7 +446,7 @@ def run_fuzz(cases: int, seed: int) -> dict[str, int]:
         start = time.perf_counter()
         outcome = check_case(data, name)
         counts[outcome] += 1
-        counts[f"{'state' if name in STATE_MODELS else 'chain'}:{outcome}"] += 1
+        counts[f"{LAYOUT_OF[version_of(SEEDS[name])]}:{outcome}"] += 1
         slowest = max(slowest, time.perf_counter() - start)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown < 256 * 1024, f"peak memory grew by {grown} KiB during the fuzz run"
@@ -403,8 +468,9 @@ def one_thread():
 @pytest.mark.parametrize("name", sorted(SEEDS))
 def test_seeds_load_and_the_resealer_makes_valid_files(name):
     assert len(SEEDS[name]) < 1000
-    assert version_of(SEEDS[name]) == (codec.STATE_VERSION if name in STATE_MODELS
-                                       else codec.CHAIN_VERSION)
+    layout = "state" if name in STATE_MODELS else "graph" if name.startswith("graph") \
+        else "chain"
+    assert LAYOUT_OF[version_of(SEEDS[name])] == layout
     assert check_case(SEEDS[name], name) == "loaded"
     header, sections = split(SEEDS[name])
     assert check_case(reseal(header, sections, version_of(SEEDS[name])), name) == "loaded"
@@ -518,7 +584,8 @@ def test_fuzz_1000_hostile_files(one_thread):
     """1,000 structure-aware mutations (the full 10,000 run is test_fuzz_10000_hostile_files)."""
     counts = run_fuzz(1000, seed=1)
     assert counts["refused"] > 500 and counts["loaded"] > 10  # both paths are exercised
-    assert counts["state:refused"] > 200 and counts["state:loaded"] > 5  # in both layouts
+    assert counts["state:refused"] > 200 and counts["state:loaded"] > 5  # in all layouts
+    assert counts["graph:refused"] > 150 and counts["graph:loaded"] > 5
 
 
 @pytest.mark.slow
@@ -527,3 +594,4 @@ def test_fuzz_10000_hostile_files(one_thread):
     counts = run_fuzz(10_000, seed=2)
     assert counts["refused"] > 5000 and counts["loaded"] > 100
     assert counts["state:refused"] > 2000 and counts["state:loaded"] > 50
+    assert counts["graph:refused"] > 1500 and counts["graph:loaded"] > 50

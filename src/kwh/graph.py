@@ -172,6 +172,8 @@ class Call:
     "cat", "adaptive_avg_pool2d", ...). ``node``: the traced node's name; ``inputs``: the
     names of the nodes whose tensors it reads (the model's input is "x" or its argument's
     name), in the order of ``in_shapes``.
+    ``fx_node``: the traced node itself (its arguments, and through ``fx_node.graph`` the
+    wiring and the output).
     """
 
     name: str
@@ -181,6 +183,7 @@ class Call:
     out_shape: tuple[int, ...]
     node: str = ""
     inputs: list[str] = field(default_factory=list)
+    fx_node: fx.Node | None = None
 
 
 def calls(model: nn.Module, example: torch.Tensor) -> list[Call]:
@@ -203,13 +206,13 @@ def calls(model: nn.Module, example: torch.Tensor) -> list[Call]:
         ins = [shapes[i][1:] for i in read]
         if n.op == "call_module":
             out.append(Call(str(n.target), modules[n.target], None, ins, shapes[n.name][1:],
-                            n.name, read))
+                            n.name, read, n))
             continue
         try:
             module, function = _as_module(n, where, shapes), None
         except ModelError:
             module, function = None, getattr(n.target, "__name__", str(n.target)).strip("_")
-        out.append(Call(n.name, module, function, ins, shapes[n.name][1:], n.name, read))
+        out.append(Call(n.name, module, function, ins, shapes[n.name][1:], n.name, read, n))
     return out
 
 

@@ -50,6 +50,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.file}: no compression summary (saved without kwh.compress)")
         detail += f"; its tensors as float32 would take {report['dense_fp32_bytes']:,} B"
     else:
-        print(format_summary(summary))
+        print(_summary_text(summary, format_summary))
+    if report["layout"] == "graph":
+        print(_graph_line(report))
     print(format_file_line(summary, report["file_bytes"], detail))
     return 0
+
+
+def _graph_line(report: dict) -> str:
+    """'graph         12 operations: 4 Conv2d, 2 ReLU, 1 add, ... ; output node 11'."""
+    ops = sorted(report["ops"].items(), key=lambda kv: (-kv[1], kv[0]))
+    return (f"graph         {report['nodes']} operations: "
+            f"{', '.join(f'{n} {op}' for op, n in ops)}; output node {report['output']}")
+
+
+def _summary_text(summary: dict, format_summary) -> str:
+    """The summary as `kwh compress` prints it, or as JSON when it has another shape."""
+    try:
+        return format_summary(summary)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "summary (as stored):\n" + json.dumps(summary, indent=1)

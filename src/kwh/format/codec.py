@@ -2,13 +2,16 @@
 
 Layout: a 24-byte preamble (magic, version, header codec, header sizes, header CRC-32), a JSON
 header, entropy-coded sections of tensors (each with its CRC-32), and a SHA-256 of everything
-before it. The header comes in two layouts, told apart by the preamble's version:
+before it. The header comes in three layouts, told apart by the preamble's version:
 
 - version 1, the *chain*: an nn.Sequential of layers from an allow-list, one section per
   layer; the loader rebuilds the whole model from the file alone.
 - version 2, the *state*: the named tensors of any model's state_dict (``kwh.compress(model,
   mode="weights")``), the quantized Linear/Conv2d weights packed at their bits; the loader
   copies them into a model the caller builds (``kwh.load(path, model=MyNet())``).
+- version 3, the *graph*: allowed layers and functions (add, cat, flatten, mean) wired as a
+  directed acyclic graph, one section per layer with tensors; the loader rebuilds the whole
+  model (a ``kwh.format.GraphNet``) from the file alone.
 
 Loading checks every byte and every field before it allocates anything, never unpickles, and
 raises FormatError for any malformed input.
@@ -34,24 +37,31 @@ from kwh.compress.summary import Summary
 from kwh.compress.weights import WeightsSummary
 from kwh.errors import FormatError, ModelError
 from kwh.format import modules as fm
+from kwh.format import ops
 from kwh.format import schema as fs
 from kwh.format import tensors as ft
+from kwh.format.graphnet import INPUT, GraphNet, Step, read_graph
 from kwh.format.io import atomic_write_bytes
 from kwh.format.shapes import UNKNOWN
 
 __all__ = ["save", "load", "file_report", "payload_bytes", "encode", "decode", "read_header",
-           "MAGIC", "VERSION", "CHAIN_VERSION", "STATE_VERSION", "LAYOUTS", "MAX_HEADER_BYTES",
-           "MAX_MODULES", "MAX_TENSORS", "MAX_NAME", "DEFAULT_MAX_ELEMENTS"]
+           "MAGIC", "VERSION", "CHAIN_VERSION", "STATE_VERSION", "GRAPH_VERSION", "LAYOUTS",
+           "MAX_HEADER_BYTES", "MAX_MODULES", "MAX_NODES", "MAX_TENSORS", "MAX_NAME",
+           "MAX_CHANNELS", "DEFAULT_MAX_ELEMENTS"]
 
 MAGIC = b"\x89KWH\r\n\x1a\n"  # non-ASCII first byte and CR LF / ^Z catch text-mode mangling
 CHAIN_VERSION = 1  # the chain layout: an nn.Sequential of allowed layers
 STATE_VERSION = 2  # the state layout: the named tensors of any model's state_dict
-VERSION = STATE_VERSION  # the newest version this kwh reads and writes
-LAYOUTS = ("chain", "state")
+GRAPH_VERSION = 3  # the graph layout: allowed layers and functions wired as a DAG
+VERSION = GRAPH_VERSION  # the newest version this kwh reads and writes
+VERSIONS = (CHAIN_VERSION, STATE_VERSION, GRAPH_VERSION)
+LAYOUTS = ("chain", "state", "graph")
 PREAMBLE = struct.Struct("<8sHBBIII")  # magic, version, header codec, reserved, stored, raw, crc
 TRAILER_BYTES = 32  # SHA-256 of all bytes before it
 MAX_HEADER_BYTES = 1 << 20
 MAX_MODULES = 4096
+MAX_NODES = 1 << 14  # operations of a graph-layout file
+MAX_CHANNELS = 1 << 16  # values of input_normalization's mean and std
 MAX_INPUT_RANK = 8
 MAX_TENSORS = 1 << 16  # named tensors (and sections) of a state-layout file
 MAX_NAME = 512  # characters of a tensor name (a state_dict key) or of the model's class name
@@ -102,10 +112,11 @@ def _crc(data: bytes | memoryview) -> int:
 
 @dataclass
 class _Layer:
-    """One checked header entry: what to build and where its tensors are."""
+    """One checked header entry (a chain's layer, a graph's node): what to build or compute,
+    what it reads (graph) and where its tensors are."""
 
     kind: str
-    spec: fm.ModuleSpec
+    spec: fm.ModuleSpec | ops.OpSpec
     args: dict
     quant: tuple[int, int | None] | None  # (bits, frac_bits); (32, None): marked float32
     codec: str | None = None
@@ -113,6 +124,7 @@ class _Layer:
     stored_bytes: int = 0
     crc32: int = 0
     tensors: list[dict] = field(default_factory=list)
+    inputs: tuple[int, ...] = ()
 
 
 @dataclass
@@ -124,6 +136,20 @@ class _Plan:
     summary: dict | None
     producer: str
     elements: int
+    normalization: dict | None = None
+
+
+@dataclass
+class _GraphPlan:
+    """A fully checked graph-layout header."""
+
+    layers: list[_Layer]  # one per node; a function node has no section
+    output: int
+    input_shape: tuple[int, ...]
+    normalization: dict | None
+    summary: dict | None
+    producer: str
+    elements: int
 
 
 def _check_input_shape(value: Any, where: str) -> tuple[int, ...] | None:
@@ -132,6 +158,30 @@ def _check_input_shape(value: Any, where: str) -> tuple[int, ...] | None:
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_INPUT_RANK:
         raise FormatError(f"{where} must be null or a list of 1..{MAX_INPUT_RANK} sizes")
     return tuple(fs.get_int({"d": d}, "d", where, 1, fs.INT_MAX) for d in value)
+
+
+def _check_normalization(value: Any, input_shape: tuple[int, ...] | None,
+                         where: str) -> dict | None:
+    """null, or {"mean": [...], "std": [...]}: one value per input channel (or one for all)."""
+    if value is None:
+        return None
+    fs.fields(value, where, ["mean", "std"])
+    out = {}
+    for key in ("mean", "std"):
+        items = fs.get_list(value, key, where, MAX_CHANNELS)
+        out[key] = [fs.get_float({str(i): v}, str(i), f"{where}.{key}", -1e30, 1e30)
+                    for i, v in enumerate(items)]
+    n = len(out["mean"])
+    if n == 0 or len(out["std"]) != n:
+        raise FormatError(f"{where}: mean and std must hold as many values, at least one; got "
+                          f"{n} and {len(out['std'])}")
+    if any(v <= 0 for v in out["std"]):
+        raise FormatError(f"{where}.std must be positive, got {out['std'][:8]}")
+    channels = input_shape[0] if input_shape else None
+    if channels is not None and n not in (1, channels):
+        raise FormatError(f"{where} holds {n} values; the input has {channels} channels "
+                          f"(input_shape {list(input_shape)}): give one per channel or one for all")
+    return out
 
 
 def _fixed(quant: tuple[int, int | None] | None) -> bool:
@@ -200,9 +250,12 @@ def _check_sizes(value: dict, tensors: list[dict], where: str) -> tuple[str, int
 
 def _check_header(header: dict, max_elements: int) -> _Plan:
     """Check every field, shape and size of a parsed header (FormatError on the first fault)."""
-    fs.fields(header, "header", ["producer", "modules", "input_shape", "summary"])
+    fs.fields(header, "header", ["producer", "modules", "input_shape", "summary"],
+              ["input_normalization"])
     producer = fs.get_str(header, "producer", "header")
     input_shape = _check_input_shape(header["input_shape"], "header.input_shape")
+    normalization = _check_normalization(header.get("input_normalization"), input_shape,
+                                         "header.input_normalization")
     summary = fs.get_dict(header, "summary", "header", nullable=True)
     entries = fs.get_list(header, "modules", "header", MAX_MODULES)
     shape = input_shape if input_shape is not None else UNKNOWN
@@ -218,7 +271,99 @@ def _check_header(header: dict, max_elements: int) -> _Plan:
                        _check_quant(entry["quant"], any(s.quantizable for s in slots), where))
         elements = _check_section(entry["section"], layer, slots, where, elements, max_elements)
         layers.append(layer)
-    return _Plan(layers, input_shape, summary, producer, elements)
+    return _Plan(layers, input_shape, summary, producer, elements, normalization)
+
+
+# ------------------------------------------------------------------ the checked graph header
+
+def _allowed_ops() -> str:
+    return f"the layers {', '.join(fm.SPECS)} and the functions {', '.join(ops.OPS)}"
+
+
+def _check_inputs(entry: dict, i: int, n: int, arity: tuple[int, int], where: str) -> tuple:
+    """A node's input indices: earlier nodes or the model's input (-1), as many as it takes."""
+    inputs = fs.get_list(entry, "inputs", where, ops.MAX_INPUTS)
+    lo, hi = arity
+    if not lo <= len(inputs) <= hi:
+        takes = f"{lo}" if lo == hi else f"{lo} to {hi}"
+        raise FormatError(f"{where} takes {takes} input(s), got {len(inputs)}")
+    for k, j in enumerate(inputs):
+        reads = f"a node reads earlier nodes (0..{i - 1}) or the model's input ({INPUT})"
+        if type(j) is not int:
+            raise FormatError(f"{where}.inputs[{k}] must be an integer, got "
+                              f"{reprlib.repr(j)[:40]}")
+        if i <= j < n:
+            raise FormatError(f"{where}.inputs[{k}]={j} is not an earlier node (a forward "
+                              f"reference or a cycle); {reads}")
+        if not INPUT <= j < i:
+            raise FormatError(f"{where}.inputs[{k}]={j} is out of range: the graph has {n} "
+                              f"nodes; {reads}")
+    return tuple(inputs)
+
+
+def _check_node(entry: Any, i: int, n: int, shapes: list, input_shape: tuple[int, ...],
+                used: int, max_elements: int) -> tuple[_Layer, tuple[int, ...], int]:
+    """One checked node, its output shape and the running element count."""
+    where = f"node {i}"
+    fs.fields(entry, where, ["op", "args", "inputs", "quant", "section"])
+    op = entry["op"]
+    if not isinstance(op, str) or (op not in fm.SPECS and op not in ops.OPS):
+        raise FormatError(f"{where}: op {reprlib.repr(op)[:40]} is not allowed; allowed: "
+                          f"{_allowed_ops()}")
+    where = f"node {i} ({op})"
+    if op in ops.OPS:
+        spec = ops.OPS[op]
+        inputs = _check_inputs(entry, i, n, (spec.min_inputs, spec.max_inputs), where)
+        _, args = ops.check_op(op, entry["args"], where)
+        shape = ops.op_shape(spec, args, [input_shape if j == INPUT else shapes[j]
+                                          for j in inputs], where)
+        for key in ("quant", "section"):
+            if entry[key] is not None:
+                raise FormatError(f"{where}.{key} must be null: a function has no tensors")
+        return _Layer(op, spec, args, None, inputs=inputs), shape, used
+    inputs = _check_inputs(entry, i, n, (1, 1), where)
+    spec, args = fm.check_args(op, entry["args"], where)
+    shape = fm.propagate(spec, args, input_shape if inputs[0] == INPUT else shapes[inputs[0]],
+                         where)
+    slots = spec.tensors(args)
+    layer = _Layer(op, spec, args,
+                   _check_quant(entry["quant"], any(s.quantizable for s in slots), where),
+                   inputs=inputs)
+    used = _check_section(entry["section"], layer, slots, where, used, max_elements)
+    return layer, shape, used
+
+
+def _check_graph_header(header: dict, max_elements: int) -> _GraphPlan:
+    """Check every field of a graph-layout header, the wiring (earlier nodes only, each node
+    read or the output) and the shapes through the graph, before anything is allocated."""
+    fs.fields(header, "header", ["layout", "producer", "input_shape", "input_normalization",
+                                 "summary", "nodes", "output"])
+    fs.get_choice(header, "layout", "header", ["graph"])
+    producer = fs.get_str(header, "producer", "header")
+    input_shape = _check_input_shape(header["input_shape"], "header.input_shape")
+    if input_shape is None:
+        raise FormatError("header.input_shape is null; a graph file gives one example's shape, "
+                          "which its shape checks start from")
+    normalization = _check_normalization(header["input_normalization"], input_shape,
+                                         "header.input_normalization")
+    summary = fs.get_dict(header, "summary", "header", nullable=True)
+    entries = fs.get_list(header, "nodes", "header", MAX_NODES)
+    if not entries:
+        raise FormatError("header.nodes is empty; a graph has at least one node")
+    layers, shapes, read, elements = [], [], set(), 0
+    for i, entry in enumerate(entries):
+        layer, shape, elements = _check_node(entry, i, len(entries), shapes, input_shape,
+                                             elements, max_elements)
+        layers.append(layer)
+        shapes.append(shape)
+        read.update(layer.inputs)
+    output = fs.get_int(header, "output", "header", 0, len(entries) - 1)
+    unused = [i for i in range(len(entries)) if i not in read and i != output]
+    if unused:
+        i = unused[0]
+        raise FormatError(f"node {i} ({layers[i].kind}) is neither read by a later node nor "
+                          f"the output (node {output}); every node must be one or the other")
+    return _GraphPlan(layers, output, input_shape, normalization, summary, producer, elements)
 
 
 # ------------------------------------------------------------------ the checked state header
@@ -368,37 +513,67 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
-def _encode_layers(model: nn.Module, level: int | None) -> tuple[list[dict], list[bytes]]:
-    """The header entries of a chain's layers and their stored sections."""
+def _encode_module(module: nn.Module, where: str,
+                   level: int | None) -> tuple[dict, bytes | None]:
+    """The header entry of one allowed layer ({"type", "args", "quant", "section"}) and its
+    stored section (None for a layer without tensors)."""
+    kind, spec = fm.spec_for(module, where)
+    args, checked = fm.module_args(module, spec, where)
+    slots = spec.tensors(checked)
+    quant = _quant_of(module, any(s.quantizable for s in slots), where)
+    metas, blobs = [], []
+    for slot in slots:
+        meta, blob = _encode_tensor(module, slot, quant, where)
+        metas.append(meta)
+        blobs.append(blob)
+    section, stored = None, None
+    if slots:
+        raw = b"".join(blobs)
+        codec, stored = _deflate(raw, level)
+        section = {"codec": codec, "raw_bytes": len(raw), "stored_bytes": len(stored),
+                   "crc32": _crc(stored), "tensors": metas}
+    return {"type": kind, "args": args, "section": section,
+            "quant": None if quant is None else {"bits": quant[0], "frac_bits": quant[1]}}, stored
+
+
+def _encode_layers(model: nn.Module, level: int | None,
+                   not_graph: str = "") -> tuple[list[dict], list[bytes]]:
+    """The header entries of a chain's layers and their stored sections. ``not_graph``: why
+    the model is not stored as a graph either, for the refusal of a model that is no chain."""
     if type(model) is not nn.Sequential:
         raise ModelError(f"a .kwh chain file stores a plain nn.Sequential chain, got "
                          f"{type(model).__name__}; any other model is stored with "
-                         "layout='state' once compressed (kwh.compress(model, mode='weights'))")
+                         "layout='state' once compressed (kwh.compress(model, mode='weights'))"
+                         + (f"; nor can it be stored as a graph (layout='graph'): {not_graph}"
+                            if not_graph else ""))
     if len(model) > MAX_MODULES:
         raise ModelError(f"the model has {len(model)} layers, more than {MAX_MODULES}")
     modules, sections = [], []
     for i, module in enumerate(model):
-        where = f"layer {i} ({type(module).__name__})"
-        kind, spec = fm.spec_for(module, where)
-        args, checked = fm.module_args(module, spec, where)
-        slots = spec.tensors(checked)
-        quant = _quant_of(module, any(s.quantizable for s in slots), where)
-        metas, blobs = [], []
-        for slot in slots:
-            meta, blob = _encode_tensor(module, slot, quant, where)
-            metas.append(meta)
-            blobs.append(blob)
-        section = None
-        if slots:
-            raw = b"".join(blobs)
-            codec, stored = _deflate(raw, level)
-            section = {"codec": codec, "raw_bytes": len(raw), "stored_bytes": len(stored),
-                       "crc32": _crc(stored), "tensors": metas}
+        entry, stored = _encode_module(module, f"layer {i} ({type(module).__name__})", level)
+        modules.append(entry)
+        if stored is not None:
             sections.append(stored)
-        modules.append({"type": kind, "args": args, "section": section,
-                        "quant": None if quant is None else {"bits": quant[0],
-                                                             "frac_bits": quant[1]}})
     return modules, sections
+
+
+def _encode_graph(net: GraphNet, sources: list[str],
+                  level: int | None) -> tuple[list[dict], list[bytes]]:
+    """The header nodes of a GraphNet read from a model, and their stored sections."""
+    if len(net.steps) > MAX_NODES:
+        raise ModelError(f"the model has {len(net.steps)} operations, more than {MAX_NODES}")
+    nodes, sections = [], []
+    for i, (step, source) in enumerate(zip(net.steps, sources)):
+        if step.op in ops.OPS:
+            nodes.append({"op": step.op, "args": dict(step.args), "inputs": list(step.inputs),
+                          "quant": None, "section": None})
+            continue
+        entry, stored = _encode_module(net.layer(i), f"node {i}, {source}", level)
+        nodes.append({"op": entry["type"], "args": entry["args"], "inputs": list(step.inputs),
+                      "quant": entry["quant"], "section": entry["section"]})
+        if stored is not None:
+            sections.append(stored)
+    return nodes, sections
 
 
 def _is_chain(model: nn.Module) -> bool:
@@ -407,23 +582,80 @@ def _is_chain(model: nn.Module) -> bool:
         any(type(m) is spec.cls for spec in fm.SPECS.values()) for m in model)
 
 
-def _layout_of(model: nn.Module, layout: str | None) -> str:
-    """The layout ``save`` writes: as asked, else "state" for a weight-only compression or a
-    model with kwh-quantized layers that is not a chain, else "chain"."""
+_NO_SHAPE = ("the graph layout needs one example's shape: pass input_shape= or set "
+             "model.kwh_input_shape")
+
+
+@dataclass
+class _Choice:
+    """The layout ``save`` writes; for a graph, the model read as one; for a model that is
+    neither a chain nor a graph, why it is not a graph."""
+
+    layout: str
+    graph: tuple[GraphNet, list[str]] | None = None
+    not_graph: str = ""
+
+
+def _read_graph(model: nn.Module, shape: list[int] | None) -> tuple[GraphNet, list[str]]:
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"a .kwh file stores an nn.Module, got {type(model).__name__}")
+    if shape is None:
+        raise ModelError(_NO_SHAPE)
+    return read_graph(model, tuple(shape))
+
+
+def _layout_of(model: nn.Module, layout: str | None, shape: list[int] | None) -> _Choice:
+    """The layout ``save`` writes: as asked; else "state" for a weight-only compression, "chain"
+    for a plain nn.Sequential of allowed layers, "graph" for a model that traces into allowed
+    layers and functions (given one example's ``shape``), "state" for another model with
+    kwh-quantized layers, else "chain" (whose refusal then says why it is not a graph)."""
     if layout is not None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r} is invalid; give one of {list(LAYOUTS)} or None "
                              "(chosen from the model)")
-        return layout
+        return _Choice(layout, _read_graph(model, shape) if layout == "graph" else None)
     summary = getattr(model, "kwh_summary", None)
     if isinstance(summary, dict) and summary.get("mode") == "weights":
-        return "state"
+        return _Choice("state")
     if _is_chain(model):
-        return "chain"
+        return _Choice("chain")
+    try:
+        return _Choice("graph", _read_graph(model, shape))
+    except ModelError as err:
+        not_graph = str(err)
     marked = isinstance(model, nn.Module) and any(
         getattr(m, "kwh_bits", None) is not None or getattr(m, "kwh_frac_bits", None) is not None
         for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-    return "state" if marked else "chain"  # an unmarked model gets the chain's refusal
+    # an unmarked model gets the chain's refusal
+    return _Choice("state") if marked else _Choice("chain", not_graph=not_graph)
+
+
+def _normalization_of(model: nn.Module, value: Any, shape: list[int] | None) -> dict | None:
+    """The input normalization to store: the argument, else ``model.kwh_input_normalization``."""
+    if value is None:
+        value = getattr(model, "kwh_input_normalization", None)
+    if value is None:
+        return None
+    try:
+        out = {key: _floats(value[key]) for key in ("mean", "std")}
+        return _check_normalization(out, None if shape is None else tuple(shape),
+                                    "input_normalization")
+    except FormatError as err:
+        raise ModelError(f"{err}") from None
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ModelError(f"input_normalization={reprlib.repr(value)} is invalid; give "
+                         "{'mean': [...], 'std': [...]}, one value per input channel or one "
+                         "for all") from None
+
+
+def _floats(value: Any) -> list[float]:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().reshape(-1).tolist()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    if isinstance(value, (str, bytes, dict)) or any(isinstance(v, bool) for v in value):
+        raise TypeError
+    return [float(v) for v in value]
 
 
 def _state_quant(model: nn.Module) -> dict[str, tuple[int, int | None]]:
@@ -499,18 +731,28 @@ def _encode_state(model: nn.Module, level: int | None) -> tuple[list[dict], list
 
 
 def _encode_parts(model: nn.Module, input_shape: Any, level: int | None,
-                  layout: str | None = None) -> tuple[bytes, list[bytes]]:
+                  layout: str | None = None,
+                  input_normalization: Any = None) -> tuple[bytes, list[bytes]]:
     """The preamble with the stored header, and the stored sections, of a model's file."""
     if level is not None and (type(level) is not int or not 1 <= level <= 22):
         raise ValueError(f"level={level!r} is invalid; zstd levels are integers 1..22")
-    layout = _layout_of(model, layout)
+    shape = _input_shape_of(model, input_shape)
+    choice = _layout_of(model, layout, shape)
     import kwh  # the producer's version; imported here because kwh imports this module
 
-    if layout == "chain":
-        modules, sections = _encode_layers(model, level)
+    if choice.layout == "chain":
+        modules, sections = _encode_layers(model, level, choice.not_graph)
         header = {"producer": f"kwh {kwh.__version__}", "modules": modules}
         version, check = CHAIN_VERSION, _check_header
+    elif choice.layout == "graph":
+        nodes, sections = _encode_graph(*choice.graph, level)
+        header = {"layout": "graph", "producer": f"kwh {kwh.__version__}", "nodes": nodes,
+                  "output": choice.graph[0].output}
+        version, check = GRAPH_VERSION, _check_graph_header
     else:
+        if input_normalization is not None:
+            raise ModelError("the state layout does not store input_normalization; save the "
+                             "model as a chain or a graph, or without it")
         entries, sections = _encode_state(model, level)
         header = {"layout": "state", "producer": f"kwh {kwh.__version__}",
                   "model_class": type(model).__name__, "sections": entries}
@@ -518,7 +760,11 @@ def _encode_parts(model: nn.Module, input_shape: Any, level: int | None,
     summary = getattr(model, "kwh_summary", None)
     if summary is not None and not isinstance(summary, dict):
         raise ModelError(f"kwh_summary must be a dict, got {type(summary).__name__}")
-    header.update(input_shape=_input_shape_of(model, input_shape), summary=summary)
+    header.update(input_shape=shape, summary=summary)
+    if choice.layout != "state":
+        normalization = _normalization_of(model, input_normalization, shape)
+        if normalization is not None or choice.layout == "graph":
+            header["input_normalization"] = normalization
     try:
         header_raw = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False,
                                 ensure_ascii=False, default=_json_scalar).encode("utf-8")
@@ -538,9 +784,9 @@ def _encode_parts(model: nn.Module, input_shape: Any, level: int | None,
 
 
 def encode(model: nn.Module, input_shape: Any = None, level: int | None = None, *,
-           layout: str | None = None) -> bytes:
+           layout: str | None = None, input_normalization: Any = None) -> bytes:
     """The bytes of the .kwh file ``save`` would write (ModelError if the model can't be stored)."""
-    head, sections = _encode_parts(model, input_shape, level, layout)
+    head, sections = _encode_parts(model, input_shape, level, layout, input_normalization)
     body = head + b"".join(sections)
     return body + hashlib.sha256(body).digest()
 
@@ -562,19 +808,28 @@ def _encode_tensor(module: nn.Module, slot: fm.TensorSlot, quant: tuple[int, int
 
 
 def save(model: nn.Module, path: str | os.PathLike, *, input_shape: Any = None,
-         level: int | None = None, layout: str | None = None) -> int:
+         level: int | None = None, layout: str | None = None,
+         input_normalization: Any = None) -> int:
     """Write ``model`` to ``path`` atomically as a .kwh file; returns the file size in bytes.
 
     input_shape: one example's shape (no batch dimension), e.g. (1, 28, 28); by default
     ``model.kwh_input_shape`` or ``model.kwh_summary["input_shape"]`` when present.
     level: zstd level (1..22) of the entropy-coding stage; by default 19 for sections up to
     1 MiB and 9 above (level 19 compresses ~1 MB/s).
-    layout: "chain" (a plain nn.Sequential of allowed layers, rebuilt by ``load`` alone) or
-    "state" (the model's state_dict, any nn.Module; ``load(path, model=...)`` fills a model
-    the caller builds). By default "state" for ``kwh.compress(model, mode="weights")`` and
-    for other kwh-quantized models that are not such a chain, else "chain".
+    layout: "chain" (a plain nn.Sequential of allowed layers, rebuilt by ``load`` alone),
+    "graph" (any model that torch.fx traces into allowed layers and the functions add, cat,
+    flatten and mean, e.g. a torch.fx.GraphModule of a ResNet; rebuilt by ``load`` alone as a
+    ``kwh.format.GraphNet``; needs input_shape) or "state" (the model's state_dict, any
+    nn.Module; ``load(path, model=...)`` fills a model the caller builds). By default "state"
+    for ``kwh.compress(model, mode="weights")``, "chain" for a plain nn.Sequential of allowed
+    layers, "graph" for a model that is a graph of allowed operations, "state" for other
+    kwh-quantized models, else the chain layout's refusal (a ModelError saying why).
+    input_normalization: {"mean": [...], "std": [...]}, the per-channel (or single) input
+    normalization the model was trained with, stored by the chain and graph layouts and
+    restored as ``model.kwh_input_normalization``; by default that attribute when present.
     """
-    data = encode(model, input_shape=input_shape, level=level, layout=layout)
+    data = encode(model, input_shape=input_shape, level=level, layout=layout,
+                  input_normalization=input_normalization)
     atomic_write_bytes(path, data)
     return len(data)
 
@@ -597,7 +852,7 @@ def payload_bytes(model: nn.Module, *, input_shape: Any = None, level: int | Non
 class _Read:
     """A verified file: its checked header, section bytes and sizes."""
 
-    plan: _Plan | _StatePlan
+    plan: _Plan | _StatePlan | _GraphPlan
     header: dict
     sections: list[bytes]
     file_bytes: int
@@ -625,9 +880,9 @@ def _read_verified(data_source: Any, max_elements: int, where: str) -> _Read:
     magic, version, hcodec, reserved, hstored, hraw, hcrc = PREAMBLE.unpack(pre)
     if magic != MAGIC:
         raise _bad_magic(magic, where)
-    if version not in (CHAIN_VERSION, STATE_VERSION):
+    if version not in VERSIONS:
         raise FormatError(f"{where} has format version {version}; this kwh reads versions "
-                          f"{CHAIN_VERSION} and {STATE_VERSION}"
+                          f"{', '.join(map(str, VERSIONS[:-1]))} and {VERSIONS[-1]}"
                           + (" (upgrade kwh)" if version > VERSION else ""))
     if hcodec not in CODECS.values() or reserved:
         raise FormatError(f"{where}: unknown header codec {hcodec} or reserved byte {reserved}")
@@ -642,8 +897,9 @@ def _read_verified(data_source: Any, max_elements: int, where: str) -> _Read:
     if _crc(stored) != hcrc:
         raise FormatError(f"{where}: header CRC-32 mismatch (the file is corrupt)")
     header = fs.parse_json(_inflate(stored, hraw, f"{where} header") if hcodec else stored)
-    plan = _check_header(header, max_elements) if version == CHAIN_VERSION \
-        else _check_state_header(header, max_elements)
+    check = {CHAIN_VERSION: _check_header, STATE_VERSION: _check_state_header,
+             GRAPH_VERSION: _check_graph_header}[version]
+    plan = check(header, max_elements)
     stored_sections = _stored_sections(plan)
     expected = low + hstored + sum(sec.stored_bytes for _, sec in stored_sections)
     if size != expected:
@@ -672,12 +928,13 @@ def _read_verified(data_source: Any, max_elements: int, where: str) -> _Read:
     return _Read(plan, header, sections, size, hstored)
 
 
-def _stored_sections(plan: _Plan | _StatePlan) -> list[tuple[str, Any]]:
+def _stored_sections(plan: _Plan | _StatePlan | _GraphPlan) -> list[tuple[str, Any]]:
     """(label, section) of every section in the file, in file order."""
     if isinstance(plan, _StatePlan):
         return [(f"section {i} ({sec.tensors[0]['name'][:60]})", sec)
                 for i, sec in enumerate(plan.sections)]
-    return [(f"section of module {i} ({layer.kind})", layer)
+    unit = "node" if isinstance(plan, _GraphPlan) else "module"
+    return [(f"section of {unit} {i} ({layer.kind})", layer)
             for i, layer in enumerate(plan.layers) if layer.codec is not None]
 
 
@@ -695,39 +952,66 @@ def _read_path(path: str | os.PathLike, max_elements: int) -> _Read:
         raise FormatError(f"cannot read {where}: {err}") from None
 
 
+def _build_layer(layer: _Layer, section: bytes | None, where: str) -> nn.Module:
+    """The module of one checked layer entry, given its section's decompressed bytes."""
+    module = layer.spec.build(layer.args)
+    if layer.codec is not None:
+        blob, offset = memoryview(section), 0
+        slots = {s.name: s for s in layer.spec.tensors(layer.args)}
+        for meta in layer.tensors:
+            part = blob[offset:offset + meta["raw_bytes"]]
+            offset += meta["raw_bytes"]
+            fixed = slots[meta["name"]].quantizable and _fixed(layer.quant)
+            tensor = ft.decode(meta, part, layer.quant if fixed else None, where)
+            if slots[meta["name"]].buffer:
+                setattr(module, meta["name"], tensor)
+            else:
+                setattr(module, meta["name"], nn.Parameter(tensor))
+    if layer.args.get("num_batches_tracked") is not None:
+        module.num_batches_tracked = torch.tensor(layer.args["num_batches_tracked"],
+                                                  dtype=torch.long)
+    if layer.quant is not None:
+        module.kwh_bits, module.kwh_frac_bits = layer.quant
+    layer.spec.finish(module, layer.args, where)
+    if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+        raise FormatError(f"unexpected: {where} was left without values")
+    return module
+
+
+def _set_attributes(model: nn.Module, plan: _Plan | _GraphPlan) -> nn.Module:
+    """A rebuilt model with the file's summary, input shape and normalization, in eval mode."""
+    if plan.summary is not None:
+        model.kwh_summary = Summary(plan.summary)
+    if plan.input_shape is not None:
+        model.kwh_input_shape = plan.input_shape
+    if plan.normalization is not None:
+        model.kwh_input_normalization = plan.normalization
+    return model.eval()
+
+
 def _build(read: _Read) -> nn.Sequential:
-    """The plain nn.Sequential a verified file describes, in eval mode."""
+    """The plain nn.Sequential a verified chain file describes, in eval mode."""
     model = nn.Sequential()
     sections = iter(read.sections)
     for i, layer in enumerate(read.plan.layers):
-        module = layer.spec.build(layer.args)
-        if layer.codec is not None:
-            blob, offset = memoryview(next(sections)), 0
-            slots = {s.name: s for s in layer.spec.tensors(layer.args)}
-            for meta in layer.tensors:
-                part = blob[offset:offset + meta["raw_bytes"]]
-                offset += meta["raw_bytes"]
-                fixed = slots[meta["name"]].quantizable and _fixed(layer.quant)
-                tensor = ft.decode(meta, part, layer.quant if fixed else None,
-                                   f"module {i} ({layer.kind})")
-                if slots[meta["name"]].buffer:
-                    setattr(module, meta["name"], tensor)
-                else:
-                    setattr(module, meta["name"], nn.Parameter(tensor))
-        if layer.args.get("num_batches_tracked") is not None:
-            module.num_batches_tracked = torch.tensor(layer.args["num_batches_tracked"],
-                                                      dtype=torch.long)
-        if layer.quant is not None:
-            module.kwh_bits, module.kwh_frac_bits = layer.quant
-        layer.spec.finish(module, layer.args, f"module {i} ({layer.kind})")
-        if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
-            raise FormatError(f"unexpected: module {i} ({layer.kind}) was left without values")
-        model.append(module)
-    if read.plan.summary is not None:
-        model.kwh_summary = Summary(read.plan.summary)
-    if read.plan.input_shape is not None:
-        model.kwh_input_shape = read.plan.input_shape
-    return model.eval()
+        section = next(sections) if layer.codec is not None else None
+        model.append(_build_layer(layer, section, f"module {i} ({layer.kind})"))
+    return _set_attributes(model, read.plan)
+
+
+def _build_graph(read: _Read) -> GraphNet:
+    """The GraphNet a verified graph file describes, in eval mode."""
+    plan = read.plan
+    sections = iter(read.sections)
+    steps, modules = [], {}
+    for i, layer in enumerate(plan.layers):
+        if layer.kind in ops.OPS:
+            steps.append(Step(layer.kind, layer.inputs, dict(layer.args)))
+            continue
+        section = next(sections) if layer.codec is not None else None
+        modules[i] = _build_layer(layer, section, f"node {i} ({layer.kind})")
+        steps.append(Step(layer.kind, layer.inputs))
+    return _set_attributes(GraphNet(steps, modules, plan.output), plan)
 
 
 def _decode_state(read: _Read) -> list[tuple[str, torch.Tensor, tuple[int, int | None] | None]]:
@@ -832,13 +1116,15 @@ def _fill(model: nn.Module, plan: _StatePlan, tensors: list, where: str) -> nn.M
 
 
 def _model_of(read: _Read, model: nn.Module | None, where: str) -> nn.Module:
-    """The model a verified file holds: built (chain) or ``model`` filled (state)."""
-    if isinstance(read.plan, _Plan):
-        chain = _guarded(lambda: _build(read), where)
+    """The model a verified file holds: built (chain, graph) or ``model`` filled (state)."""
+    if isinstance(read.plan, (_Plan, _GraphPlan)):
+        graph = isinstance(read.plan, _GraphPlan)
+        built = _guarded(lambda: (_build_graph if graph else _build)(read), where)
         if model is not None:
-            raise ModelError(f"{where} holds a whole nn.Sequential chain, which kwh.load builds "
-                             "by itself: call kwh.load(path) without model=")
-        return chain
+            what = "graph of layers" if graph else "nn.Sequential chain"
+            raise ModelError(f"{where} holds a whole {what}, which kwh.load builds by itself: "
+                             "call kwh.load(path) without model=")
+        return built
     tensors = _guarded(lambda: _decode_state(read), where)
     if model is None:
         cls = read.plan.model_class
@@ -869,15 +1155,17 @@ def load(path: str | os.PathLike, *, model: nn.Module | None = None,
          max_elements: int = DEFAULT_MAX_ELEMENTS) -> nn.Module:
     """Read a .kwh file, verifying every byte; the model in eval mode.
 
-    A chain file (version 1) gives a plain nn.Sequential, built from the file alone; leave
-    ``model`` None. A state file (version 2, e.g. ``kwh.compress(net, mode="weights")``)
-    holds tensors, not code: pass ``model``, an instance of the saved model's class built
+    A chain file (version 1) gives a plain nn.Sequential and a graph file (version 3) a
+    ``kwh.format.GraphNet``, each built from the file alone; leave ``model`` None. A state
+    file (version 2, e.g. ``kwh.compress(net, mode="weights")``) holds tensors, not code:
+    pass ``model``, an instance of the saved model's class built
     with the same arguments (before bayesify_); its state_dict must have exactly the file's
     names and shapes (ModelError listing the differences otherwise). The tensors are copied
     into it (assigned, when it was built on the meta device) and it is returned.
 
     Linear/Conv2d layers stored quantized get ``kwh_bits`` and ``kwh_frac_bits`` back; the
-    model gets ``kwh_summary`` and ``kwh_input_shape`` when the file has them. Any malformed
+    model gets ``kwh_summary``, ``kwh_input_shape`` and ``kwh_input_normalization`` when the
+    file has them. Any malformed
     file raises FormatError (a missing one FileNotFoundError). ``max_elements`` bounds the
     tensor elements the file may claim; larger claims are refused before allocation.
     """
@@ -909,14 +1197,16 @@ def _guarded(action, where: str):
 def file_report(path: str | os.PathLike) -> dict:
     """Real byte sizes of a verified .kwh file, per section and tensor, and vs dense float32.
 
-    Keys: layout ("chain" or "state"), file_bytes, preamble_bytes, header_bytes,
+    Keys: layout ("chain", "state" or "graph"), file_bytes, preamble_bytes, header_bytes,
     trailer_bytes, payload_bytes (all sections), elements, nonzero, dense_fp32_bytes (4 bytes
     per stored element), ratio_vs_fp32, and sections. A chain file has one section per layer
     with tensors (module: its index, type, codec, raw_bytes, stored_bytes, bits, frac_bits,
     tensors with their encodings); a state file (which also gives model_class) has one per
     run of tensors of one module (module: its path, codec, raw_bytes, stored_bytes, bits and
     frac_bits of its quantized weight if any, tensors with their encodings, bits, frac_bits).
-    A state file is reported without its model: the tensors are decoded, not loaded.
+    A state file is reported without its model: the tensors are decoded, not loaded. A graph
+    file is reported as a chain (``module`` the node's index), and also gives ``nodes`` (the
+    number of operations), ``ops`` (how many of each kind) and ``output`` (the output node).
     """
     where = os.fspath(path)
     read = _guarded(lambda: _read_path(path, DEFAULT_MAX_ELEMENTS), where)
@@ -924,9 +1214,17 @@ def file_report(path: str | os.PathLike) -> dict:
         decoded = _guarded(lambda: _decode_state(read), where)
         sections = _state_report(read.plan, decoded)
         extra = {"layout": "state", "model_class": read.plan.model_class}
+    elif isinstance(read.plan, _GraphPlan):
+        net = _guarded(lambda: _build_graph(read), where)
+        layers = [None if layer.kind in ops.OPS else net.layer(i)
+                  for i, layer in enumerate(read.plan.layers)]
+        sections = _chain_report(read.plan, layers)
+        kinds = [layer.kind for layer in read.plan.layers]
+        extra = {"layout": "graph", "nodes": len(kinds), "output": read.plan.output,
+                 "ops": {k: kinds.count(k) for k in sorted(set(kinds))}}
     else:
         model = _guarded(lambda: _build(read), where)
-        sections = _chain_report(read.plan, model)
+        sections = _chain_report(read.plan, list(model))
         extra = {"layout": "chain"}
     elements = sum(t["elements"] for sec in sections for t in sec["tensors"])
     nonzero = sum(t["nonzero"] for sec in sections for t in sec["tensors"])
@@ -944,9 +1242,9 @@ def _tensor_row(meta: dict, values: torch.Tensor) -> dict:
             "raw_bytes": meta["raw_bytes"]}
 
 
-def _chain_report(plan: _Plan, model: nn.Sequential) -> list[dict]:
+def _chain_report(plan: _Plan | _GraphPlan, modules: list[nn.Module | None]) -> list[dict]:
     sections = []
-    for i, (layer, module) in enumerate(zip(plan.layers, model)):
+    for i, (layer, module) in enumerate(zip(plan.layers, modules)):
         if layer.codec is None:
             continue
         sections.append({"module": i, "type": layer.kind, "codec": layer.codec,
