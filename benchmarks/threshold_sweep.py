@@ -1,0 +1,116 @@
+"""Error against compression along the pruning threshold of one trained Bayesian run.
+
+    python -m benchmarks.threshold_sweep benchmarks/results/paper_table_lenet5_mnist_runs/seed0/log-uniform \
+        --thresholds 3 4 5 6 7 --match-val-error 0.58 --out benchmarks/results/threshold_sweep_lenet5_mnist_svd
+
+One posterior gives a family of compressed models: a higher log-alpha threshold keeps more
+weights (or groups), a lower one prunes more. For each threshold the run's model is compressed
+exactly as the paper table does (kwh.compress, bits guarded on the run's validation split),
+its real .kwh payload counted, and its error measured on the validation split and the test
+set. ``--match-val-error E`` picks, among the thresholds, the most compressed model whose
+validation error is at most E percent (e.g. Deep Compression's validation error in the same
+table): the rate "at equal error", chosen on held-out training data, never on the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import kwh
+from benchmarks.baselines.common import load_data
+from kwh.app import load_model
+from kwh.compress import CompressConfig, evaluate
+from kwh.data import batch_loader
+
+
+def sweep(run: str, thresholds: list[float], files: Path | None = None) -> tuple[list[dict], dict]:
+    """One row per threshold: errors (validation, test, before quantization), rates, bytes."""
+    loaded = load_model(run)
+    if loaded.kind != "checkpoint":
+        raise SystemExit(f"{run}: not a `kwh train` run folder or checkpoint")
+    cfg = json.loads((Path(loaded.path).parent / "config.json").read_text())
+    tdata, _ = load_data(cfg["data"], cfg.get("data_dir"), cfg.get("limit_train"),
+                         cfg.get("limit_test"), cfg.get("validation"))
+    if tdata.validation is None:
+        raise SystemExit(f"{run}: the run held out no validation split to choose on")
+    val, test = batch_loader(tdata.validation, 1000), batch_loader(tdata.test, 1000)
+    rows = []
+    for t in thresholds:
+        small = kwh.compress(loaded.model, CompressConfig(input_shape=tdata.input_shape, threshold=t),
+                             eval_data=test, guard_data=val)
+        s = small.kwh_summary
+        nbytes = None
+        if files is not None:
+            nbytes = kwh.save(small, files / f"threshold_{t:g}.kwh", input_shape=tdata.input_shape)
+        rows.append({"threshold": t, "val_error_pct": 100 * evaluate(small, val)["error"],
+                     "test_error_pct": 100 * s["eval"]["error_after_quantization"],
+                     "test_error_before_quant_pct": 100 * s["eval"]["error_before_quantization"],
+                     "architecture": s["architecture"], "bits": s["bits"],
+                     "nonzero_pct": 100 * s["density"],
+                     "max_compression": s["rates"]["max_compression"],
+                     "fast_prediction": s["rates"]["fast_prediction"], "file_bytes": nbytes})
+        print(f"threshold {t:g}: val {rows[-1]['val_error_pct']:.2f}% test "
+              f"{rows[-1]['test_error_pct']:.2f}% at {rows[-1]['max_compression']:.1f}x "
+              f"({s['architecture']}, bits {s['bits']})", flush=True)
+    return rows, cfg
+
+
+def pick(rows: list[dict], max_val_error: float) -> dict | None:
+    """The most compressed row whose validation error is at most ``max_val_error`` percent."""
+    ok = [r for r in rows if r["val_error_pct"] <= max_val_error + 1e-9]
+    return max(ok, key=lambda r: r["max_compression"]) if ok else None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.threshold_sweep",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("run", help="a Bayesian `kwh train` run folder (e.g. a paper table's runs/seed0/log-uniform)")
+    p.add_argument("--thresholds", type=float, nargs="+", required=True)
+    p.add_argument("--match-val-error", type=float, default=None,
+                   help="pick the most compressed threshold at or below this validation error (%%)")
+    p.add_argument("--out", required=True, help="output stem: OUT.md, OUT.json, OUT_files/")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    files = Path(f"{out}_files")
+    files.mkdir(parents=True, exist_ok=True)
+    rows, cfg = sweep(a.run, sorted(a.thresholds), files)
+    chosen = None if a.match_val_error is None else pick(rows, a.match_val_error)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    command = "python -m benchmarks.threshold_sweep " + " ".join(sys.argv[1:] if argv is None else argv)
+    md = [f"# Error against compression along the pruning threshold: {cfg['model']} / "
+          f"{cfg['data']} / {cfg['prior']} ({commit})", "", f"Command: `{command}`", "",
+          f"Run: `{a.run}` ({cfg['epochs']} Bayesian epochs). Machine: "
+          f"{platform.machine()}, torch {torch.__version__}, {a.threads} thread(s). Each row: "
+          "kwh.compress at that log-alpha threshold, bits guarded on the run's validation "
+          "split, rate from the real .kwh payload (32 |W| / payload bits).", "",
+          "| threshold | val error % | test error % (before quant.) | architecture | bits | "
+          "nonzero % | max compr. | fast pred. |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = " **(chosen)**" if r is chosen else ""
+        md.append(f"| {r['threshold']:g}{mark} | {r['val_error_pct']:.2f} | {r['test_error_pct']:.2f} "
+                  f"({r['test_error_before_quant_pct']:.2f}) | {r['architecture']} | {r['bits']} | "
+                  f"{r['nonzero_pct']:.2f} | {r['max_compression']:.1f} | {r['fast_prediction']:.1f} |")
+    if a.match_val_error is not None:
+        md += ["", f"Chosen on validation error <= {a.match_val_error:.2f}%: " +
+               (f"threshold {chosen['threshold']:g}, test error {chosen['test_error_pct']:.2f}% at "
+                f"{chosen['max_compression']:.1f}x" if chosen else "no threshold qualifies") + "."]
+    Path(f"{out}.md").write_text("\n".join(md) + "\n")
+    Path(f"{out}.json").write_text(json.dumps({"command": command, "commit": commit, "run": a.run,
+                                               "rows": rows, "chosen": chosen,
+                                               "match_val_error": a.match_val_error}, indent=1) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
