@@ -107,7 +107,9 @@ def test_summary_counts_of_the_resnet_by_hand():
         ["stem.1"], ["block1.bn1"], ["block1.bn2"], ["block2.bn1"], ["block2.bn2"],
         ["block2.shortcut.1"], []]
     assert small.kwh_input_shape == SHAPE
-    assert "8-8-8-12-12-12-12" in format_summary(s)
+    text = format_summary(s)
+    assert "8-8-8-12-12-12-12" in text
+    assert "45 coupled channel groups: 0 removed, 5 frozen" in text  # 8 + 8 + 12 + 12 + 5
 
 
 # ------------------------------------------------------------------ (ii), (iii) the ResNet
@@ -240,6 +242,7 @@ def test_layer_that_cannot_be_pruned_is_frozen_and_exact():
     kill_(model.c1, [0])
     small = _small(model)
     assert small.kwh_summary["graph"]["frozen_layers"] == {"dw": "grouped Conv2d (groups=6)"}
+    assert "layers kept whole: dw (grouped Conv2d (groups=6))" in format_summary(small.kwh_summary)
     assert _layer(small, "dw").groups == 6 and _layer(small, "c1").out_channels == 6
     _check_same(small, model)
 

@@ -263,6 +263,7 @@ def format_summary(summary: dict) -> str:
     """The summary as a readable text block (what `kwh compress` and `kwh inspect` print)."""
     s = summary
     priors = ", ".join(s["priors"]) or "none (plain layers)"
+    width = max([12] + [len(d["name"]) for d in s["layers"]])  # module paths of a graph
     lines = [
         f"input {tuple(s['input_shape'])}, {s['num_classes']} outputs, prior: {priors}",
         f"architecture  {s['architecture_original']}  ->  {s['architecture']}"
@@ -270,7 +271,7 @@ def format_summary(summary: dict) -> str:
         f"bits          {s['bits']}   total bits per weight, per layer (biases float32)"
         + ("" if s["quantized"] else "   [not applied: weights left float32]"),
         "",
-        f"{'layer':<12} {'type':<7} {'weight shape':<24} {'bits':>4} {'e':>3} {'t':>3} "
+        f"{'layer':<{width}} {'type':<7} {'weight shape':<24} {'bits':>4} {'e':>3} {'t':>3} "
         f"{'nonzero/weights':>22} {'MACs':>22}",
     ]
     for d in s["layers"]:
@@ -284,9 +285,16 @@ def format_summary(summary: dict) -> str:
         if d["carrier_units"]:
             extra.append(f"{d['carrier_units']} carrier")
         note = f"  [{', '.join(extra)}]" if extra else ""
-        lines.append(f"{d['name']:<12} {d['type']:<7} {shape:<24} {d['bits']:>4} "
+        lines.append(f"{d['name']:<{width}} {d['type']:<7} {shape:<24} {d['bits']:>4} "
                      f"{d['exp_bits']:>3} {d['frac_bits']:>3} {nz:>22} {macs:>22}{note}")
     lines.append(f"  ({BITS_NOTE})")
+    g = s.get("graph")
+    if g:  # kwh.compress.dag: channels coupled across the graph
+        frozen = "; ".join(f"{k} ({v})" for k, v in g["frozen_layers"].items())
+        lines.append(f"channels      {g['channel_classes']:,} coupled channel groups: "
+                     f"{g['removed_classes']:,} removed, {g['frozen_classes']:,} frozen by "
+                     "operations they cannot cross exactly" +
+                     (f"; layers kept whole: {frozen}" if frozen else ""))
     r = s["rates"]
     lines += [
         "",
