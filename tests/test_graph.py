@@ -1,5 +1,6 @@
-"""Models that are not an nn.Sequential: traced with torch.fx (kwh.graph), compressed when their
-forward is a chain of layers, and refused with an error naming the construct when it is not.
+"""Models that are not an nn.Sequential: traced with torch.fx (kwh.graph), compressed as a chain
+when their forward is one (as a graph otherwise: test_compress_dag.py), and refused with an
+error naming the construct that no reading handles.
 
 Oracle: the masked Bayesian model in eval mode on random inputs, to 1e-5, as for chains.
 """
@@ -13,7 +14,7 @@ from torch import nn
 
 import kwh
 from kwh.errors import ModelError
-from kwh.graph import chain, example_input
+from kwh.graph import ChainError, chain, example_input
 
 from any_models import Branchy, SkipSequential, Twice, random_posterior_
 
@@ -89,11 +90,16 @@ def test_chain_maps_functions_to_modules():
                      "Flatten", "Linear", "ReLU", "Dropout", "Linear", "LogSoftmax"]
 
 
-def test_sequential_subclass_with_skip_is_refused():
+def test_sequential_subclass_with_skip_is_not_a_chain_but_a_graph():
     model = SkipSequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
     kwh.bayesify_(model, "group-nj")
-    with pytest.raises(ModelError, match=r"combines 2 paths.*residual connection"):
-        kwh.compress(model, input_shape=(6,))
+    model.eval()
+    x = torch.randn(8, 6)
+    with pytest.raises(ChainError, match=r"combines 2 paths.*residual connection"):
+        chain(model, x)
+    small = kwh.compress(model, input_shape=(6,), quantize=False)  # pruned as a graph
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), atol=TOL, rtol=0)
 
 
 def test_data_dependent_branch_is_refused():
@@ -110,10 +116,11 @@ def test_module_called_twice_is_refused():
         kwh.compress(model, example_inputs=torch.randn(4, 6))
 
 
-@pytest.mark.parametrize("cls, pattern", [(Pair, "returns a tuple"), (Concat, "concatenates 2")])
-def test_other_constructs_are_named(cls, pattern):
-    with pytest.raises(ModelError, match=pattern):
-        kwh.compress(cls(), example_inputs=torch.randn(4, 6))
+def test_other_constructs_are_named():
+    with pytest.raises(ModelError, match="returns a tuple"):
+        kwh.compress(Pair(), example_inputs=torch.randn(4, 6))
+    with pytest.raises(ChainError, match="concatenates 2"):  # a graph, not a chain
+        chain(Concat(), torch.randn(4, 6))
 
 
 def test_traced_model_needs_a_shape():
@@ -173,8 +180,13 @@ def test_weights_mode_takes_any_model(cls, prior):
     random_posterior_(model)
     model.eval()
     x = torch.randn(8, 1, 8, 8) if cls is Residual else torch.randn(8, 6)
-    with pytest.raises(ModelError):  # structurally it is not a chain
-        kwh.compress(model, example_inputs=x)
+    if cls in (Twice, Branchy):  # no structured reading: shared weights, control flow
+        with pytest.raises(ModelError):
+            kwh.compress(model, example_inputs=x)
+    else:  # a graph: pruned structurally, exactly
+        pruned = kwh.compress(model, example_inputs=x, quantize=False)
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x), model(x), atol=TOL, rtol=0)
     exact = kwh.compress(model, mode="weights", quantize=False)
     assert type(exact) is type(model)  # the architecture unchanged
     with torch.no_grad():

@@ -6,10 +6,12 @@ and kwh's own layers are leaves, everything else (the user's ``forward()``, nest
 that graph as a chain of modules when it is one: every node feeds only the next, functional
 calls (``F.relu``, ``torch.flatten``, ``x.view(x.size(0), -1)``, ``F.max_pool2d`` ...) become
 their module equivalents, and the chain is checked to reproduce the model's output exactly on
-an example input. Anything else (a residual addition, a concatenation, a module called twice,
-data-dependent control flow, a tensor attribute used in ``forward``) is a ``ModelError`` that
-names the construct and where it is: kwh never compresses a different network than the one
-it was given.
+an example input. A graph that is not such a chain (a residual addition, a concatenation, a
+branch, a function with no module equivalent) is a ``ChainError``; kwh.compress then prunes
+the graph itself (kwh.compress.dag). What no reading of the graph can handle (a module with
+weights called twice, data-dependent control flow, a tensor attribute used in ``forward``,
+several inputs or outputs) is a plain ``ModelError``. Every error names the construct and
+where it is: kwh never compresses a different network than the one it was given.
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ from kwh.binary import BinaryLayer
 from kwh.errors import ModelError
 from kwh.modules import PositionEmbedding, SelectInputs
 
-__all__ = ["trace", "chain", "ChainLink", "calls", "Call", "explicit_chain",
-           "is_plain_sequential", "example_input"]
+__all__ = ["trace", "chain", "ChainLink", "ChainError", "check_io", "check_calls", "calls", "Call",
+           "explicit_chain", "is_plain_sequential", "example_input", "node_shapes",
+           "shape_only", "tensor_inputs", "describe_node"]
 
 _WEIGHTS_MODE_HINT = ("or compress only the weights with kwh.compress(model, mode='weights') "
                       "(masks and bits in place, the architecture unchanged)")
+_CHAIN_ONLY = ("this step needs a chain of layers (sigma-delta inference does; kwh.compress "
+               "prunes such a graph structurally)")
+
+
+class ChainError(ModelError):
+    """The traced graph is not a chain of supported layers (a join, a branch, a function with
+    no module equivalent); the message names the construct. kwh.compress reads such a model
+    as a graph instead; sigma-delta inference needs a chain."""
 
 
 # kwh's own layers: called as modules in a traced graph, never traced through (a
@@ -109,6 +120,46 @@ def chain(model: nn.Module, example: torch.Tensor) -> list[ChainLink]:
     gm = trace(model)
     modules = dict(model.named_modules())
     nodes = list(gm.graph.nodes)
+    check_io(model, gm)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    for n in nodes:  # joins first: they name the construct best (residual add, concatenation)
+        if n.op not in ("placeholder", "output") and not shape_only(n) and \
+                len(tensor_inputs(n)) > 1:
+            raise ChainError(_join_message(n, describe_node(n), tensor_inputs(n)))
+    check_calls(gm)
+    shapes = node_shapes(gm, example)
+    links: list[ChainLink] = []
+    current = placeholders[0]
+    for n in nodes:
+        if n.op in ("placeholder",) or shape_only(n):
+            continue
+        where = describe_node(n)
+        if n.op == "output":
+            if n.args[0] is not current:
+                raise ChainError(f"{type(model).__name__}.forward returns {_describe(n.args[0])} "
+                                 "instead of the last layer's output tensor; kwh compresses "
+                                 "models that return one tensor")
+            break
+        inputs = tensor_inputs(n)
+        if inputs != [current]:
+            raise ChainError(_join_message(n, where, inputs))
+        users = [u for u in n.users if not shape_only(u)]
+        if len(users) > 1:
+            raise ChainError(f"{where}: its output feeds {len(users)} operations "
+                             f"({', '.join(u.name for u in users)}), a branch (e.g. the start of "
+                             f"a residual connection); {_CHAIN_ONLY}")
+        if n.op == "call_module":
+            links.append(ChainLink(str(n.target), modules[n.target]))
+        else:
+            links.append(ChainLink(n.name, _as_module(n, where, shapes)))
+        current = n
+    _check_same(model, links, example)
+    return links
+
+
+def check_io(model: nn.Module, gm: fx.GraphModule) -> None:
+    """ModelError unless the traced forward takes one input and returns one tensor."""
+    nodes = list(gm.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ModelError(f"{type(model).__name__}.forward takes {len(placeholders)} inputs; kwh "
@@ -118,49 +169,29 @@ def chain(model: nn.Module, example: torch.Tensor) -> list[ChainLink]:
         raise ModelError(f"{type(model).__name__}.forward returns {_describe(out.args[0])} "
                          "instead of one output tensor; kwh compresses models that return one "
                          f"tensor (return the logits), {_WEIGHTS_MODE_HINT}")
-    for n in nodes:  # joins first: they name the construct best (residual add, concatenation)
-        if n.op not in ("placeholder", "output") and not _shape_only(n) and \
-                len(_tensor_inputs(n)) > 1:
-            raise ModelError(_join_message(n, _where(n), _tensor_inputs(n)))
-    shapes = _shapes(gm, example)
-    links: list[ChainLink] = []
+
+
+def check_calls(gm: fx.GraphModule) -> None:
+    """ModelError for what no reading of the graph handles: a tensor attribute read inside
+    forward(), a module with weights or buffers called more than once (shared weights; a
+    stateless module such as one nn.ReLU used twice is fine)."""
     called: dict[str, str] = {}
-    current = placeholders[0]
-    for n in nodes:
-        if n.op in ("placeholder",) or _shape_only(n):
-            continue
-        where = _where(n)
-        if n.op == "output":
-            if n.args[0] is not current:
-                raise ModelError(f"{type(model).__name__}.forward returns {_describe(n.args[0])} "
-                                 "instead of the last layer's output tensor; kwh compresses "
-                                 "models that return one tensor")
-            break
+    for n in gm.graph.nodes:
         if n.op == "get_attr":
-            raise ModelError(f"{where} reads the tensor attribute {n.target!r} inside forward(); "
-                             "kwh can only follow modules and functions of the activations, "
-                             f"{_WEIGHTS_MODE_HINT}")
-        inputs = _tensor_inputs(n)
-        if inputs != [current]:
-            raise ModelError(_join_message(n, where, inputs))
-        users = [u for u in n.users if not _shape_only(u)]
-        if len(users) > 1:
-            raise ModelError(f"{where}: its output feeds {len(users)} operations "
-                             f"({', '.join(u.name for u in users)}), a branch (e.g. the start of "
-                             "a residual connection); only a chain of layers can be pruned "
-                             f"structurally, {_WEIGHTS_MODE_HINT}")
-        if n.op == "call_module":
+            raise ModelError(f"{describe_node(n)} reads the tensor attribute {n.target!r} inside "
+                             "forward(); kwh can only follow modules and functions of the "
+                             f"activations, {_WEIGHTS_MODE_HINT}")
+        if n.op == "call_module" and _has_state(gm.get_submodule(n.target)):
             if n.target in called:
                 raise ModelError(f"module {n.target!r} is called more than once in forward() "
                                  f"({called[n.target]} and {n.name}): shared weights cannot be "
                                  f"pruned per call, {_WEIGHTS_MODE_HINT}")
             called[n.target] = n.name
-            links.append(ChainLink(str(n.target), modules[n.target]))
-        else:
-            links.append(ChainLink(n.name, _as_module(n, where, shapes)))
-        current = n
-    _check_same(model, links, example)
-    return links
+
+
+def _has_state(m: nn.Module) -> bool:
+    """Whether a module holds parameters or buffers (its calls cannot be told apart)."""
+    return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
 
 
 @dataclass
@@ -190,19 +221,19 @@ def calls(model: nn.Module, example: torch.Tensor) -> list[Call]:
     """Every operation of the traced ``model`` on ``example`` (a batch), in execution order."""
     gm = trace(model)
     modules = dict(model.named_modules())
-    shapes = _shapes(gm, example)
+    shapes = node_shapes(gm, example)
     out: list[Call] = []
     for n in gm.graph.nodes:
-        if n.op in ("placeholder", "output") or _shape_only(n):
+        if n.op in ("placeholder", "output") or shape_only(n):
             continue
-        where = _where(n)
+        where = describe_node(n)
         if n.op == "get_attr":
             raise ModelError(f"{where} reads the tensor attribute {n.target!r} inside forward(); "
                              "kwh cannot count or price operations on it")
         if n.name not in shapes:
             raise ModelError(f"{where} does not produce one tensor; kwh follows operations on "
                              "tensors only")
-        read = [i.name for i in _tensor_inputs(n) if i.name in shapes]
+        read = [i.name for i in tensor_inputs(n) if i.name in shapes]
         ins = [shapes[i][1:] for i in read]
         if n.op == "call_module":
             out.append(Call(str(n.target), modules[n.target], None, ins, shapes[n.name][1:],
@@ -218,7 +249,7 @@ def calls(model: nn.Module, example: torch.Tensor) -> list[Call]:
 
 # ---------------------------------------------------------------------------------- helpers
 
-def _shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, tuple]:
+def node_shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, tuple]:
     """Each node's output shape on ``example`` (eval mode, no gradients)."""
     shapes: dict[str, tuple] = {}
 
@@ -229,7 +260,7 @@ def _shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, tuple]:
                 shapes[n.name] = tuple(out.shape)
             return out
 
-    was = gm.training
+    flags = [(m, m.training) for m in gm.modules()]  # the model's own modules: restored
     gm.eval()
     try:
         with torch.no_grad():
@@ -241,11 +272,12 @@ def _shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, tuple]:
                          f"{tuple(example.shape[1:])} (per example): "
                          f"{str(e).strip().splitlines()[0]}") from None
     finally:
-        gm.train(was)
+        for m, f in flags:
+            m.training = f
     return shapes
 
 
-def _shape_only(n: fx.Node) -> bool:
+def shape_only(n: fx.Node) -> bool:
     """x.size(...), x.shape, x.dim() and arithmetic on them: values, not activations."""
     if n.op == "call_method" and n.target in ("size", "dim"):
         return True
@@ -253,16 +285,16 @@ def _shape_only(n: fx.Node) -> bool:
         return True
     if n.op == "call_function" and n.target in (operator.getitem, operator.mul,
                                                 operator.floordiv):
-        return all(not isinstance(a, fx.Node) or _shape_only(a) for a in n.args) and \
+        return all(not isinstance(a, fx.Node) or shape_only(a) for a in n.args) and \
             any(isinstance(a, fx.Node) for a in n.args)
     return False
 
 
-def _tensor_inputs(n: fx.Node) -> list[fx.Node]:
+def tensor_inputs(n: fx.Node) -> list[fx.Node]:
     out: list[fx.Node] = []
 
     def visit(a):
-        if isinstance(a, fx.Node) and not _shape_only(a):
+        if isinstance(a, fx.Node) and not shape_only(a):
             out.append(a)
         return a
 
@@ -271,7 +303,7 @@ def _tensor_inputs(n: fx.Node) -> list[fx.Node]:
     return out
 
 
-def _where(n: fx.Node) -> str:
+def describe_node(n: fx.Node) -> str:
     if n.op == "call_module":
         return f"module {n.target!r}"
     if n.op == "call_method":
@@ -297,13 +329,12 @@ def _join_message(n: fx.Node, where: str, inputs: list[fx.Node]) -> str:
         elif name in ("matmul", "bmm", "mul"):
             kind, example = "multiplies", "attention's q @ k^T or a gate"
         return (f"{where} {kind} {len(inputs)} paths ({', '.join(i.name for i in inputs)}), e.g. "
-                f"{example}; only a chain of layers can be pruned structurally, "
-                f"{_WEIGHTS_MODE_HINT}")
+                f"{example}; {_CHAIN_ONLY}")
     if not inputs:
         return (f"{where} does not read the activations (it makes a new tensor from constants); "
-                f"kwh cannot place it in a chain of layers, {_WEIGHTS_MODE_HINT}")
+                f"it has no place in a chain of layers; {_CHAIN_ONLY}")
     return (f"{where} reads {inputs[0].name!r}, not the output of the operation before it; "
-            f"only a chain of layers can be pruned structurally, {_WEIGHTS_MODE_HINT}")
+            f"{_CHAIN_ONLY}")
 
 
 def _arg(n: fx.Node, i: int, name: str, default):
@@ -346,7 +377,7 @@ def _as_module(n: fx.Node, where: str, shapes: dict[str, tuple]) -> nn.Module:
         return nn.Softmax(_arg(n, 1, "dim", None))
     if t is F.max_pool2d:
         if _arg(n, 6, "return_indices", False):
-            raise ModelError(f"{where}: max_pool2d(return_indices=True) is not supported")
+            raise ChainError(f"{where}: max_pool2d(return_indices=True) is not supported")
         return nn.MaxPool2d(_arg(n, 1, "kernel_size", None), _arg(n, 2, "stride", None),
                             _arg(n, 3, "padding", 0), _arg(n, 4, "dilation", 1),
                             ceil_mode=_arg(n, 5, "ceil_mode", False))
@@ -360,20 +391,20 @@ def _as_module(n: fx.Node, where: str, shapes: dict[str, tuple]) -> nn.Module:
     if n.op == "call_method" and t in ("contiguous",):
         return nn.Identity()
     name = getattr(t, "__name__", str(t))
-    raise ModelError(f"{where}: {name} is not supported in a chain of layers (supported "
+    raise ChainError(f"{where}: {name} is not supported in a chain of layers (supported "
                      "functions: activations such as F.relu, F.max_pool2d, F.avg_pool2d, "
                      "torch.flatten / .view(B, -1) / .reshape(B, -1), F.dropout, "
                      f"(log_)softmax); use the module form, {_WEIGHTS_MODE_HINT}")
 
 
 def _as_flatten(n: fx.Node, where: str, shapes: dict[str, tuple]) -> nn.Module:
-    src = _tensor_inputs(n)[0]
+    src = tensor_inputs(n)[0]
     before, after = shapes.get(src.name), shapes.get(n.name)
     if before is None or after is None:
-        raise ModelError(f"{where}: could not read its shapes")
+        raise ChainError(f"{where}: could not read its shapes")
     if len(after) == 2 and after[0] == before[0] and after[1] == math.prod(before[1:]):
         return nn.Flatten()
-    raise ModelError(f"{where} turns activations of shape {before} into {after}; kwh follows "
+    raise ChainError(f"{where} turns activations of shape {before} into {after}; kwh follows "
                      "only the flatten to (batch, features) in a chain of layers")
 
 

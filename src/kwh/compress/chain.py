@@ -10,6 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from kwh.bayes import BayesConv2d, BayesLayer, BayesLinear
 from kwh.errors import ModelError
+from kwh.graph import ChainError
 from kwh.graph import chain as graph_chain
 from kwh.graph import explicit_chain
 
@@ -53,7 +54,9 @@ def flatten_chain(model: nn.Module, example: torch.Tensor | None = None) -> list
     An nn.Sequential of torch.nn and kwh layers (nested plain Sequentials flattened) is read
     as it is; any other model (its own ``forward()``, an nn.Sequential subclass with its own
     ``forward``, user-defined blocks) is traced with torch.fx on ``example`` (a batch of
-    inputs) and must be a chain there (kwh.graph.chain), else a ModelError names why.
+    inputs) and must be a chain there (kwh.graph.chain). A ChainError names a construct a chain
+    cannot hold (a join, a branch, an unsupported module or function; kwh.compress.dag reads
+    such a model as a graph); any other ModelError names what no reading of the model handles.
     """
     if isinstance(model, WEIGHTED):
         model = nn.Sequential(model)
@@ -87,32 +90,32 @@ def _check(n: Node, after_last: bool) -> None:
     m = n.module
     kind = type(m).__name__
     if isinstance(m, BayesLayer) and not isinstance(m, (BayesLinear, BayesConv2d)):
-        raise ModelError(f"layer {n.name!r} ({kind}) is not supported; "
+        raise ChainError(f"layer {n.name!r} ({kind}) is not supported; "
                          f"supported modules: {SUPPORTED}")
     if isinstance(m, (nn.Conv2d, BayesConv2d)):
         if m.groups != 1:
-            raise ModelError(f"layer {n.name!r} is a grouped Conv2d (groups={m.groups}); only "
+            raise ChainError(f"layer {n.name!r} is a grouped Conv2d (groups={m.groups}); only "
                              "groups=1 can have its channels pruned")
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
-            raise ModelError(f"layer {n.name!r} uses padding_mode={m.padding_mode!r}; only 'zeros' "
+            raise ChainError(f"layer {n.name!r} uses padding_mode={m.padding_mode!r}; only 'zeros' "
                              "is supported")
         return
     if isinstance(m, WEIGHTED) or isinstance(m, ELEMENTWISE + POOLS + DROPOUT):
         return
     if isinstance(m, nn.Flatten):
         if (m.start_dim, m.end_dim) != (1, -1):
-            raise ModelError(f"layer {n.name!r}: only Flatten(start_dim=1, end_dim=-1) is "
+            raise ChainError(f"layer {n.name!r}: only Flatten(start_dim=1, end_dim=-1) is "
                              f"supported, got start_dim={m.start_dim}, end_dim={m.end_dim}")
         return
     if isinstance(m, NORMS):
         if not m.track_running_stats or m.running_mean is None:
-            raise ModelError(f"layer {n.name!r} ({kind}) has no running statistics "
+            raise ChainError(f"layer {n.name!r} ({kind}) has no running statistics "
                              "(track_running_stats=False); it cannot be folded or frozen")
         return
     if isinstance(m, HEAD_ONLY) and after_last:
         return
     where = " before the last Linear/Conv2d" if isinstance(m, HEAD_ONLY) else ""
-    raise ModelError(f"layer {n.name!r} ({kind}) is not supported{where}; supported modules: "
+    raise ChainError(f"layer {n.name!r} ({kind}) is not supported{where}; supported modules: "
                      f"{SUPPORTED}")
 
 

@@ -1,16 +1,18 @@
-"""kwh.compress: a trained (Bayesian) chain -> a physically smaller, low-bit plain nn.Sequential.
+"""kwh.compress: a trained (Bayesian) model -> a physically smaller, low-bit plain model.
 
 Steps: read each layer's eval-mode weight (posterior mean x keep mask) and posterior variance,
 fold BatchNorm into the layer before it, propagate dead units both ways (propagate.py), pick
 bits per layer from the posterior (precision.py), quantize, and build plain Linear/Conv2d
 layers carrying ``kwh_bits`` and ``kwh_frac_bits``; the model carries ``kwh_summary``.
+A model whose traced graph is not a chain goes through kwh.compress.dag instead, which shares
+the stages, precision, guards and summary.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -18,14 +20,15 @@ from torch import nn
 from kwh.bayes import BayesLayer
 from kwh.compress.chain import WEIGHTED, flatten_chain, infer_input_shape, probe_shapes
 from kwh.compress.config import CompressConfig
+from kwh.compress.dag import build_graph, graph_summary, plan_graph
 from kwh.compress.metrics import evaluate
 from kwh.compress.precision import LayerPrecision, choose_precision, quantize, search_bits
 from kwh.compress.propagate import drop_unread_inputs, propagate
-from kwh.compress.stages import Stage, build_stages
+from kwh.compress.stages import Stage, build_stages, plain_layer
 from kwh.compress.summary import Summary, summarize
 from kwh.compress.weights import compress_weights
 from kwh.errors import ModelError
-from kwh.graph import example_input, explicit_chain
+from kwh.graph import ChainError, example_input, explicit_chain
 from kwh.modules import SelectInputs
 
 
@@ -33,15 +36,23 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
              eval_data: Iterable | None = None, guard_data: Iterable | None = None,
              example_inputs: torch.Tensor | None = None, mode: str = "structured",
              **options) -> nn.Module:
-    """Prune, fold and quantize ``model``; returns a plain nn.Sequential with ``kwh_summary``.
+    """Prune, fold and quantize ``model``; returns a smaller plain model with ``kwh_summary``.
 
-    ``model``: an nn.Sequential, or any module whose traced forward is a chain of layers
-    (kwh.graph.chain); ``example_inputs`` (a batch) is what it is traced and checked on, and
-    gives the input shape (else ``config.input_shape``, the model's ``kwh_input_shape`` or
-    the first ``eval_data`` batch).
-    ``mode="weights"`` works on any model (residual connections, shared modules, branches):
-    its Bayesian layers become plain, masked and quantized in place, the architecture
-    unchanged (kwh.compress.weights); no example input is needed.
+    ``model``: an nn.Sequential, or any module traced with torch.fx on ``example_inputs`` (a
+    batch; it also gives the input shape, else ``config.input_shape``, the model's
+    ``kwh_input_shape`` or the first ``eval_data`` batch, and a random example is traced).
+    A chain of layers (kwh.graph.chain) comes back as a plain nn.Sequential. Any other graph
+    (residual additions, concatenations, branches, BatchNorm, global pooling, other
+    traceable operations) comes back as an fx.GraphModule running the same graph with plain,
+    quantized Linear/Conv2d layers, BatchNorm folded or sliced, and ``kwh_input_shape``: the
+    channels coupled by additions and concatenations are removed together when they are
+    unread or constant everywhere, and operations no channel can cross exactly freeze the
+    channels they touch (kwh.compress.dag). A module called twice, data-dependent control
+    flow, a tensor attribute used in forward(), several inputs or a tuple output are a
+    ModelError that names the construct.
+    ``mode="weights"`` works on any model (those too): its Bayesian layers become plain,
+    masked and quantized in place, the architecture unchanged (kwh.compress.weights); no
+    example input is needed.
     ``config`` or keyword options (``compress(model, max_bits=8)``) set the CompressConfig.
     ``eval_data`` (batches of (x, y)) adds the test error before and after quantization.
     ``guard_data`` (batches of (x, y) held out of the training data, never the test set)
@@ -72,12 +83,18 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
         input_shape = _input_shape(model, None, config, eval_data)
         if example_inputs is None:
             example_inputs = example_input(model, input_shape)
-        nodes = flatten_chain(model, example_inputs.to(next(model.parameters()).device))
+        example_inputs = example_inputs.to(next(model.parameters()).device)
+        try:
+            nodes = flatten_chain(model, example_inputs)
+        except ChainError:  # a join, a branch, an op a chain cannot hold: prune the graph
+            return _compress_graph(model, example_inputs, input_shape, config, eval_data,
+                                   guard_data)
     _check_names(nodes, config)
     probe_shapes(nodes, input_shape)
     prune_guard = None
     if guard_data is not None and config.prune_search == "fit":
-        config, prune_guard = fit_thresholds(nodes, config, guard_data)
+        config, prune_guard = fit_thresholds([(n.name, n.module) for n in nodes], config,
+                                             guard_data, lambda cfg: _chain_trial(nodes, cfg))
     with torch.no_grad():
         prefix, stages = build_stages(nodes, config)
         propagate(stages)
@@ -87,16 +104,54 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
         precisions = [choose_precision(s.name, s.weight, s.var, s.kept, config) for s in stages]
         guard = None
         if guard_data is not None and config.quantize and config.bits_search != "off":
-            precisions, guard = _guard(prefix, stages, precisions, guard_data, config)
+            precisions, guard = _guard(lambda ps: assemble(prefix, stages, ps), stages,
+                                       precisions, guard_data, config)
         small = assemble(prefix, stages, precisions if config.quantize else None)
     summary = summarize(nodes, stages, precisions, small, input_shape, config)
+    return _finish(small, summary, guard, prune_guard, eval_data,
+                   lambda: assemble(prefix, stages, None) if config.quantize else small)
+
+
+def _compress_graph(model: nn.Module, example: torch.Tensor, input_shape: tuple[int, ...],
+                    config: CompressConfig, eval_data: Iterable | None,
+                    guard_data: Iterable | None) -> nn.Module:
+    """compress() for a traced model that is not a chain: kwh.compress.dag."""
+    with torch.no_grad():
+        plan = plan_graph(model, example, config)
+    names = list(plan.stages)
+    config.check_layer_names([n for n in names if isinstance(plan.stages[n].module, BayesLayer)],
+                             names)
+    prune_guard = None
+    if guard_data is not None and config.prune_search == "fit":
+        layers = [(n, s.module) for n, s in plan.stages.items()]
+        config, prune_guard = fit_thresholds(layers, config, guard_data,
+                                             lambda cfg: _graph_trial(model, example, cfg))
+        with torch.no_grad():
+            plan = plan_graph(model, example, config)
+    stages = list(plan.stages.values())
+    with torch.no_grad():
+        precisions = [choose_precision(n, s.weight, s.var, s.kept, config)
+                      for n, s in plan.stages.items()]
+        guard = None
+        if guard_data is not None and config.quantize and config.bits_search != "off":
+            precisions, guard = _guard(lambda ps: build_graph(plan, ps), stages, precisions,
+                                       guard_data, config)
+        small = build_graph(plan, precisions if config.quantize else None)
+    small.kwh_input_shape = tuple(input_shape)
+    summary = graph_summary(plan, precisions, small, input_shape, config)
+    return _finish(small, summary, guard, prune_guard, eval_data,
+                   lambda: build_graph(plan, None) if config.quantize else small)
+
+
+def _finish(small: nn.Module, summary: dict, guard: dict | None, prune_guard: dict | None,
+            eval_data: Iterable | None, unquantized: Callable[[], nn.Module]) -> nn.Module:
+    """``small`` with its summary: the guards' reports, the errors on ``eval_data``."""
     if guard is not None:
         summary["bits_guard"] = guard
     if prune_guard is not None:
         summary["prune_guard"] = prune_guard
     if eval_data is not None:
-        unquantized = assemble(prefix, stages, None) if config.quantize else small
-        before, after = evaluate(unquantized, eval_data), evaluate(small, eval_data)
+        before, after = evaluate(unquantized(), eval_data), evaluate(small, eval_data)
         summary["eval"] = {
             "examples": before["n"],
             "error_before_quantization": before["error"],  # = the Bayesian model in eval mode
@@ -107,7 +162,29 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
 
 
 @torch.no_grad()
-def fit_thresholds(nodes, config: CompressConfig, data: Iterable) -> tuple[CompressConfig, dict]:
+def _chain_trial(nodes, config: CompressConfig) -> tuple[nn.Module, int]:
+    """The unquantized chain pruned under ``config`` and its nonzero weights."""
+    prefix, stages = build_stages(nodes, config)
+    propagate(stages)
+    keep = drop_unread_inputs(stages[0])
+    if keep is not None:
+        prefix.append(SelectInputs(keep))
+    return assemble(prefix, stages, None), sum(int(torch.count_nonzero(s.weight)) for s in stages)
+
+
+@torch.no_grad()
+def _graph_trial(model: nn.Module, example: torch.Tensor,
+                 config: CompressConfig) -> tuple[nn.Module, int]:
+    """The unquantized graph pruned under ``config`` and its nonzero weights."""
+    plan = plan_graph(model, example, config)
+    nonzero = sum(int(torch.count_nonzero(s.weight)) for s in plan.stages.values())
+    return build_graph(plan, None), nonzero
+
+
+@torch.no_grad()
+def fit_thresholds(layers: list[tuple[str, nn.Module]], config: CompressConfig, data: Iterable,
+                   trial: Callable[[CompressConfig], tuple[nn.Module, int]]
+                   ) -> tuple[CompressConfig, dict]:
     """Per-layer pruning thresholds fit on held-out data (``config.prune_search="fit"``).
 
     From the posterior's thresholds, repeatedly try, for each Bayesian layer without a user
@@ -115,11 +192,12 @@ def fit_thresholds(nodes, config: CompressConfig, data: Iterable) -> tuple[Compr
     (never all of them); take the try that leaves the fewest nonzero weights after dead units
     are propagated, provided the unquantized model's error on ``data`` stays within
     ``prune_tolerance`` points of the error at the posterior's thresholds. When no try
-    passes, halve ``frac``; stop below 1/64. Returns the config with the thresholds, and a
-    report for the summary.
+    passes, halve ``frac``; stop below 1/64. ``layers``: (name, module) of the model's layers;
+    ``trial(config)``: the unquantized model pruned under ``config`` and its nonzero weights.
+    Returns the config with the thresholds, and a report for the summary.
     """
-    layers = [(n.name, n.module) for n in nodes
-              if isinstance(n.module, BayesLayer) and n.name not in config.thresholds]
+    layers = [(name, m) for name, m in layers
+              if isinstance(m, BayesLayer) and name not in config.thresholds]
     log_alpha, start = {}, {}
     for name, m in layers:
         log_alpha[name] = m.prior.log_alpha().detach().to("cpu", torch.float64).reshape(-1)
@@ -127,18 +205,13 @@ def fit_thresholds(nodes, config: CompressConfig, data: Iterable) -> tuple[Compr
         start[name] = float(t if t is not None else
                             (m.threshold if m.threshold is not None else m.prior.threshold))
 
-    def trial(thresholds: dict[str, float]) -> tuple[float, int]:
+    def attempt(thresholds: dict[str, float]) -> tuple[float, int]:
         cfg = dataclasses.replace(config, thresholds={**config.thresholds, **thresholds})
-        prefix, stages = build_stages(nodes, cfg)
-        propagate(stages)
-        keep = drop_unread_inputs(stages[0])
-        if keep is not None:
-            prefix.append(SelectInputs(keep))
-        nonzero = sum(int(torch.count_nonzero(s.weight)) for s in stages)
-        return evaluate(assemble(prefix, stages, None), data)["error"], nonzero
+        model, nonzero = trial(cfg)
+        return evaluate(model, data)["error"], nonzero
 
     current = dict(start)
-    reference, size = trial(current)
+    reference, size = attempt(current)
     budget = reference + config.prune_tolerance / 100
     err, steps, trials, frac = reference, [], 1, 0.25
     while frac >= 1 / 64:
@@ -151,7 +224,7 @@ def fit_thresholds(nodes, config: CompressConfig, data: Iterable) -> tuple[Compr
             t = float(kept.sort(descending=True).values[k - 1])  # prunes log alpha >= t
             if bool((kept >= t).all()):  # ties: the whole layer would go
                 continue
-            e, n = trial({**current, name: t})
+            e, n = attempt({**current, name: t})
             trials += 1
             if e <= budget and n < size and (best is None or n < best[2]):
                 best = (name, t, n, e)
@@ -166,11 +239,13 @@ def fit_thresholds(nodes, config: CompressConfig, data: Iterable) -> tuple[Compr
     return dataclasses.replace(config, thresholds={**config.thresholds, **current}), report
 
 
-def _guard(prefix, stages: list[Stage], precisions: list[LayerPrecision], data: Iterable,
+def _guard(build: Callable[[list[LayerPrecision] | None], nn.Module], stages: list[Stage],
+           precisions: list[LayerPrecision], data: Iterable,
            config: CompressConfig) -> tuple[list[LayerPrecision], dict]:
-    """The accuracy guard of the bits (precision.search_bits) on held-out data."""
-    reference = evaluate(assemble(prefix, stages, None), data)
-    error = lambda ps: evaluate(assemble(prefix, stages, ps), data)["error"]  # noqa: E731
+    """The accuracy guard of the bits (precision.search_bits) on held-out data; ``build(ps)``
+    makes the model quantized to ``ps`` (unquantized for None)."""
+    reference = evaluate(build(None), data)
+    error = lambda ps: evaluate(build(ps), data)["error"]  # noqa: E731
     posterior_error = error(precisions)
     movable = [s.var is not None and s.name not in config.bits for s in stages]
     found, err = search_bits([s.weight for s in stages], precisions, movable, error,
@@ -193,26 +268,9 @@ def assemble(prefix: list[nn.Module], stages: list[Stage],
     for i, s in enumerate(stages):
         prec = None if precisions is None else precisions[i]
         w = s.weight if prec is None else quantize(s.weight, prec.frac_bits)
-        layers.append(_plain_layer(s, w, prec))
+        layers.append(plain_layer(s, w, prec))
         layers += s.after_modules()
     return nn.Sequential(*layers).eval()
-
-
-def _plain_layer(s: Stage, w: torch.Tensor, prec: LayerPrecision | None) -> nn.Module:
-    has_bias = s.had_bias or bool(s.bias.any())
-    out_f, in_f = w.shape[:2]
-    if s.conv:  # skip_init: no random initialisation, so the caller's RNG stream is untouched
-        m = s.module
-        layer = nn.utils.skip_init(nn.Conv2d, in_f, out_f, tuple(w.shape[2:]), stride=m.stride,
-                                   padding=m.padding, dilation=m.dilation, bias=has_bias)
-    else:
-        layer = nn.utils.skip_init(nn.Linear, in_f, out_f, bias=has_bias)
-    layer.weight.copy_(w.to(torch.float32))
-    if has_bias:
-        layer.bias.copy_(s.bias.to(torch.float32))  # biases stay float32 (not quantized)
-    layer.kwh_bits = 32 if prec is None else prec.bits
-    layer.kwh_frac_bits = None if prec is None else prec.frac_bits
-    return layer
 
 
 def _check_names(nodes, config: CompressConfig) -> None:

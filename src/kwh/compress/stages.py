@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from kwh.bayes import BayesLayer
 from kwh.compress.chain import DROPOUT, NORMS, Node
 from kwh.compress.config import CompressConfig
+from kwh.compress.precision import LayerPrecision
 
 _F64 = torch.float64
 
@@ -55,7 +56,8 @@ class Stage:
 
     @property
     def orig_weight_shape(self) -> tuple[int, ...]:
-        return (self.out_shape[0], self.in_shape[0], *self.weight.shape[2:])
+        groups = getattr(self.module, "groups", 1) if self.conv else 1
+        return (self.out_shape[0], self.in_shape[0] // groups, *self.weight.shape[2:])
 
     def cur_out_shape(self) -> tuple[int, ...]:
         return (self.weight.shape[0], *self.out_shape[1:])
@@ -102,24 +104,46 @@ class Stage:
 
     def after_modules(self) -> list[nn.Module]:
         """Fresh copies of the modules after this layer, BatchNorm cut to the units still here."""
-        out = []
-        for node in self.after:
-            m = node.module
-            if isinstance(m, NORMS):
-                i = self.norm_index(node)
-                bn = type(m)(len(i), eps=m.eps, momentum=m.momentum, affine=m.affine,
-                             track_running_stats=True)
-                with torch.no_grad():
-                    bn.running_mean.copy_(m.running_mean[i])
-                    bn.running_var.copy_(m.running_var[i])
-                    bn.num_batches_tracked.copy_(m.num_batches_tracked)
-                    if m.affine:
-                        bn.weight.copy_(m.weight[i])
-                        bn.bias.copy_(m.bias[i])
-                out.append(bn.eval())
-            else:
-                out.append(copy.deepcopy(m))
-        return out
+        return [sliced_norm(node.module, self.norm_index(node)) if isinstance(node.module, NORMS)
+                else copy.deepcopy(node.module) for node in self.after]
+
+
+@torch.no_grad()
+def sliced_norm(m: nn.Module, index: Tensor) -> nn.Module:
+    """A fresh BatchNorm (eval mode) holding the entries ``index`` (long or bool) of ``m``."""
+    bn = type(m)(int(m.running_mean[index].numel()), eps=m.eps, momentum=m.momentum,
+                 affine=m.affine, track_running_stats=True)
+    bn.running_mean.copy_(m.running_mean[index])
+    bn.running_var.copy_(m.running_var[index])
+    bn.num_batches_tracked.copy_(m.num_batches_tracked)
+    if m.affine:
+        bn.weight.copy_(m.weight[index])
+        bn.bias.copy_(m.bias[index])
+    return bn.eval()
+
+
+@torch.no_grad()
+def plain_layer(s: Stage, w: Tensor, prec: LayerPrecision | None,
+                dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A plain Linear/Conv2d holding weight ``w`` and the stage's bias, with ``kwh_bits`` and
+    ``kwh_frac_bits`` (32 and None when ``prec`` is None: not quantized)."""
+    has_bias = s.had_bias or bool(s.bias.any())
+    out_f, in_f = w.shape[:2]
+    if s.conv:  # skip_init: no random initialisation, so the caller's RNG stream is untouched
+        m = s.module
+        groups = getattr(m, "groups", 1)
+        layer = nn.utils.skip_init(nn.Conv2d, in_f * groups, out_f, tuple(w.shape[2:]),
+                                   stride=m.stride, padding=m.padding, dilation=m.dilation,
+                                   groups=groups, bias=has_bias,
+                                   padding_mode=getattr(m, "padding_mode", "zeros"), dtype=dtype)
+    else:
+        layer = nn.utils.skip_init(nn.Linear, in_f, out_f, bias=has_bias, dtype=dtype)
+    layer.weight.copy_(w.to(dtype))
+    if has_bias:
+        layer.bias.copy_(s.bias.to(dtype))  # biases stay float32 (not quantized)
+    layer.kwh_bits = 32 if prec is None else prec.bits
+    layer.kwh_frac_bits = None if prec is None else prec.frac_bits
+    return layer
 
 
 @torch.no_grad()
@@ -135,14 +159,15 @@ def build_stages(nodes: list[Node], config: CompressConfig) -> tuple[list[nn.Mod
         while j < len(nodes) and not nodes[j].weighted:
             j += 1
         after = [a for a in nodes[i + 1:j] if not isinstance(a.module, DROPOUT)]
-        stage = _read_layer(n, after, config)
+        stage = read_layer(n, after, config)
         if config.fold_batchnorm and after and isinstance(after[0].module, NORMS):
-            _fold_norm(stage, after.pop(0))
+            fold_norm(stage, after.pop(0))
         stages.append(stage)
     return prefix, stages
 
 
-def _read_layer(n: Node, after: list[Node], config: CompressConfig) -> Stage:
+def read_layer(n: Node, after: list[Node], config: CompressConfig) -> Stage:
+    """One weighted layer as a stage: eval weight and bias, posterior variance, kept mask."""
     m = n.module
     common = dict(name=n.name, module=m, in_shape=n.in_shape, out_shape=n.out_shape, after=after)
     if isinstance(m, BayesLayer):
@@ -183,7 +208,7 @@ def _bias(b: Tensor | None, w: Tensor) -> Tensor:
     return b.detach().to("cpu", _F64).clone()
 
 
-def _fold_norm(stage: Stage, node: Node) -> None:
+def fold_norm(stage: Stage, node: Node) -> None:
     """y = s (W x + b - mean) + beta with s = gamma / sqrt(var + eps): W' = s W, Var' = s^2 Var."""
     m = node.module
     s = (m.running_var.to("cpu", _F64) + m.eps).rsqrt()  # (O,)

@@ -45,10 +45,20 @@ NOT_MEASURED = ("not measured: the .kwh payload is measured by the codec (kwh.co
 def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrecision],
               small: nn.Sequential, input_shape: tuple[int, ...],
               config: CompressConfig) -> dict:
-    """Everything a report needs about the compression, computed from the actual tensors."""
+    """Everything a report needs about a compressed chain, computed from the actual tensors."""
     plain = [m for m in small if isinstance(m, (nn.Linear, nn.Conv2d))]
-    orig_nodes = [n for n in nodes if n.weighted]
-    layers = [_layer(n, s, p, m) for n, s, p, m in zip(orig_nodes, stages, precisions, plain)]
+    return summary_of([n.name for n in nodes if n.weighted], stages, precisions, plain, small,
+                      sum(original_param_count(n.module) for n in nodes),
+                      int(stages[-1].weight.shape[0]), input_shape, config)
+
+
+def summary_of(names: list[str], stages: list[Stage], precisions: list[LayerPrecision],
+               plain: list[nn.Module], small: nn.Module, original_params: int,
+               num_classes: int, input_shape: tuple[int, ...], config: CompressConfig) -> dict:
+    """The summary of any compressed model: ``names``, ``stages``, ``precisions`` and ``plain``
+    (the built Linear/Conv2d layers) one per weighted layer, in order; ``original_params`` the
+    parameters of the original model's modules (kwh.compress.summary.original_param_count)."""
+    layers = [_layer(n, s, p, m) for n, s, p, m in zip(names, stages, precisions, plain)]
     w_orig = sum(d["weights_original"] for d in layers)
     w_dense = sum(d["weights_pruned_dense"] for d in layers)
     nnz = sum(d["nonzero"] for d in layers)
@@ -63,12 +73,11 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
         "max_compression": None,  # add_payload: from the codec's payload
         "max_compression_source": NOT_MEASURED if config.quantize else NOT_QUANTIZED,
     }
-    orig_bytes = sum(_orig_param_count(n) for n in nodes) * 4
     small_bytes = sum(t.numel() for t in _float_tensors(small)) * 4
     return {
         "version": SUMMARY_VERSION,
         "input_shape": list(input_shape),
-        "num_classes": int(stages[-1].weight.shape[0]),
+        "num_classes": num_classes,
         "priors": sorted({s.prior for s in stages if s.prior is not None}),
         "quantized": bool(config.quantize),
         "architecture_original": "-".join(str(d["arch_original"]) for d in layers),
@@ -83,7 +92,7 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
         "macs_original": sum(d["macs_original"] for d in layers),
         "macs": sum(d["macs"] for d in layers),
         "macs_nonzero": sum(d["macs_nonzero"] for d in layers),
-        "size_fp32_original_bytes": orig_bytes,
+        "size_fp32_original_bytes": original_params * 4,
         "size_fp32_bytes": small_bytes,
         "bias_bytes": sum(4 * m.bias.numel() for m in plain if m.bias is not None),
         "payload_bytes": None,  # add_payload
@@ -95,7 +104,7 @@ def summarize(nodes: list[Node], stages: list[Stage], precisions: list[LayerPrec
     }
 
 
-def _layer(n: Node, s: Stage, p: LayerPrecision, m: nn.Module) -> dict:
+def _layer(name: str, s: Stage, p: LayerPrecision, m: nn.Module) -> dict:
     conv = s.conv
     orig_shape = list(original_shape(s.module) or s.orig_weight_shape)
     positions = math.prod(s.out_shape[1:]) if conv else 1  # output pixels per example
@@ -104,7 +113,7 @@ def _layer(n: Node, s: Stage, p: LayerPrecision, m: nn.Module) -> dict:
     kernel = math.prod(w.shape[2:]) if conv else 1
     nonzero = int(torch.count_nonzero(m.weight))  # after quantization: what is stored
     return {
-        "name": n.name,
+        "name": name,
         "type": "Conv2d" if conv else "Linear",
         "prior": s.prior,
         "threshold": s.threshold,
@@ -158,9 +167,8 @@ def original_shape(m: nn.Module) -> tuple[int, ...] | None:
     return None if shape is None else tuple(int(d) for d in shape)
 
 
-def _orig_param_count(n: Node) -> int:
-    """Parameters of the deterministic original layer (weights, biases, BatchNorm stats)."""
-    m = n.module
+def original_param_count(m: nn.Module) -> int:
+    """Parameters of the deterministic original module (weights, biases, BatchNorm stats)."""
     if isinstance(m, BayesLayer):
         shape = original_shape(m) or m.prior.weight_shape
         return math.prod(shape) + (0 if m.bias is None else shape[0])
@@ -255,6 +263,7 @@ def format_summary(summary: dict) -> str:
     """The summary as a readable text block (what `kwh compress` and `kwh inspect` print)."""
     s = summary
     priors = ", ".join(s["priors"]) or "none (plain layers)"
+    width = max([12] + [len(d["name"]) for d in s["layers"]])  # module paths of a graph
     lines = [
         f"input {tuple(s['input_shape'])}, {s['num_classes']} outputs, prior: {priors}",
         f"architecture  {s['architecture_original']}  ->  {s['architecture']}"
@@ -262,7 +271,7 @@ def format_summary(summary: dict) -> str:
         f"bits          {s['bits']}   total bits per weight, per layer (biases float32)"
         + ("" if s["quantized"] else "   [not applied: weights left float32]"),
         "",
-        f"{'layer':<12} {'type':<7} {'weight shape':<24} {'bits':>4} {'e':>3} {'t':>3} "
+        f"{'layer':<{width}} {'type':<7} {'weight shape':<24} {'bits':>4} {'e':>3} {'t':>3} "
         f"{'nonzero/weights':>22} {'MACs':>22}",
     ]
     for d in s["layers"]:
@@ -276,9 +285,16 @@ def format_summary(summary: dict) -> str:
         if d["carrier_units"]:
             extra.append(f"{d['carrier_units']} carrier")
         note = f"  [{', '.join(extra)}]" if extra else ""
-        lines.append(f"{d['name']:<12} {d['type']:<7} {shape:<24} {d['bits']:>4} "
+        lines.append(f"{d['name']:<{width}} {d['type']:<7} {shape:<24} {d['bits']:>4} "
                      f"{d['exp_bits']:>3} {d['frac_bits']:>3} {nz:>22} {macs:>22}{note}")
     lines.append(f"  ({BITS_NOTE})")
+    g = s.get("graph")
+    if g:  # kwh.compress.dag: channels coupled across the graph
+        frozen = "; ".join(f"{k} ({v})" for k, v in g["frozen_layers"].items())
+        lines.append(f"channels      {g['channel_classes']:,} coupled channel groups: "
+                     f"{g['removed_classes']:,} removed, {g['frozen_classes']:,} frozen by "
+                     "operations they cannot cross exactly" +
+                     (f"; layers kept whole: {frozen}" if frozen else ""))
     r = s["rates"]
     lines += [
         "",

@@ -1,0 +1,675 @@
+"""Structured compression of a model whose traced graph is not a chain: residual additions,
+concatenations, branches, BatchNorm, global pooling, and any other traceable operation.
+
+Pruning removes channels, and in a graph one channel can be written and read by several
+layers. Every output unit (filter) of a Linear/Conv2d is an *atom*; each tensor of the graph
+lists the atom at each position of its dim 1, and the operations tie atoms into classes
+(a union-find) or freeze them:
+
+- per-channel operations (elementwise activations, BatchNorm, dropout, max/average and
+  adaptive pooling, Identity, means over the spatial dims, arithmetic with a number) pass a
+  tensor's atoms on;
+- an addition or subtraction of tensors ties the atoms at each position of its inputs into one
+  class: one channel of a residual stream, written by every layer added into it;
+- a concatenation along dim 1 lists its inputs' atoms one after the other;
+- a flatten of a (C, H, W) tensor repeats each channel's atom over its H*W features;
+- everything else (LayerNorm, matmul, other reshapes, softmax or sums over channels,
+  indexing, a layer with groups > 1, the model's input and output) freezes the atoms it
+  touches: their channels are never removed, so that operation sees the shapes it was traced
+  with. Any traceable operation is allowed; it only stops pruning where it could not be exact.
+
+A class that is not frozen is removed when no layer reads it (every reading layer's weights on
+it are zero), or when it is constant (every writing layer's weights into it are zero, so its
+value is a function of biases alone, the same for every input): its contribution is then folded
+into each reading layer's bias (always exact for a Linear; for a Conv2d only when it is the
+same at every output position). Constants a padded Conv2d sees differently at the border stay,
+but those read by the same layers with proportional maps (a constant through ReLU and pooling
+always is) are merged into one carrier class, as kwh.compress.propagate does in a chain.
+Removing a class empties weight rows and columns, which can make other classes unread or
+constant: repeat to a fixed point. Every layer keeps at least one output. Each step keeps every
+remaining value exact, and the pruned graph is checked against the masked model in float64 on
+the example inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from kwh.bayes import BayesConv2d, BayesLayer, BayesLinear
+from kwh.compress.chain import DROPOUT, ELEMENTWISE, NORMS, POOLS, WEIGHTED, Node
+from kwh.compress.config import CompressConfig
+from kwh.compress.precision import LayerPrecision, quantize
+from kwh.compress.stages import Stage, fold_norm, plain_layer, read_layer, sliced_norm
+from kwh.compress.summary import original_param_count, summary_of
+from kwh.errors import ModelError
+from kwh.graph import (
+    check_calls,
+    check_io,
+    describe_node,
+    node_shapes,
+    shape_only,
+    tensor_inputs,
+    trace,
+)
+
+__all__ = ["GraphPlan", "plan_graph", "build_graph", "graph_summary"]
+
+_F64 = torch.float64
+_TOL = 1e-9  # relative: "the same at every position" in float64 (as kwh.compress.propagate)
+_CHECK_TOL = 1e-7  # relative: the pruned graph against the masked model, both float64
+
+_POOLS = POOLS + (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                  nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_PER_CHANNEL_MODULES = ELEMENTWISE + DROPOUT + _POOLS
+_PER_CHANNEL_FUNCTIONS = {
+    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
+    F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, F.softsign, F.tanhshrink, F.logsigmoid,
+    torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, torch.abs, torch.neg, operator.neg,
+    torch.exp, torch.clamp, torch.clip, F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout,
+    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+}
+_PER_CHANNEL_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "abs", "neg",
+                        "exp", "clamp", "clamp_", "clamp_min", "clamp_max", "contiguous"}
+_ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
+_ADD_METHODS = {"add", "add_", "sub", "sub_"}
+_SCALE = {operator.mul, operator.imul, operator.truediv, operator.itruediv, operator.pow,
+          torch.mul, torch.div}
+_SCALE_METHODS = {"mul", "mul_", "div", "div_", "pow"}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_REDUCE = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+
+
+# ------------------------------------------------------------------------ channel atoms
+
+class _Atoms:
+    """Union-find over channel atoms; a class holding a frozen atom is frozen."""
+
+    def __init__(self):
+        self.parent: list[int] = []
+        self.frozen: list[bool] = []
+
+    def new(self, n: int, frozen: bool = False) -> list[int]:
+        start = len(self.parent)
+        self.parent += range(start, start + n)
+        self.frozen += [frozen] * n
+        return list(range(start, start + n))
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            lo, hi = min(ra, rb), max(ra, rb)
+            self.parent[hi] = lo
+            self.frozen[lo] = self.frozen[lo] or self.frozen[hi]
+
+    def freeze(self, atoms) -> None:
+        for a in atoms or ():
+            self.frozen[self.find(a)] = True
+
+    def is_frozen(self, a: int) -> bool:
+        return self.frozen[self.find(a)]
+
+
+@dataclass
+class _Channels:
+    """What the walk over the graph found: atoms per tensor, per layer row and column."""
+
+    atoms: _Atoms = field(default_factory=_Atoms)
+    layout: dict[str, list[int] | None] = field(default_factory=dict)  # node name -> atoms
+    writes: dict[str, list[int]] = field(default_factory=dict)  # layer -> atom of each row
+    reads: dict[str, list[int]] = field(default_factory=dict)  # layer -> atom of each column
+    outputs: dict[str, list[int]] = field(default_factory=dict)  # every layer -> its atoms
+    norms: dict[str, list[int]] = field(default_factory=dict)  # kept BatchNorm -> its atoms
+    frozen_layers: dict[str, str] = field(default_factory=dict)  # layer -> why
+
+
+@dataclass
+class _Class:
+    """One channel class: the layer rows that write it and the layer columns that read it."""
+
+    writers: dict[str, list[int]] = field(default_factory=dict)
+    readers: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass
+class GraphPlan:
+    """A traced model read for pruning, pruned: its layers as stages, its BatchNorms."""
+
+    gm: fx.GraphModule  # the traced model; its modules are the user's (read, never changed)
+    stages: dict[str, Stage]  # weighted layers by module path, in execution order
+    folded: dict[str, str]  # BatchNorm node name -> the layer it is folded into
+    norms: dict[str, Tensor]  # BatchNorm kept in the graph -> the entries kept (bool)
+    frozen_layers: dict[str, str]  # layers none of whose units can be removed, and why
+    channels: dict = field(default_factory=dict)  # counts of channel classes, for the summary
+    num_classes: int = 0
+    example: Tensor | None = None  # float64 CPU example the plan was checked on
+    reference: Tensor | None = None  # the masked model's float64 output on it
+
+
+# ------------------------------------------------------------------------ reading the graph
+
+@torch.no_grad()
+def plan_graph(model: nn.Module, example: Tensor, config: CompressConfig) -> GraphPlan:
+    """Read, fold and prune ``model`` traced on ``example`` (a batch); see the module doc.
+
+    ModelError for what no reading of a graph handles (several inputs or outputs, a tensor
+    attribute, a module called twice, an unsupported Bayesian layer, a model without a
+    Linear/Conv2d), or when the pruned graph does not reproduce the model on ``example``.
+    """
+    gm = _trace_eval(model)
+    check_io(model, gm)
+    check_calls(gm)
+    shapes = node_shapes(gm, example)
+    modules = dict(model.named_modules())
+    stages = _read_layers(gm, modules, shapes, config)
+    folded = _fold_norms(gm, modules, shapes, stages, config)
+    ch = _walk(gm, modules, shapes, stages, folded)
+    plan = GraphPlan(gm, stages, folded, {t: torch.ones(len(a), dtype=torch.bool)
+                                          for t, a in ch.norms.items()}, ch.frozen_layers)
+    plan.example = example.detach().to("cpu", _F64)
+    inputs, plan.reference = _record(plan)
+    classes = _classes(ch)
+    removed = _prune(stages, classes, inputs)
+    _cut(plan, ch, removed)
+    written = {ch.atoms.find(a) for atoms in ch.outputs.values() for a in atoms or ()}
+    plan.channels = {"classes": len(written), "frozen": sum(ch.atoms.frozen[r] for r in written),
+                     "removed": len(removed)}
+    plan.num_classes = int(plan.reference.shape[1]) if plan.reference.dim() > 1 else 1
+    _check(plan, model)
+    return plan
+
+
+def _trace_eval(model: nn.Module) -> fx.GraphModule:
+    """The graph traced in eval mode: ``F.dropout(x, p, self.training)`` and any other use of
+    the training flag in forward() are recorded as inference runs them."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return trace(model)
+    finally:
+        for m, f in flags:
+            m.training = f
+
+
+def _read_layers(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict[str, tuple],
+                 config: CompressConfig) -> dict[str, Stage]:
+    """Every Linear/Conv2d called in the graph as a stage (eval weight, variance, mask)."""
+    stages: dict[str, Stage] = {}
+    for n in gm.graph.nodes:
+        if n.op != "call_module":
+            continue
+        m = modules[n.target]
+        if isinstance(m, BayesLayer) and not isinstance(m, (BayesLinear, BayesConv2d)):
+            raise ModelError(f"layer {n.target!r} ({type(m).__name__}) is not supported; "
+                             "structured compression makes BayesLinear and BayesConv2d plain")
+        if not isinstance(m, WEIGHTED):
+            continue
+        src = tensor_inputs(n)
+        if len(src) != 1 or src[0].name not in shapes or n.name not in shapes:
+            raise ModelError(f"{describe_node(n)} does not map one tensor to one tensor")
+        before, after = shapes[src[0].name][1:], shapes[n.name][1:]
+        if isinstance(m, (nn.Linear, BayesLinear)):  # units on the last dim
+            before, after = before[-1:], after[-1:]
+        stages[n.target] = read_layer(Node(n.target, m, before, after), [], config)
+    if not stages:
+        raise ModelError("the model has no Linear or Conv2d layer to compress")
+    return stages
+
+
+def _fold_norms(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict[str, tuple],
+                stages: dict[str, Stage], config: CompressConfig) -> dict[str, str]:
+    """Fold each BatchNorm whose input is a layer's output read by nothing else."""
+    folded: dict[str, str] = {}
+    if not config.fold_batchnorm:
+        return folded
+    for n in gm.graph.nodes:
+        if n.op != "call_module" or not _tracked_norm(modules[n.target]) or \
+                len(n.args) != 1 or n.kwargs:
+            continue
+        p = n.args[0]
+        if not isinstance(p, fx.Node) or p.op != "call_module" or p.target not in stages or \
+                len(p.users) != 1:
+            continue
+        s, bn = stages[p.target], modules[n.target]
+        units = len(shapes[p.name]) == 4 if s.conv else len(shapes[p.name]) == 2
+        if units and bn.num_features == s.weight.shape[0]:
+            fold_norm(s, Node(n.target, bn))
+            folded[n.name] = p.target
+    return folded
+
+
+def _tracked_norm(m: nn.Module) -> bool:
+    """A BatchNorm that uses running statistics in eval mode (per channel, foldable)."""
+    return isinstance(m, NORMS) and m.track_running_stats and m.running_mean is not None
+
+
+def _walk(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict[str, tuple],
+          stages: dict[str, Stage], folded: dict[str, str]) -> _Channels:
+    """The atoms of every tensor, in graph order (see the module docstring)."""
+    ch = _Channels()
+    lay = ch.layout
+    for n in gm.graph.nodes:
+        shape = shapes.get(n.name)
+        if n.op == "placeholder":
+            lay[n.name] = _fresh(ch, shape)
+            continue
+        if shape_only(n):
+            _freeze_shape_read(n, ch)
+            continue
+        ins = tensor_inputs(n)
+        if n.op == "output":
+            for i in ins:
+                ch.atoms.freeze(lay.get(i.name))
+            continue
+        if n.name in folded:
+            lay[n.name] = lay[ins[0].name]
+            continue
+        if n.op == "call_module" and n.target in stages:
+            lay[n.name] = ch.outputs[n.target] = _layer_atoms(n, modules[n.target], shapes, ins, ch)
+            continue
+        if n.op == "call_module" and _tracked_norm(modules[n.target]) and \
+                _passes(ins, shape, lay):
+            lay[n.name] = ch.norms[n.target] = lay[ins[0].name]
+            continue
+        kind, block = _rule(n, modules, shapes)
+        out = None
+        if kind == "pass" and _passes(ins, shape, lay):
+            out = lay[ins[0].name]
+        elif kind == "join" and _joins(ins, shape, shapes, lay):
+            out = lay[ins[0].name]
+            for i in ins[1:]:
+                for a, b in zip(out, lay[i.name]):
+                    ch.atoms.union(a, b)
+        elif kind == "cat" and all(lay.get(i.name) is not None for i in ins) and shape and \
+                sum(len(lay[i.name]) for i in ins) == shape[1]:
+            out = [a for i in ins for a in lay[i.name]]
+        elif kind == "flatten" and len(ins) == 1 and lay.get(ins[0].name) is not None and \
+                shape and len(lay[ins[0].name]) * block == shape[1]:
+            out = [a for a in lay[ins[0].name] for _ in range(block)]
+        if out is None:  # opaque: its inputs keep every channel, its output is new
+            for i in ins:
+                ch.atoms.freeze(lay.get(i.name))
+            out = _fresh(ch, shape)
+        lay[n.name] = out
+    return ch
+
+
+def _fresh(ch: _Channels, shape: tuple | None) -> list[int] | None:
+    """New frozen atoms for a tensor of ``shape`` (None: not a tensor with channels)."""
+    return ch.atoms.new(shape[1], frozen=True) if shape and len(shape) > 1 else None
+
+
+def _layer_atoms(n: fx.Node, m: nn.Module, shapes: dict[str, tuple], ins: list[fx.Node],
+                 ch: _Channels) -> list[int] | None:
+    """A weighted layer reads its input's atoms column by column and writes new atoms."""
+    src = ch.layout.get(ins[0].name)
+    before, after = shapes[ins[0].name], shapes[n.name]
+    why = None
+    conv = isinstance(m, (nn.Conv2d, BayesConv2d))
+    if conv and m.groups != 1:
+        why = f"grouped Conv2d (groups={m.groups})"
+    elif conv and getattr(m, "padding_mode", "zeros") != "zeros":
+        why = f"padding_mode={m.padding_mode!r}"
+    elif len(before) != (4 if conv else 2):
+        why = f"input of shape {tuple(before[1:])} (units not on dim 1)"
+    elif src is None or len(src) != before[1]:
+        why = "input channels not traced"
+    if why is not None:
+        ch.frozen_layers[n.target] = why
+        ch.atoms.freeze(src)
+        return _fresh(ch, after)
+    ch.reads[n.target] = src
+    ch.writes[n.target] = ch.atoms.new(after[1])
+    return ch.writes[n.target]
+
+
+def _passes(ins: list[fx.Node], shape, lay: dict) -> bool:
+    """One tensor in, its channels unchanged out."""
+    return len(ins) == 1 and lay.get(ins[0].name) is not None and shape is not None and \
+        len(shape) > 1 and shape[1] == len(lay[ins[0].name])
+
+
+def _joins(ins: list[fx.Node], shape, shapes: dict, lay: dict) -> bool:
+    """Tensors of the same rank and channels, added position by position."""
+    return shape is not None and len(shape) > 1 and all(
+        lay.get(i.name) is not None and len(shapes[i.name]) == len(shape) and
+        len(lay[i.name]) == shape[1] for i in ins)
+
+
+def _freeze_shape_read(n: fx.Node, ch: _Channels) -> None:
+    """x.size(0) and x.shape[0] (the batch) leave x's channels free; any other read of a
+    tensor's shape could change with them, so it freezes them."""
+    src = n.args[0] if n.args else None
+    if not isinstance(src, fx.Node) or shape_only(src) or src.name not in ch.layout:
+        return
+    if n.op == "call_method" and n.target == "dim":
+        return
+    if n.op == "call_function" and n.target is getattr and n.args[1] == "ndim":
+        return
+    if n.op == "call_method" and n.target == "size" and _arg(n, 1, "dim", None) is not None:
+        if _arg(n, 1, "dim", None) == 0:
+            return
+    elif all(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0
+             for u in n.users):
+        return
+    ch.atoms.freeze(ch.layout[src.name])
+
+
+def _arg(n: fx.Node, i: int, name: str, default):
+    if name in n.kwargs:
+        return n.kwargs[name]
+    return n.args[i] if len(n.args) > i else default
+
+
+def _rule(n: fx.Node, modules: dict[str, nn.Module], shapes: dict[str, tuple]) -> tuple[str, int]:
+    """How an operation treats channels: ("pass"|"join"|"cat"|"flatten"|"opaque", block)."""
+    ins = tensor_inputs(n)
+    in_shape = shapes.get(ins[0].name) if ins else None
+    out_shape = shapes.get(n.name)
+    if in_shape is None or out_shape is None:
+        return "opaque", 0
+    t, method = n.target, n.op == "call_method"
+    if n.op == "call_module":
+        m = modules[t]
+        if isinstance(m, _PER_CHANNEL_MODULES):
+            return "pass", 0
+        if isinstance(m, nn.Flatten):
+            return _flatten_rule(m.start_dim, m.end_dim, in_shape)
+        return "opaque", 0
+    if (not method and t in _PER_CHANNEL_FUNCTIONS) or (method and t in _PER_CHANNEL_METHODS):
+        return "pass", 0  # (with return_indices the output is a tuple: no shape, opaque)
+    if (not method and t in _ADD) or (method and t in _ADD_METHODS):
+        return ("pass", 0) if len(ins) == 1 else ("join", 0)
+    if (not method and t in _SCALE) or (method and t in _SCALE_METHODS):
+        return ("pass", 0) if len(ins) == 1 else ("opaque", 0)
+    if not method and t in _CAT:
+        dim = _arg(n, 1, "dim", 0)
+        return ("cat", 0) if isinstance(dim, int) and dim % len(out_shape) == 1 else ("opaque", 0)
+    if (not method and t is torch.flatten) or (method and t == "flatten"):
+        return _flatten_rule(_arg(n, 1, "start_dim", 0), _arg(n, 2, "end_dim", -1), in_shape)
+    if (method and t in ("view", "reshape")) or (not method and t is torch.reshape):
+        sizes = n.args[1:] if method else n.args[1]
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = sizes[0]
+        return _view_rule(list(sizes), in_shape, out_shape)
+    if (not method and t in _REDUCE) or (method and t in _REDUCE_METHODS):
+        return _spatial(_arg(n, 1, "dim", None), len(in_shape))
+    if (not method and t is torch.squeeze) or (method and t == "squeeze"):
+        return _spatial(_arg(n, 1, "dim", None), len(in_shape))
+    if (not method and t is torch.unsqueeze) or (method and t == "unsqueeze"):
+        return _spatial(_arg(n, 1, "dim", None), len(in_shape) + 1)
+    return "opaque", 0
+
+
+def _spatial(dims, ndim: int) -> tuple[str, int]:
+    """An operation on the listed dims (a reduction, a squeeze) passes channels through when
+    they are all spatial (>= 2)."""
+    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+    if not dims or not all(isinstance(d, int) for d in dims):
+        return "opaque", 0
+    return ("pass", 0) if min(d % ndim for d in dims) >= 2 else ("opaque", 0)
+
+
+def _flatten_rule(start, end, in_shape: tuple) -> tuple[str, int]:
+    nd = len(in_shape)
+    if not isinstance(start, int) or not isinstance(end, int) or nd < 2:
+        return "opaque", 0
+    start, end = start % nd, end % nd
+    if start >= 2:
+        return "pass", 0
+    if start == 1 and end >= 1:
+        return "flatten", math.prod(in_shape[2:end + 1])
+    return "opaque", 0
+
+
+def _view_rule(sizes: list, in_shape: tuple, out_shape: tuple) -> tuple[str, int]:
+    """x.view(B, -1) / x.reshape(x.size(0), -1) flatten; other sizes are literal: opaque."""
+    batch_ok = len(sizes) == 2 and (isinstance(sizes[0], int) or (
+        isinstance(sizes[0], fx.Node) and shape_only(sizes[0])))
+    if batch_ok and sizes[1] == -1 and len(in_shape) >= 2 and \
+            tuple(out_shape) == (in_shape[0], math.prod(in_shape[1:])):
+        return "flatten", math.prod(in_shape[2:])
+    return "opaque", 0
+
+
+# ------------------------------------------------------------------------ pruning
+
+def _classes(ch: _Channels) -> dict[int, _Class]:
+    """Every class that is not frozen, by root, with its writing rows and reading columns."""
+    classes: dict[int, _Class] = {}
+    for side, table in (("writers", ch.writes), ("readers", ch.reads)):
+        for name, atoms in table.items():
+            for i, a in enumerate(atoms):
+                r = ch.atoms.find(a)
+                if not ch.atoms.frozen[r]:
+                    getattr(classes.setdefault(r, _Class()), side).setdefault(name, []).append(i)
+    return dict(sorted(classes.items()))
+
+
+def _prune(stages: dict[str, Stage], classes: dict[int, _Class],
+           inputs: dict[str, Tensor]) -> set[int]:
+    """Remove unread and constant classes to a fixed point; returns the removed roots.
+
+    Works on the full-size tensors (columns of removed classes zeroed, constants folded into
+    biases or merged into a carrier); ``_cut`` slices them afterwards."""
+    removed: set[int] = set()
+    rows_left = {name: int(s.weight.shape[0]) for name, s in stages.items()}
+
+    def remove(root: int) -> None:
+        removed.add(root)
+        for n, r in classes[root].writers.items():
+            rows_left[n] -= len(r)
+
+    while True:
+        stubborn = []  # constants a padded conv sees differently at the border
+        changed = False
+        for root, c in classes.items():
+            if root in removed or any(rows_left[n] <= len(r) for n, r in c.writers.items()):
+                continue  # every layer keeps an output
+            if not _unread(stages, c.readers):
+                if not _constant(stages, c.writers):
+                    continue
+                folds = _folds(stages, c.readers, inputs)
+                if folds is None:
+                    stubborn.append(root)
+                    continue
+                for name, cols, delta in folds:
+                    s = stages[name]
+                    s.bias += delta
+                    s.weight[:, cols] = 0
+                    s.kept[:, cols] = False
+            remove(root)
+            changed = True
+        if not changed:
+            merged = _merge_carriers(stages, classes, stubborn, inputs, rows_left)
+            if not merged:
+                return removed
+            removed.update(merged)
+
+
+def _merge_carriers(stages: dict[str, Stage], classes: dict[int, _Class], roots: list[int],
+                    inputs: dict[str, Tensor], rows_left: dict[str, int]) -> list[int]:
+    """Merge constant classes read by the same layers, one column each, whose maps there are
+    proportional to one carrier class's (a constant through ReLU and pooling always is):
+    each reading layer adds a times their column to the carrier's column, since
+    conv(a V, W) = conv(V, a W) (as kwh.compress.propagate does in a chain). Returns the
+    classes merged away (``rows_left`` counts their rows out)."""
+    groups: dict[tuple, list[int]] = {}
+    for root in roots:
+        readers = classes[root].readers
+        if all(len(cols) == 1 for cols in readers.values()):
+            groups.setdefault(tuple(sorted(readers)), []).append(root)
+    merged = []
+    for group in groups.values():
+        maps = {root: {n: inputs[n][0, cols[0]].reshape(-1)
+                       for n, cols in classes[root].readers.items()} for root in group}
+        ref = max(group, key=lambda r: sum(float(m.norm()) for m in maps[r].values()))
+        for root in group:
+            writers = classes[root].writers
+            if root == ref or any(rows_left[n] <= len(r) for n, r in writers.items()):
+                continue
+            scale = _proportional(maps[root], maps[ref])
+            if scale is None:
+                continue
+            for n, a in scale.items():
+                s, c, c0 = stages[n], classes[root].readers[n][0], classes[ref].readers[n][0]
+                s.weight[:, c0] += a * s.weight[:, c]
+                if s.var is not None:
+                    s.var[:, c0] += a ** 2 * s.var[:, c]
+                s.kept[:, c0] |= s.kept[:, c] | (s.weight[:, c0] != 0)
+                s.weight[:, c] = 0
+                s.kept[:, c] = False
+            for n, rows in classes[ref].writers.items():
+                stages[n].carriers += [r for r in rows if r not in stages[n].carriers]
+            for n, rows in writers.items():
+                rows_left[n] -= len(rows)
+            merged.append(root)
+    return merged
+
+
+def _proportional(maps: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, float] | None:
+    """{layer: a} with maps[layer] = a ref[layer] for every layer (float64 tolerance), or None."""
+    scale = {}
+    for n, m in maps.items():
+        r = ref[n]
+        norm2 = float(r.dot(r))
+        a = float(m.dot(r)) / norm2 if norm2 > 0 else 0.0
+        if float((m - a * r).norm()) > _TOL * (1 + float(m.norm())):
+            return None
+        scale[n] = a
+    return scale
+
+
+def _unread(stages: dict[str, Stage], readers: dict[str, list[int]]) -> bool:
+    return not any(bool(stages[n].weight[:, cols].any()) for n, cols in readers.items())
+
+
+def _constant(stages: dict[str, Stage], writers: dict[str, list[int]]) -> bool:
+    return not any(bool(stages[n].weight[rows].any()) for n, rows in writers.items())
+
+
+def _folds(stages: dict[str, Stage], readers: dict[str, list[int]],
+           inputs: dict[str, Tensor]) -> list[tuple[str, list[int], Tensor]] | None:
+    """What a constant class adds to each reading layer's output: (layer, columns, bias
+    increment); None when a Conv2d sees it differently at some position (padding)."""
+    out = []
+    for name, cols in readers.items():
+        s = stages[name]
+        w = s.weight[:, cols]  # (O, k) or (O, k, kh, kw)
+        v = inputs[name][0, cols]  # the class's value there: the same for every input
+        if not s.conv:
+            out.append((name, cols, w @ v))
+            continue
+        y = F.conv2d(v[None], w, None, **s.conv_args())[0]  # (O, H', W')
+        flat = y.reshape(y.shape[0], -1)
+        span = flat.amax(dim=1) - flat.amin(dim=1)
+        if not bool((span <= _TOL * (1 + flat.abs().amax(dim=1))).all()):
+            return None
+        out.append((name, cols, flat.mean(dim=1)))
+    return out
+
+
+def _cut(plan: GraphPlan, ch: _Channels, removed: set[int]) -> None:
+    """Slice every layer and kept BatchNorm to the classes that stay."""
+    def keep(atoms: list[int]) -> Tensor:
+        return torch.tensor([ch.atoms.find(a) not in removed for a in atoms], dtype=torch.bool)
+
+    for name, s in plan.stages.items():
+        if name in ch.writes:
+            s.select_rows(keep(ch.writes[name]))
+        if name in ch.reads:
+            s.select_cols(keep(ch.reads[name]))
+    for target, atoms in ch.norms.items():
+        plan.norms[target] = keep(atoms)
+
+
+# ------------------------------------------------------------------------ building, checking
+
+@torch.no_grad()
+def build_graph(plan: GraphPlan, precisions: list[LayerPrecision] | None,
+                dtype: torch.dtype = torch.float32) -> fx.GraphModule:
+    """The compressed model: the traced graph with each weighted layer a plain Linear/Conv2d
+    (quantized to ``precisions``, one per stage in order, or unquantized when None), kept
+    BatchNorms sliced, folded ones gone; other modules are copies. On the CPU, eval mode."""
+    precs = dict(zip(plan.stages, precisions)) if precisions is not None else {}
+    modules: dict[str, nn.Module] = {}
+    for n in plan.gm.graph.nodes:
+        if n.op != "call_module" or n.name in plan.folded:
+            continue
+        t, m = n.target, plan.gm.get_submodule(n.target)
+        if t in plan.stages:
+            s, p = plan.stages[t], precs.get(t)
+            layer = plain_layer(s, s.weight if p is None else quantize(s.weight, p.frac_bits), p,
+                                dtype)
+        elif t in plan.norms:
+            layer = sliced_norm(m, plan.norms[t])
+        else:
+            layer = copy.deepcopy(m)
+        modules[t] = layer.to("cpu", dtype)
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for n in plan.gm.graph.nodes:
+        if n.name in plan.folded:  # its layer now computes what it did
+            env[n] = env[n.args[0]]
+        else:
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    small = fx.GraphModule(modules, graph)
+    return small.eval()
+
+
+def _record(plan: GraphPlan) -> tuple[dict[str, Tensor], Tensor]:
+    """The unpruned masked model in float64 on the example: each layer's input (first
+    example) and the output."""
+    inputs: dict[str, Tensor] = {}
+
+    class Recorder(fx.Interpreter):
+        def call_module(self, target, args, kwargs):
+            if target in plan.stages:
+                inputs[target] = args[0][:1].detach().clone()
+            return super().call_module(target, args, kwargs)
+
+    out = Recorder(build_graph(plan, None, _F64)).run(plan.example)
+    if not isinstance(out, Tensor):
+        raise ModelError(f"the traced model returns {type(out).__name__}, not one tensor")
+    return inputs, out
+
+
+def _check(plan: GraphPlan, model: nn.Module) -> None:
+    """The pruned graph must compute what the masked model computes (float64, the example)."""
+    got = build_graph(plan, None, _F64)(plan.example)
+    ref = plan.reference
+    err = float((got - ref).abs().max()) if got.shape == ref.shape else math.inf
+    if not err <= _CHECK_TOL * (1 + float(ref.abs().max())):
+        raise ModelError(f"the pruned graph of {type(model).__name__} does not reproduce the "
+                         f"model on the example inputs (largest difference {err:.3g}); kwh will "
+                         "not compress a different network: compress only the weights with "
+                         "kwh.compress(model, mode='weights')")
+
+
+def graph_summary(plan: GraphPlan, precisions: list[LayerPrecision], small: fx.GraphModule,
+                  input_shape: tuple[int, ...], config: CompressConfig) -> dict:
+    """The chain's summary keys (kwh.compress.summary), plus ``graph``: channel classes."""
+    plain = [small.get_submodule(name) for name in plan.stages]
+    original = sum(original_param_count(plan.gm.get_submodule(n.target))
+                   for n in plan.gm.graph.nodes if n.op == "call_module")
+    summary = summary_of(list(plan.stages), list(plan.stages.values()), precisions, plain, small,
+                         original, plan.num_classes, input_shape, config)
+    summary["graph"] = {"channel_classes": plan.channels["classes"],
+                        "frozen_classes": plan.channels["frozen"],
+                        "removed_classes": plan.channels["removed"],
+                        "frozen_layers": dict(plan.frozen_layers)}
+    return summary

@@ -1,0 +1,48 @@
+"""A compressed ResNet end to end: kwh.compress on the traced graph, the .kwh graph layout,
+kwh.load without the class, the same outputs, and the summary's payload from that file."""
+
+from __future__ import annotations
+
+import torch
+
+import kwh
+from kwh.format import file_report
+from kwh.models import resnet20
+from tests.any_models import random_posterior_
+
+
+def _bayesian_resnet(prior: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = resnet20(width=4)
+    kwh.bayesify_(model, prior)
+    random_posterior_(model)
+    return model.eval()
+
+
+def test_compressed_resnet_saves_as_a_graph_and_loads_without_its_class(tmp_path):
+    model = _bayesian_resnet("group-horseshoe")
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    small = kwh.compress(model, example_inputs=x)
+    s = small.kwh_summary
+    assert s["architecture"] != s["architecture_original"]  # filters were removed
+    assert s["payload_bytes"] and s["rates"]["max_compression"] > 1
+    path = tmp_path / "resnet.kwh"
+    nbytes = kwh.save(small, path)
+    assert path.stat().st_size == nbytes
+    report = file_report(path)
+    assert report["layout"] == "graph"
+    loaded = kwh.load(path)
+    assert type(loaded).__name__ == "GraphNet"
+    with torch.no_grad():
+        assert torch.equal(loaded(x), small(x))
+    assert loaded.kwh_summary["architecture"] == s["architecture"]
+    assert tuple(loaded.kwh_input_shape) == (1, 28, 28)
+
+
+def test_unquantized_compressed_resnet_matches_the_masked_bayesian_model():
+    model = _bayesian_resnet("group-nj")
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    small = kwh.compress(model, example_inputs=x, quantize=False)
+    with torch.no_grad():
+        want, got = model(x), small(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
