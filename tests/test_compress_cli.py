@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import kwh
 import kwh.cli.main as cli
@@ -95,3 +96,27 @@ def test_compress_names_a_run_of_another_method(data_root, tmp_path, capsys):
                              str(tmp_path / "b.kwh")], capsys)
     assert code == 2 and "--method binary run" in err and "already 1 bit" in err
     assert not (tmp_path / "b.kwh").exists()
+
+
+def test_the_file_records_the_training_data_normalization(compressed, data_root):
+    """The pixels' normalization the model was trained with travels in the file, and it is
+    the one the data set applies: (x - mean) / std of the [0, 1] pixels."""
+    from kwh.data import input_normalization
+
+    _, out, _ = compressed
+    stored = kwh.load(out).kwh_input_normalization
+    assert stored == input_normalization("mnist")
+    raw = get_dataset("mnist", "test", data_root, limit=5, normalize=False).tensors[0]
+    norm = get_dataset("mnist", "test", data_root, limit=5).tensors[0]
+    mean, std = stored["mean"][0], stored["std"][0]
+    assert torch.allclose((raw - mean) / std, norm, atol=1e-5)
+
+
+def test_evaluate_notes_a_file_trained_with_another_normalization(compressed, data_root):
+    from kwh.app import evaluate_model_file
+
+    _, out, _ = compressed
+    same = evaluate_model_file(out, "mnist", samples=1, data_dir=data_root, limit_test=50)
+    other = evaluate_model_file(out, "fashion-mnist", samples=1, data_dir=data_root, limit_test=50)
+    assert "normalization" not in (same.get("note") or "")
+    assert "records input normalization" in other["note"]

@@ -78,6 +78,11 @@ def _counted(loader: Iterable, progress: Callable[[int, int], None], start: int,
         progress(done, total)
 
 
+def _same_normalization(a: dict, b: dict, tol: float = 1e-6) -> bool:
+    return all(len(a[k]) == len(b[k]) and all(abs(x - y) <= tol for x, y in zip(a[k], b[k]))
+               for k in ("mean", "std"))
+
+
 def evaluate_model_file(path, data: str = "mnist", ood: str | None = None, samples: int = 20, *,
                         data_dir=None, limit_test: int | None = None, batch_size: int = 500,
                         method: str = "auto",
@@ -103,6 +108,11 @@ def evaluate_model_file(path, data: str = "mnist", ood: str | None = None, sampl
     out.update(model_file=str(path), model_kind=loaded.kind, data=data, ood_data=ood)
     if loaded.kind == "kwh" and out["method"] == "deterministic":
         out["note"] = KWH_FILE_NOTE
+    stored = getattr(loaded.model, "kwh_input_normalization", None)
+    if stored is not None and not _same_normalization(stored, datasets.input_normalization(data)):
+        out["note"] = (out["note"] + "; " if out["note"] else "") + (
+            f"the file records input normalization {stored}, {data}'s is "
+            f"{datasets.input_normalization(data)}: the model was trained on other data")
     if loaded.data is not None and loaded.data != data:
         out["note"] = (out["note"] + "; " if out["note"] else "") + (
             f"the model was trained on {loaded.data}, evaluated on {data}")

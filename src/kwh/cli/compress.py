@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from kwh.compress import CompressConfig, format_summary
     from kwh.format.io import check_destination
     from kwh.compress.summary import format_file_line
-    from kwh.data import batch_loader, get_dataset
+    from kwh.data import batch_loader, get_dataset, input_normalization
 
     from kwh.train.data import load_train_data
 
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             guard = batch_loader(val, args.test_batch_size)
     small = kwh.compress(model.cpu(), config, eval_data=loader, guard_data=guard)
     out = args.out or f"{tconfig.model}-{tconfig.data}-{tconfig.prior}.kwh"
+    small.kwh_input_normalization = input_normalization(tconfig.data)  # recorded in the file
     size = kwh.save(small, out)
     print(format_summary(small.kwh_summary))
     print(format_file_line(small.kwh_summary, size, f"written to {out}"))

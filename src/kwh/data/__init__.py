@@ -11,7 +11,7 @@ from __future__ import annotations
 from .cifar import load_cifar10, load_cifar_arrays, read_cifar_bin
 from .errors import DataError
 from .idx import decode_idx, read_idx
-from .loaders import DATASETS, batch_loader, get_dataset, make_loaders
+from .loaders import DATASETS, batch_loader, get_dataset, input_normalization, make_loaders
 from .locate import cache_root, search_dirs
 from .mnist import clear_cache, load_idx_arrays, load_mnist, normalization
 from .sequences import SEQUENCE_KINDS, moving_digits, sequence_dataset, temporal_mnist
@@ -21,7 +21,7 @@ __all__ = [
     "DataError",
     # data sets as tensors
     "load_mnist", "load_cifar10", "get_dataset", "make_loaders", "batch_loader", "DATASETS",
-    "normalization",
+    "normalization", "input_normalization",
     # raw arrays and file formats
     "load_idx_arrays", "load_cifar_arrays", "read_idx", "decode_idx", "read_cifar_bin",
     # where files live

@@ -8,9 +8,11 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data import Dataset, TensorDataset
 
+from .cifar import MEAN as CIFAR_MEAN
+from .cifar import STD as CIFAR_STD
 from .cifar import load_cifar10
 from .errors import DataError
-from .mnist import load_mnist
+from .mnist import load_mnist, normalization
 
 __all__ = ["DATASETS", "get_dataset", "batch_loader", "make_loaders"]
 
@@ -26,6 +28,17 @@ def get_dataset(name: str, split: str = "train", root: str | os.PathLike | None 
         return load_mnist(split, root, name, **kwargs)
     if name == "cifar10":
         return load_cifar10(split, root, **kwargs)
+    raise DataError(f"Unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def input_normalization(name: str) -> dict[str, list[float]]:
+    """How ``get_dataset(name)`` normalizes its pixels in [0, 1]: {"mean": [...], "std": [...]}
+    per input channel (what a .kwh file records as the input normalization of its model)."""
+    if name in ("mnist", "fashion-mnist"):
+        mean, std = normalization(name)
+        return {"mean": [float(mean)], "std": [float(std)]}
+    if name == "cifar10":
+        return {"mean": [float(v) for v in CIFAR_MEAN], "std": [float(v) for v in CIFAR_STD]}
     raise DataError(f"Unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
 
 
