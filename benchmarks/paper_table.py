@@ -54,7 +54,7 @@ DC_KEEP = 0.08  # Han et al. 2016 keep 8% of LeNet's weights
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.paper_table", description=__doc__.split("\n")[0])
-    p.add_argument("--net", choices=["lenet5", "lenet300", "vgg"], required=True)
+    p.add_argument("--net", choices=["lenet5", "lenet300", "vgg", "resnet20"], required=True)
     p.add_argument("--data", choices=["mnist", "fashion-mnist", "cifar10"], required=True)
     p.add_argument("--budget", choices=list(BUDGETS), default="quick")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])

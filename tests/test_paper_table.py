@@ -14,6 +14,7 @@ from benchmarks import paper_table
 from benchmarks.baselines import huffman, sparse_file
 from benchmarks.baselines.common import load_data
 from benchmarks.baselines.common import test_error as error_of
+import kwh.format
 from kwh.format.codec import load
 
 METHODS = ("dense", "Sparse VD", "BC-GNJ", "BC-GHS", "Deep Compression", "Soft weight-sharing",
@@ -167,3 +168,22 @@ def test_selected_methods_write_their_rows(tmp_path, data_root):
     _, data = load_data("mnist", str(data_root), 300, 100)
     err = 100 * error_of(load(out / f"{stem}_files" / "seed0_group-nj.kwh"), data)
     assert err == pytest.approx(kwh_row["error_pct"], abs=1e-9)
+
+
+def test_resnet20_rows_through_the_graph_path(tmp_path, data_root):
+    """A residual net in the table: kwh's row is a structured graph compression saved in the
+    graph layout, which reloads without the class and reproduces the row's error."""
+    out = tmp_path / "out"
+    args = ["--net", "resnet20", "--data", "fashion-mnist", "--budget", "quick", "--width", "0.25",
+            "--data-dir", str(data_root), "--out", str(out), "--epochs", "1", "--pretrain-epochs",
+            "1", "--limit-train", "200", "--limit-test", "100", "--repeats", "1",
+            "--bench-batch", "50", "--methods", "dense", "group-horseshoe"]
+    assert paper_table.main(args) == 0
+    stem = "paper_table_resnet20_fashion-mnist"
+    rows = json.loads((out / f"{stem}_selected.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["dense (pretrained start)", "kwh BC-GHS (group-horseshoe)"]
+    path = out / f"{stem}_files" / "seed0_group-horseshoe.kwh"
+    assert kwh.format.file_report(path)["layout"] == "graph"
+    _, data = load_data("fashion-mnist", str(data_root), 200, 100)
+    assert 100 * error_of(load(path), data) == pytest.approx(rows[1]["error_pct"], abs=1e-9)
+    assert "no resnet20 row" in (out / f"{stem}_selected.md").read_text()

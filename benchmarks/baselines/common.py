@@ -15,7 +15,7 @@ from kwh.train.data import load_train_data
 
 # Which data sets each net can read (LeNets take 1x28x28, the VGG-like net 3x32x32).
 NET_DATA = {"lenet300": ("mnist", "fashion-mnist"), "lenet5": ("mnist", "fashion-mnist"),
-            "vgg": ("cifar10",)}
+            "vgg": ("cifar10",), "resnet20": ("mnist", "fashion-mnist")}
 INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
@@ -61,6 +61,8 @@ def load_data(name: str, root: str | None, limit_train: int | None, limit_test: 
 
 def make_net(net: str, width: float = 1.0) -> nn.Sequential:
     """The reference net by name; ``width`` scales the VGG-like net only."""
+    if net == "resnet20":  # --width scales its channels (16 at width 1)
+        return build(net, width=max(1, int(round(16 * width))))
     return build("vgg", width=width) if net == "vgg" else build(net)
 
 

@@ -96,6 +96,8 @@ def markdown(rows: list[dict], columns=COLUMNS, headers=HEADERS) -> str:
 
 def paper_markdown(net: str) -> str:
     """The paper's rows for ``net`` (error % in parentheses as in Table 1)."""
+    if net not in PAPER:
+        return f"The paper has no {net} row (its Table 1: LeNet-300-100, LeNet-5-Caffe, VGG)."
     lines = [f"| method | pruned arch. | bits | pruning | fast pred. | max compr. | error % |",
              "|---|---|---|---|---|---|---|",
              f"| dense (paper) | - | 32 | 1 | 1 | 1 | {PAPER_DENSE_ERROR[net]} |"]
