@@ -7,8 +7,8 @@ lists the atom at each position of its dim 1, and the operations tie atoms into 
 (a union-find) or freeze them:
 
 - per-channel operations (elementwise activations, BatchNorm, dropout, max/average and
-  adaptive pooling, Identity, means over the spatial dims, arithmetic with a number) pass a
-  tensor's atoms on;
+  adaptive pooling of a (batch, channels, spatial...) tensor, Identity, means over the spatial
+  dims, arithmetic with a number) pass a tensor's atoms on;
 - an addition or subtraction of tensors ties the atoms at each position of its inputs into one
   class: one channel of a residual stream, written by every layer added into it;
 - a concatenation along dim 1 lists its inputs' atoms one after the other;
@@ -65,8 +65,13 @@ _F64 = torch.float64
 _TOL = 1e-9  # relative: "the same at every position" in float64 (as kwh.compress.propagate)
 _CHECK_TOL = 1e-7  # relative: the pruned graph against the masked model, both float64
 
-_POOLS = POOLS + (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                  nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_POOLS_1D = (nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
+_POOLS = POOLS + _POOLS_1D + (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+# A pool given a tensor of lower rank than its own reads it as one unbatched example: it pools
+# along dim 1, across channels. Per channel only at this rank (batch, channels, spatial...).
+_POOL_FUNCTION_RANK = {F.max_pool1d: 3, F.avg_pool1d: 3, F.adaptive_avg_pool1d: 3,
+                       F.adaptive_max_pool1d: 3, F.max_pool2d: 4, F.avg_pool2d: 4,
+                       F.adaptive_avg_pool2d: 4, F.adaptive_max_pool2d: 4}
 _PER_CHANNEL_MODULES = ELEMENTWISE + DROPOUT + _POOLS
 _PER_CHANNEL_FUNCTIONS = {
     F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
@@ -221,9 +226,10 @@ def _read_layers(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict
         src = tensor_inputs(n)
         if len(src) != 1 or src[0].name not in shapes or n.name not in shapes:
             raise ModelError(f"{describe_node(n)} does not map one tensor to one tensor")
-        before, after = shapes[src[0].name][1:], shapes[n.name][1:]
-        if isinstance(m, (nn.Linear, BayesLinear)):  # units on the last dim
-            before, after = before[-1:], after[-1:]
+        # one example's shapes: (units,) for a Linear (its last dim), (C, H, W) for a Conv2d,
+        # also when the tensor has lost its batch dim (x.squeeze() on a batch of one)
+        k = 1 if isinstance(m, (nn.Linear, BayesLinear)) else 3
+        before, after = shapes[src[0].name][-k:], shapes[n.name][-k:]
         stages[n.target] = read_layer(Node(n.target, m, before, after), [], config)
     if not stages:
         raise ModelError("the model has no Linear or Conv2d layer to compress")
@@ -385,10 +391,14 @@ def _rule(n: fx.Node, modules: dict[str, nn.Module], shapes: dict[str, tuple]) -
     t, method = n.target, n.op == "call_method"
     if n.op == "call_module":
         m = modules[t]
+        if isinstance(m, _POOLS) and len(in_shape) != (3 if isinstance(m, _POOLS_1D) else 4):
+            return "opaque", 0
         if isinstance(m, _PER_CHANNEL_MODULES):
             return "pass", 0
         if isinstance(m, nn.Flatten):
             return _flatten_rule(m.start_dim, m.end_dim, in_shape)
+        return "opaque", 0
+    if not method and len(in_shape) != _POOL_FUNCTION_RANK.get(t, len(in_shape)):
         return "opaque", 0
     if (not method and t in _PER_CHANNEL_FUNCTIONS) or (method and t in _PER_CHANNEL_METHODS):
         return "pass", 0  # (with return_indices the output is a tuple: no shape, opaque)
@@ -625,10 +635,22 @@ def build_graph(plan: GraphPlan, precisions: list[LayerPrecision] | None,
     for n in plan.gm.graph.nodes:
         if n.name in plan.folded:  # its layer now computes what it did
             env[n] = env[n.args[0]]
+        elif dtype != torch.float32 and _to_float32(n):  # the float64 check stays float64
+            env[n] = env[n.args[0]]
         else:
             env[n] = graph.node_copy(n, lambda a: env[a])
     small = fx.GraphModule(modules, graph)
     return small.eval()
+
+
+def _to_float32(n: fx.Node) -> bool:
+    """x.float(), x.to(torch.float32), x.type(torch.float32): a cast to float32."""
+    if n.op != "call_method" or not isinstance(n.args[0], fx.Node):
+        return False
+    if n.target == "float":
+        return len(n.args) == 1 and not n.kwargs
+    rest = [*n.args[1:], *n.kwargs.values()]
+    return n.target in ("to", "type") and rest == [torch.float32]
 
 
 def _record(plan: GraphPlan) -> tuple[dict[str, Tensor], Tensor]:
@@ -642,7 +664,13 @@ def _record(plan: GraphPlan) -> tuple[dict[str, Tensor], Tensor]:
                 inputs[target] = args[0][:1].detach().clone()
             return super().call_module(target, args, kwargs)
 
-    out = Recorder(build_graph(plan, None, _F64)).run(plan.example)
+    try:
+        out = Recorder(build_graph(plan, None, _F64)).run(plan.example.clone())
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"the traced model fails when run in float64, as kwh checks the pruned "
+                         f"graph: {str(e).strip().splitlines()[0]} (a cast to another dtype in "
+                         "forward()?); compress only the weights with "
+                         "kwh.compress(model, mode='weights')") from None
     if not isinstance(out, Tensor):
         raise ModelError(f"the traced model returns {type(out).__name__}, not one tensor")
     return inputs, out
@@ -650,9 +678,12 @@ def _record(plan: GraphPlan) -> tuple[dict[str, Tensor], Tensor]:
 
 def _check(plan: GraphPlan, model: nn.Module) -> None:
     """The pruned graph must compute what the masked model computes (float64, the example)."""
-    got = build_graph(plan, None, _F64)(plan.example)
     ref = plan.reference
-    err = float((got - ref).abs().max()) if got.shape == ref.shape else math.inf
+    try:  # a pruned graph whose shapes no longer fit fails to run: that is a difference too
+        got = build_graph(plan, None, _F64)(plan.example.clone())  # forward() may change it
+        err = float((got - ref).abs().max()) if got.shape == ref.shape else math.inf
+    except (RuntimeError, ValueError, IndexError, TypeError):
+        err = math.inf
     if not err <= _CHECK_TOL * (1 + float(ref.abs().max())):
         raise ModelError(f"the pruned graph of {type(model).__name__} does not reproduce the "
                          f"model on the example inputs (largest difference {err:.3g}); kwh will "

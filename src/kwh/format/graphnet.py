@@ -236,6 +236,11 @@ def _step(c: Call, inputs: tuple[int, ...], owners: dict[int, str]) -> tuple[Ste
             raise ModelError(f"{_where(n)} adds {len(inputs)} activations with the arguments "
                              f"{_show_args(n)}; a graph file's add sums two activations of "
                              "equal shapes (no constants, no alpha)")
+        if any(s != c.in_shapes[0] for s in c.in_shapes[1:]):
+            raise ModelError(f"{_where(n)} adds activations of shapes "
+                             f"{', '.join(str(s) for s in c.in_shapes)} (per example) by "
+                             "broadcasting; a graph file's add sums two activations of equal "
+                             "shapes")
         return Step("add", inputs), None
     if t in _CAT and n.op == "call_function":
         return _cat(c, inputs), None
