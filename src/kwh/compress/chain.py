@@ -119,15 +119,24 @@ def _check(n: Node, after_last: bool) -> None:
                      f"{SUPPORTED}")
 
 
+class TokenInput(ModelError):
+    """A Linear of a chain gets a tensor of tokens (batch, ..., features), not (batch,
+    features): the chain cannot hold it; kwh.compress.dag follows its units on the last dim."""
+
+
 @torch.no_grad()
 def probe_shapes(nodes: list[Node], input_shape: tuple[int, ...]) -> None:
-    """Run one zero example through the chain (eval mode) and record each module's shapes."""
+    """Run one zero example through the chain (eval mode) and record each module's shapes.
+
+    TokenInput (a ModelError) when a Linear gets tokens (batch, ..., its in_features)."""
     param = next((p for n in nodes for p in n.module.parameters()), None)
     x = torch.zeros(1, *input_shape, device=None if param is None else param.device)
     for n in nodes:
         if isinstance(n.module, (nn.Linear, BayesLinear)) and x.dim() != 2:
-            raise ModelError(f"layer {n.name!r} (Linear) gets input of shape {tuple(x.shape[1:])}; "
-                             "add nn.Flatten() before it (Linear must see (B, features))")
+            tokens = x.dim() > 2 and x.shape[-1] == n.module.in_features
+            error = TokenInput if tokens else ModelError
+            raise error(f"layer {n.name!r} (Linear) gets input of shape {tuple(x.shape[1:])}; "
+                        "add nn.Flatten() before it (Linear must see (B, features))")
         if isinstance(n.module, (nn.Conv2d, BayesConv2d)) and x.dim() != 4:
             raise ModelError(f"layer {n.name!r} (Conv2d) gets input of shape {tuple(x.shape[1:])}; "
                              "it needs (C, H, W) examples")

@@ -13,18 +13,26 @@ lists the atom at each position of its dim 1, and the operations tie atoms into 
   class: one channel of a residual stream, written by every layer added into it;
 - a concatenation along dim 1 lists its inputs' atoms one after the other;
 - a flatten of a (C, H, W) tensor repeats each channel's atom over its H*W features;
+- a Linear on a token tensor (batch, ..., features) reads and writes its units on the last
+  dim, and so do the tensors after it: there only elementwise activations, dropout, additions
+  of tensors of the same rank and arithmetic with a number pass or join them (pools, means,
+  LayerNorm, softmax, matmul, transpose and reshapes are opaque); a Linear whose input holds
+  its atoms on another dim freezes them and reads new frozen columns;
 - everything else (LayerNorm, matmul, other reshapes, softmax or sums over channels,
   indexing, a layer with groups > 1, the model's input and output) freezes the atoms it
   touches: their channels are never removed, so that operation sees the shapes it was traced
   with. Any traceable operation is allowed; it only stops pruning where it could not be exact.
+  In a pre-norm transformer the residual stream stays whole (LayerNorm mixes it), attention's
+  units too (reshaped into heads); the MLP's hidden units are free.
 
 A class that is not frozen is removed when no layer reads it (every reading layer's weights on
 it are zero), or when it is constant (every writing layer's weights into it are zero, so its
 value is a function of biases alone, the same for every input): its contribution is then folded
-into each reading layer's bias (always exact for a Linear; for a Conv2d only when it is the
-same at every output position). Constants a padded Conv2d sees differently at the border stay,
-but those read by the same layers with proportional maps (a constant through ReLU and pooling
-always is) are merged into one carrier class, as kwh.compress.propagate does in a chain.
+into each reading layer's bias (exact for a Linear: the same value at every token; for a
+Conv2d only when it is the same at every output position). Constants a padded Conv2d sees
+differently at the border stay, but those read by the same layers with proportional maps (a
+constant through ReLU and pooling always is) are merged into one carrier class, as
+kwh.compress.propagate does in a chain.
 Removing a class empties weight rows and columns, which can make other classes unread or
 constant: repeat to a fixed point. Every layer keeps at least one output. Each step keeps every
 remaining value exact, and the pruned graph is checked against the masked model in float64 on
@@ -81,6 +89,9 @@ _PER_CHANNEL_FUNCTIONS = {
     F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
 }
+# On a token tensor (units on its last dim) only what acts on each element alike passes: the
+# pools above pool along that last dim.
+_ELEMENTWISE_FUNCTIONS = _PER_CHANNEL_FUNCTIONS - set(_POOL_FUNCTION_RANK)
 _PER_CHANNEL_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "abs", "neg",
                         "exp", "clamp", "clamp_", "clamp_min", "clamp_max", "contiguous"}
 _ADD = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub}
@@ -135,6 +146,7 @@ class _Channels:
 
     atoms: _Atoms = field(default_factory=_Atoms)
     layout: dict[str, list[int] | None] = field(default_factory=dict)  # node name -> atoms
+    axis: dict[str, int] = field(default_factory=dict)  # token tensors: the dim of their atoms
     writes: dict[str, list[int]] = field(default_factory=dict)  # layer -> atom of each row
     reads: dict[str, list[int]] = field(default_factory=dict)  # layer -> atom of each column
     outputs: dict[str, list[int]] = field(default_factory=dict)  # every layer -> its atoms
@@ -231,6 +243,8 @@ def _read_layers(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict
         k = 1 if isinstance(m, (nn.Linear, BayesLinear)) else 3
         before, after = shapes[src[0].name][-k:], shapes[n.name][-k:]
         stages[n.target] = read_layer(Node(n.target, m, before, after), [], config)
+        if k == 1:  # a Linear on tokens (batch, ..., features) is applied at each of them
+            stages[n.target].positions = math.prod(shapes[src[0].name][1:-1])
     if not stages:
         raise ModelError("the model has no Linear or Conv2d layer to compress")
     return stages
@@ -287,25 +301,29 @@ def _walk(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict[str, t
         if n.op == "call_module" and n.target in stages:
             lay[n.name] = ch.outputs[n.target] = _layer_atoms(n, modules[n.target], shapes, ins, ch)
             continue
-        if n.op == "call_module" and _tracked_norm(modules[n.target]) and \
-                _passes(ins, shape, lay):
+        axis = _axis(ch, ins)
+        if n.op == "call_module" and _tracked_norm(modules[n.target]) and axis == 1 and \
+                _passes(ins, shape, shapes, ch):
             lay[n.name] = ch.norms[n.target] = lay[ins[0].name]
             continue
-        kind, block = _rule(n, modules, shapes)
+        kind, block = _rule(n, modules, shapes) if axis == 1 else _token_rule(n, modules)
         out = None
-        if kind == "pass" and _passes(ins, shape, lay):
+        if kind == "pass" and _passes(ins, shape, shapes, ch):
             out = lay[ins[0].name]
-        elif kind == "join" and _joins(ins, shape, shapes, lay):
+        elif kind == "join" and _joins(ins, shape, shapes, ch):
             out = lay[ins[0].name]
             for i in ins[1:]:
                 for a, b in zip(out, lay[i.name]):
                     ch.atoms.union(a, b)
-        elif kind == "cat" and all(lay.get(i.name) is not None for i in ins) and shape and \
+        elif kind == "cat" and all(lay.get(i.name) is not None and _axis(ch, [i]) == 1
+                                   for i in ins) and shape and \
                 sum(len(lay[i.name]) for i in ins) == shape[1]:
             out = [a for i in ins for a in lay[i.name]]
         elif kind == "flatten" and len(ins) == 1 and lay.get(ins[0].name) is not None and \
                 shape and len(lay[ins[0].name]) * block == shape[1]:
             out = [a for a in lay[ins[0].name] for _ in range(block)]
+        if out is not None and axis != 1:
+            ch.axis[n.name] = axis
         if out is None:  # opaque: its inputs keep every channel, its output is new
             for i in ins:
                 ch.atoms.freeze(lay.get(i.name))
@@ -321,39 +339,62 @@ def _fresh(ch: _Channels, shape: tuple | None) -> list[int] | None:
 
 def _layer_atoms(n: fx.Node, m: nn.Module, shapes: dict[str, tuple], ins: list[fx.Node],
                  ch: _Channels) -> list[int] | None:
-    """A weighted layer reads its input's atoms column by column and writes new atoms."""
+    """A weighted layer reads its input's atoms column by column and writes new atoms.
+
+    A Linear on a token tensor (batch, ..., features) does so on the last dim; when its input's
+    atoms lie on another dim, those are frozen and its columns are new frozen atoms (its rows
+    stay free)."""
     src = ch.layout.get(ins[0].name)
     before, after = shapes[ins[0].name], shapes[n.name]
     why = None
     conv = isinstance(m, (nn.Conv2d, BayesConv2d))
+    tokens = not conv and len(before) > 2
     if conv and m.groups != 1:
         why = f"grouped Conv2d (groups={m.groups})"
     elif conv and getattr(m, "padding_mode", "zeros") != "zeros":
         why = f"padding_mode={m.padding_mode!r}"
-    elif len(before) != (4 if conv else 2):
-        why = f"input of shape {tuple(before[1:])} (units not on dim 1)"
-    elif src is None or len(src) != before[1]:
+    elif len(before) != 4 if conv else len(before) < 2:
+        why = f"input of shape {tuple(before[1:]) if conv else tuple(before)} " + \
+            ("(channels not on dim 1)" if conv else "(no batch dim)")
+    elif tokens and (src is None or _axis(ch, ins) != len(before) - 1 or
+                     len(src) != before[-1]):
+        ch.atoms.freeze(src)
+        src = ch.atoms.new(before[-1], frozen=True)
+    elif not tokens and (src is None or len(src) != before[1]):
         why = "input channels not traced"
     if why is not None:
         ch.frozen_layers[n.target] = why
         ch.atoms.freeze(src)
         return _fresh(ch, after)
     ch.reads[n.target] = src
-    ch.writes[n.target] = ch.atoms.new(after[1])
+    ch.writes[n.target] = ch.atoms.new(after[-1] if tokens else after[1])
+    if tokens:
+        ch.axis[n.name] = len(after) - 1
     return ch.writes[n.target]
 
 
-def _passes(ins: list[fx.Node], shape, lay: dict) -> bool:
-    """One tensor in, its channels unchanged out."""
-    return len(ins) == 1 and lay.get(ins[0].name) is not None and shape is not None and \
-        len(shape) > 1 and shape[1] == len(lay[ins[0].name])
+def _axis(ch: _Channels, ins: list[fx.Node]) -> int:
+    """The dim holding the atoms of the first input: 1, or the last dim of a token tensor."""
+    return ch.axis.get(ins[0].name, 1) if ins else 1
 
 
-def _joins(ins: list[fx.Node], shape, shapes: dict, lay: dict) -> bool:
-    """Tensors of the same rank and channels, added position by position."""
-    return shape is not None and len(shape) > 1 and all(
-        lay.get(i.name) is not None and len(shapes[i.name]) == len(shape) and
-        len(lay[i.name]) == shape[1] for i in ins)
+def _passes(ins: list[fx.Node], shape, shapes: dict, ch: _Channels) -> bool:
+    """One tensor in, its channels unchanged out (a token tensor's: the same shape)."""
+    if len(ins) != 1 or ch.layout.get(ins[0].name) is None or shape is None:
+        return False
+    axis = _axis(ch, ins)
+    if axis != 1 and tuple(shapes[ins[0].name]) != tuple(shape):
+        return False
+    return len(shape) > axis and shape[axis] == len(ch.layout[ins[0].name])
+
+
+def _joins(ins: list[fx.Node], shape, shapes: dict, ch: _Channels) -> bool:
+    """Tensors of the same rank, with their atoms on the same dim and as many as the result
+    has there, added position by position."""
+    axis = _axis(ch, ins)
+    return shape is not None and len(shape) > axis and all(
+        ch.layout.get(i.name) is not None and len(shapes[i.name]) == len(shape) and
+        _axis(ch, [i]) == axis and len(ch.layout[i.name]) == shape[axis] for i in ins)
 
 
 def _freeze_shape_read(n: fx.Node, ch: _Channels) -> None:
@@ -422,6 +463,26 @@ def _rule(n: fx.Node, modules: dict[str, nn.Module], shapes: dict[str, tuple]) -
         return _spatial(_arg(n, 1, "dim", None), len(in_shape))
     if (not method and t is torch.unsqueeze) or (method and t == "unsqueeze"):
         return _spatial(_arg(n, 1, "dim", None), len(in_shape) + 1)
+    return "opaque", 0
+
+
+def _token_rule(n: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, int]:
+    """How an operation treats the atoms on the last dim of a token tensor: only elementwise
+    activations, dropout, an addition or subtraction, arithmetic with a number pass or join;
+    everything else (LayerNorm, softmax, matmul, transpose, reshape, pools, reductions,
+    indexing) is opaque."""
+    t, method = n.target, n.op == "call_method"
+    ins = tensor_inputs(n)
+    if n.op == "call_module":
+        return ("pass", 0) if isinstance(modules[t], ELEMENTWISE + DROPOUT) else ("opaque", 0)
+    if n.op != "call_function" and not method:
+        return "opaque", 0
+    if (not method and t in _ELEMENTWISE_FUNCTIONS) or (method and t in _PER_CHANNEL_METHODS):
+        return "pass", 0
+    if (not method and t in _ADD) or (method and t in _ADD_METHODS):
+        return ("pass", 0) if len(ins) == 1 else ("join", 0)
+    if (not method and t in _SCALE) or (method and t in _SCALE_METHODS):
+        return ("pass", 0) if len(ins) == 1 else ("opaque", 0)
     return "opaque", 0
 
 
@@ -525,7 +586,7 @@ def _merge_carriers(stages: dict[str, Stage], classes: dict[int, _Class], roots:
             groups.setdefault(tuple(sorted(readers)), []).append(root)
     merged = []
     for group in groups.values():
-        maps = {root: {n: inputs[n][0, cols[0]].reshape(-1)
+        maps = {root: {n: _column(stages[n], inputs[n], cols[0])
                        for n, cols in classes[root].readers.items()} for root in group}
         ref = max(group, key=lambda r: sum(float(m.norm()) for m in maps[r].values()))
         for root in group:
@@ -564,6 +625,14 @@ def _proportional(maps: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, 
     return scale
 
 
+def _column(s: Stage, x: Tensor, col: int) -> Tensor:
+    """Input column ``col`` of layer ``s`` in its recorded input ``x`` (a batch of one), at
+    every position: the pixels of a Conv2d's channel, the tokens of a Linear's feature."""
+    if s.conv:
+        return x[0, col].reshape(-1)
+    return x[0].reshape(-1, x.shape[-1])[:, col]
+
+
 def _unread(stages: dict[str, Stage], readers: dict[str, list[int]]) -> bool:
     return not any(bool(stages[n].weight[:, cols].any()) for n, cols in readers.items())
 
@@ -575,17 +644,18 @@ def _constant(stages: dict[str, Stage], writers: dict[str, list[int]]) -> bool:
 def _folds(stages: dict[str, Stage], readers: dict[str, list[int]],
            inputs: dict[str, Tensor]) -> list[tuple[str, list[int], Tensor]] | None:
     """What a constant class adds to each reading layer's output: (layer, columns, bias
-    increment); None when a Conv2d sees it differently at some position (padding)."""
+    increment); None when a layer sees it differently at some position (a padded Conv2d)."""
     out = []
     for name, cols in readers.items():
         s = stages[name]
         w = s.weight[:, cols]  # (O, k) or (O, k, kh, kw)
-        v = inputs[name][0, cols]  # the class's value there: the same for every input
-        if not s.conv:
-            out.append((name, cols, w @ v))
-            continue
-        y = F.conv2d(v[None], w, None, **s.conv_args())[0]  # (O, H', W')
-        flat = y.reshape(y.shape[0], -1)
+        if not s.conv:  # the class's value at every token (one for a (batch, features) input)
+            v = torch.stack([_column(s, inputs[name], c) for c in cols], dim=1)  # (tokens, k)
+            flat = (v @ w.T).T  # (O, tokens)
+        else:
+            v = inputs[name][0, cols]  # the class's value there: the same for every input
+            y = F.conv2d(v[None], w, None, **s.conv_args())[0]  # (O, H', W')
+            flat = y.reshape(y.shape[0], -1)
         span = flat.amax(dim=1) - flat.amin(dim=1)
         if not bool((span <= _TOL * (1 + flat.abs().amax(dim=1))).all()):
             return None

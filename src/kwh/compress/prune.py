@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from kwh.bayes import BayesLayer
-from kwh.compress.chain import WEIGHTED, flatten_chain, infer_input_shape, probe_shapes
+from kwh.compress.chain import (
+    WEIGHTED,
+    TokenInput,
+    flatten_chain,
+    infer_input_shape,
+    probe_shapes,
+)
 from kwh.compress.config import CompressConfig
 from kwh.compress.dag import build_graph, graph_summary, plan_graph
 from kwh.compress.metrics import evaluate
@@ -43,7 +49,8 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
     ``kwh_input_shape`` or the first ``eval_data`` batch, and a random example is traced).
     A chain of layers (kwh.graph.chain) comes back as a plain nn.Sequential. Any other graph
     (residual additions, concatenations, branches, BatchNorm, global pooling, other
-    traceable operations) comes back as an fx.GraphModule running the same graph with plain,
+    traceable operations), and a chain whose Linear layers act on tokens (batch, ...,
+    features), comes back as an fx.GraphModule running the same graph with plain,
     quantized Linear/Conv2d layers, BatchNorm folded or sliced, and ``kwh_input_shape``: the
     channels coupled by additions and concatenations are removed together when they are
     unread or constant everywhere, and operations no channel can cross exactly freeze the
@@ -90,7 +97,14 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
             return _compress_graph(model, example_inputs, input_shape, config, eval_data,
                                    guard_data)
     _check_names(nodes, config)
-    probe_shapes(nodes, input_shape)
+    try:
+        probe_shapes(nodes, input_shape)
+    except TokenInput:  # a Linear on tokens: the graph follows its units on the last dim
+        if example_inputs is None:
+            example_inputs = example_input(model, input_shape)
+        example_inputs = example_inputs.to(next(model.parameters()).device)
+        return _compress_graph(model, example_inputs, input_shape, config, eval_data,
+                               guard_data)
     prune_guard = None
     if guard_data is not None and config.prune_search == "fit":
         config, prune_guard = fit_thresholds([(n.name, n.module) for n in nodes], config,

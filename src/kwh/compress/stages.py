@@ -43,6 +43,7 @@ class Stage:
     rows: Tensor = None  # original output units still here (long)
     cols: Tensor = None  # original input channels/features still here (long)
     carriers: list[int] = field(default_factory=list)  # original units kept to carry constants
+    positions: int = 1  # a Linear on tokens (batch, ..., features): the tokens per example
 
     def __post_init__(self):
         if self.rows is None:

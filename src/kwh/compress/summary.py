@@ -107,7 +107,8 @@ def summary_of(names: list[str], stages: list[Stage], precisions: list[LayerPrec
 def _layer(name: str, s: Stage, p: LayerPrecision, m: nn.Module) -> dict:
     conv = s.conv
     orig_shape = list(original_shape(s.module) or s.orig_weight_shape)
-    positions = math.prod(s.out_shape[1:]) if conv else 1  # output pixels per example
+    # output pixels per example; a Linear's tokens
+    positions = math.prod(s.out_shape[1:]) if conv else s.positions
     w = s.weight  # pruned, before quantization: the structure the posterior chose
     nz_cols = int((w.transpose(0, 1).reshape(w.shape[1], -1) != 0).any(dim=1).sum())
     kernel = math.prod(w.shape[2:]) if conv else 1
