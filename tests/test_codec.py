@@ -18,7 +18,7 @@ from kwh.errors import FormatError, ModelError
 from kwh.format import bitpack, codec
 from kwh.format import tensors as ft
 from kwh.format.modules import SPECS
-from kwh.modules import SelectInputs
+from kwh.modules import PositionEmbedding, SelectInputs
 from kwh.models import lenet5, lenet300
 
 
@@ -194,6 +194,8 @@ def registry_examples() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
         "Softmax": (nn.Softmax(dim=-1), (5,)),
         "LogSoftmax": (nn.LogSoftmax(dim=1), (5,)),
         "SelectInputs": (SelectInputs(torch.tensor([1.0, 0, 1, 1, 0, 1, 0])), (7, 3)),
+        "LayerNorm": (nn.LayerNorm((3, 4), eps=1e-3, bias=False), (2, 3, 4)),
+        "PositionEmbedding": (PositionEmbedding(3, 4), (3, 4)),
     }
     for name in SPECS:
         if name not in ex:  # argument-free layers

@@ -193,8 +193,20 @@ def chain_graph_seed() -> bytes:
     return codec.encode(m.eval(), input_shape=(2, 3), layout="graph")
 
 
+def vit_seed() -> bytes:
+    """A one-block vision transformer as a graph: LayerNorm, PositionEmbedding, reshape,
+    transpose, matmul, mul_scalar, Softmax, GELU, flatten(2, 3), mean; low-bit Linears."""
+    from kwh.models import vit_tiny
+    torch.manual_seed(0)
+    m = vit_tiny(num_classes=3, image_size=4, patch=2, dim=4, depth=1, heads=2, mlp=4)
+    for k, layer in enumerate(x for x in m.modules() if isinstance(x, nn.Linear)):
+        _quantize(layer, 3, 2, 0.3, 20 + k)
+    return codec.encode(m.eval())
+
+
 SEEDS = {"mlp": mlp_seed(), "cnn": cnn_seed(), "sparse": sparse_seed(), "res": res_seed(),
-         "shared": shared_seed(), "graph": graph_seed(), "graph_mlp": chain_graph_seed()}
+         "shared": shared_seed(), "graph": graph_seed(), "graph_mlp": chain_graph_seed(),
+         "graph_vit": vit_seed()}
 STATE_MODELS = {"res": (TinyRes, (1, 5, 5)), "shared": (Shared, (8,))}  # class, input shape
 LAYOUT_OF = {codec.CHAIN_VERSION: "chain", codec.STATE_VERSION: "state",
              codec.GRAPH_VERSION: "graph"}
@@ -265,7 +277,11 @@ POOL = [None, True, False, 0, 1, -1, 2, 3, 7, 8, 16, 17, 23, 24, 25, 26, 31, 32,
         "graph", "add", "cat", "mean", "flatten", "MaxPool2d", "AdaptiveAvgPool2d", [-1],
         [0, 0], [0, 1], [1, 0], [-1, -1], [2, 3], [3, 2], {"dim": 1}, {"dim": 2},
         {"dims": [2, 3], "keepdim": False}, {"dims": [1], "keepdim": True},
-        {"mean": [0.5], "std": [0.0]}, {"mean": [0.5, 0.5], "std": [1, 1]}]
+        {"mean": [0.5], "std": [0.0]}, {"mean": [0.5, 0.5], "std": [1, 1]},
+        "transpose", "permute", "reshape", "matmul", "mul_scalar", "div_scalar", "LayerNorm",
+        "PositionEmbedding", "GELU", "Softmax", {"dims": [1, 2]}, {"dims": [2, 1]},
+        {"shape": [4, 2, 2]}, {"shape": [2, 8]}, {"scalar": 0.5}, {"scalar": 0},
+        {"start_dim": 2, "end_dim": 3}, [4, 4], [4, 2, 2], 1e30, 1e31, -1e-30]
 
 
 def mutate_json(header: dict, rng: random.Random) -> object:
@@ -447,6 +463,7 @@ def run_fuzz(cases: int, seed: int) -> dict[str, int]:
         outcome = check_case(data, name)
         counts[outcome] += 1
         counts[f"{LAYOUT_OF[version_of(SEEDS[name])]}:{outcome}"] += 1
+        counts[f"{name}:{outcome}"] += 1
         slowest = max(slowest, time.perf_counter() - start)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown < 256 * 1024, f"peak memory grew by {grown} KiB during the fuzz run"
@@ -467,7 +484,7 @@ def one_thread():
 
 @pytest.mark.parametrize("name", sorted(SEEDS))
 def test_seeds_load_and_the_resealer_makes_valid_files(name):
-    assert len(SEEDS[name]) < 1000
+    assert len(SEEDS[name]) < (1500 if name == "graph_vit" else 1000)  # 30 operations
     layout = "state" if name in STATE_MODELS else "graph" if name.startswith("graph") \
         else "chain"
     assert LAYOUT_OF[version_of(SEEDS[name])] == layout
@@ -586,6 +603,7 @@ def test_fuzz_1000_hostile_files(one_thread):
     assert counts["refused"] > 500 and counts["loaded"] > 10  # both paths are exercised
     assert counts["state:refused"] > 200 and counts["state:loaded"] > 5  # in all layouts
     assert counts["graph:refused"] > 150 and counts["graph:loaded"] > 5
+    assert counts["graph_vit:refused"] > 50 and counts["graph_vit:loaded"] > 5
 
 
 @pytest.mark.slow
@@ -595,3 +613,4 @@ def test_fuzz_10000_hostile_files(one_thread):
     assert counts["refused"] > 5000 and counts["loaded"] > 100
     assert counts["state:refused"] > 2000 and counts["state:loaded"] > 50
     assert counts["graph:refused"] > 1500 and counts["graph:loaded"] > 50
+    assert counts["graph_vit:refused"] > 500 and counts["graph_vit:loaded"] > 10

@@ -9,9 +9,10 @@ before it. The header comes in three layouts, told apart by the preamble's versi
 - version 2, the *state*: the named tensors of any model's state_dict (``kwh.compress(model,
   mode="weights")``), the quantized Linear/Conv2d weights packed at their bits; the loader
   copies them into a model the caller builds (``kwh.load(path, model=MyNet())``).
-- version 3, the *graph*: allowed layers and functions (add, cat, flatten, mean) wired as a
-  directed acyclic graph, one section per layer with tensors; the loader rebuilds the whole
-  model (a ``kwh.format.GraphNet``) from the file alone.
+- version 3, the *graph*: allowed layers and functions (add, cat, flatten, mean, transpose,
+  permute, reshape, matmul, mul_scalar, div_scalar) wired as a directed acyclic graph, one
+  section per layer with tensors; the loader rebuilds the whole model (a
+  ``kwh.format.GraphNet``) from the file alone.
 
 Loading checks every byte and every field before it allocates anything, never unpickles, and
 raises FormatError for any malformed input.
@@ -817,8 +818,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, input_shape: Any = None,
     level: zstd level (1..22) of the entropy-coding stage; by default 19 for sections up to
     1 MiB and 9 above (level 19 compresses ~1 MB/s).
     layout: "chain" (a plain nn.Sequential of allowed layers, rebuilt by ``load`` alone),
-    "graph" (any model that torch.fx traces into allowed layers and the functions add, cat,
-    flatten and mean, e.g. a torch.fx.GraphModule of a ResNet; rebuilt by ``load`` alone as a
+    "graph" (any model that torch.fx traces into allowed layers and functions: add, cat,
+    flatten, mean, transpose, permute, reshape, matmul, products and quotients with a number,
+    e.g. a torch.fx.GraphModule of a ResNet or a vision transformer; rebuilt by ``load`` alone as a
     ``kwh.format.GraphNet``; needs input_shape) or "state" (the model's state_dict, any
     nn.Module; ``load(path, model=...)`` fills a model the caller builds). By default "state"
     for ``kwh.compress(model, mode="weights")``, "chain" for a plain nn.Sequential of allowed

@@ -2,18 +2,22 @@
 
 A ``GraphNet`` runs a list of steps in order: each step is an allowed layer
 (``kwh.format.modules.SPECS``, one input) or an allowed function (``kwh.format.ops.OPS``: add,
-cat, flatten, mean) applied to the outputs of earlier steps or to the model's input. It is an
+cat, flatten, mean, transpose, permute, reshape, matmul, mul_scalar, div_scalar) applied to the
+outputs of earlier steps or to the model's input. It is an
 ordinary nn.Module: torch.fx (``kwh.graph.trace``) traces it into those layers and functions,
 so kwh.energy and the report read a loaded file like any model.
 
 ``read_graph`` goes the other way: it traces a model (a torch.fx GraphModule, or any module
 ``kwh.graph.trace`` can trace) into such steps, refusing with a ModelError that names the node
 any operation outside the allow-list, and checks that the steps compute exactly what the
-model computes on an example input.
+model computes on an example input. Sizes a forward reads off its activations (``b, t, d =
+x.shape``, ``x.size(0)``) are resolved there: the batch size stays the batch (a reshape keeps
+the first dimension), every other size becomes the literal it is for the file's input shape.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from kwh.errors import ModelError
+from kwh.errors import FormatError, ModelError
 from kwh.format import modules as fm
 from kwh.format import ops
 from kwh.graph import Call, calls, example_input
@@ -99,6 +103,10 @@ class GraphNet(nn.Module):
 
 _ADD = (operator.add, torch.add)
 _CAT = (torch.cat, torch.concat, torch.concatenate)
+_MATMUL = (operator.matmul, torch.matmul)
+_MUL = (operator.mul, torch.mul)
+_DIV = (operator.truediv, torch.div, torch.true_divide)
+_EXACT_INT = 2**24  # integers a float32 holds exactly: a larger int factor is refused
 
 
 def read_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[GraphNet, list[str]]:
@@ -138,11 +146,12 @@ def read_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[GraphNet
     sources: list[str] = []
     modules: dict[int, nn.Module] = {}
     owners: dict[int, str] = {}
+    shapes = {placeholders[0]: tuple(input_shape), **{c.fx_node: c.out_shape for c in found}}
     for c in found:
         if c.fx_node not in live:
             continue
         inputs = tuple(index[n] for n in _inputs(c.fx_node, known))
-        step, module = _step(c, inputs, owners)
+        step, module = _step(c, inputs, owners, shapes)
         if module is not None:
             modules[len(steps)] = module
         index[c.fx_node] = len(steps)
@@ -194,9 +203,13 @@ def _live(result: fx.Node, known: set) -> set:
 
 def _allowed() -> str:
     return (f"allowed: the layers {', '.join(fm.SPECS)} (or their functional forms such as "
-            "F.relu, F.max_pool2d, F.adaptive_avg_pool2d), and the functions add (a + b, "
-            "torch.add), cat (torch.cat), flatten (torch.flatten(x, 1), x.view(x.size(0), -1)) "
-            "and mean (x.mean(dims))")
+            "F.relu, F.gelu, F.max_pool2d, F.adaptive_avg_pool2d, x.softmax(dim), "
+            "x.contiguous()), and the functions add (a + b, torch.add), cat (torch.cat), "
+            "flatten (torch.flatten(x, start_dim, end_dim) after the batch), mean (x.mean(dims)), "
+            "transpose (x.transpose(d0, d1)), permute (x.permute(0, ...)), reshape "
+            "(x.view / x.reshape to the batch, taken from x.size(0), x.shape[0] or -1, and "
+            "fixed sizes), matmul (a @ b, no broadcasting) and the product or quotient of an "
+            "activation and a number (x * 0.5, x / 8)")
 
 
 def _layer(module: nn.Module, n: fx.Node, inputs: tuple[int, ...]) -> tuple[Step, nn.Module]:
@@ -211,8 +224,10 @@ def _layer(module: nn.Module, n: fx.Node, inputs: tuple[int, ...]) -> tuple[Step
     return Step(kind, inputs), module
 
 
-def _step(c: Call, inputs: tuple[int, ...], owners: dict[int, str]) -> tuple[Step, Any]:
-    """The step (and layer, or None) of one traced operation."""
+def _step(c: Call, inputs: tuple[int, ...], owners: dict[int, str],
+          shapes: dict[fx.Node, tuple[int, ...]]) -> tuple[Step, Any]:
+    """The step (and layer, or None) of one traced operation; a function step is checked to
+    give the traced shape by the loader's own shape rule."""
     n = c.fx_node
     if n.op == "call_module":
         if any(True for _ in (*c.module.parameters(), *c.module.buffers())):
@@ -223,14 +238,31 @@ def _step(c: Call, inputs: tuple[int, ...], owners: dict[int, str]) -> tuple[Ste
                                  "each call's layer once and would not share its weights; "
                                  "store the model with layout='state'")
         return _layer(c.module, n, inputs)
-    if isinstance(c.module, nn.Flatten):
-        return Step("flatten", inputs), None
-    if c.module is not None:
-        return _layer(c.module, n, inputs)
+    step = _function(c, inputs, shapes)
+    if isinstance(step, nn.Module):
+        return _layer(step, n, inputs)
+    _check_shape(c, step)
+    return step, None
+
+
+def _function(c: Call, inputs: tuple[int, ...],
+              shapes: dict[fx.Node, tuple[int, ...]]) -> Step | nn.Module:
+    """The function step of a traced call, or the layer a functional call is (F.relu ->
+    nn.ReLU); ModelError for anything outside the allow-list."""
+    n = c.fx_node
     t = n.target
+    method = n.op == "call_method"
+    if method and t in ("view", "reshape") or t is torch.reshape:
+        return _reshape(c, inputs, shapes)
+    if method and t == "flatten" or t is torch.flatten:
+        return _flatten(c, inputs)
+    if isinstance(c.module, nn.Flatten):
+        return Step("flatten", inputs)
+    if c.module is not None:
+        return c.module
     if t is F.adaptive_avg_pool2d:
-        return _layer(nn.AdaptiveAvgPool2d(_arg(n, 1, "output_size", None)), n, inputs)
-    if t in _ADD or (n.op == "call_method" and t == "add"):
+        return nn.AdaptiveAvgPool2d(_arg(n, 1, "output_size", None))
+    if t in _ADD or (method and t == "add"):
         if len(inputs) != 2 or len(n.args) != 2 or n.kwargs.get("alpha", 1) != 1 or \
                 any(k != "alpha" for k in n.kwargs):
             raise ModelError(f"{_where(n)} adds {len(inputs)} activations with the arguments "
@@ -241,13 +273,36 @@ def _step(c: Call, inputs: tuple[int, ...], owners: dict[int, str]) -> tuple[Ste
                              f"{', '.join(str(s) for s in c.in_shapes)} (per example) by "
                              "broadcasting; a graph file's add sums two activations of equal "
                              "shapes")
-        return Step("add", inputs), None
+        return Step("add", inputs)
     if t in _CAT and n.op == "call_function":
-        return _cat(c, inputs), None
-    if t == "mean" and n.op == "call_method" or t is torch.mean:
-        return _mean(c, inputs), None
+        return _cat(c, inputs)
+    if t == "mean" and method or t is torch.mean:
+        return _mean(c, inputs)
+    if t == "transpose" and method or t is torch.transpose:
+        return _transpose(c, inputs)
+    if t == "permute" and method or t is torch.permute:
+        return _permute(c, inputs)
+    if t in _MATMUL or (method and t == "matmul"):
+        return _matmul(c, inputs)
+    if t in _MUL or (method and t == "mul"):
+        return _scalar(c, inputs, shapes, "mul_scalar")
+    if t in _DIV or (method and t in ("div", "true_divide")):
+        return _scalar(c, inputs, shapes, "div_scalar")
     name = getattr(t, "__name__", str(t))
     raise ModelError(f"{_where(n)}: {name} is not allowed in a graph file; {_allowed()}")
+
+
+def _check_shape(c: Call, step: Step) -> None:
+    """The loader's shape rule must accept the step and give the shape it had when traced."""
+    n = c.fx_node
+    try:
+        out = ops.op_shape(ops.OPS[step.op], step.args, list(c.in_shapes), _where(n))
+    except FormatError as err:
+        raise ModelError(f"cannot store this operation: {err}") from None
+    if tuple(out) != tuple(c.out_shape):
+        raise ModelError(f"{_where(n)} gives shape {c.out_shape} (per example), but a graph "
+                         f"file's {step.op} with {step.args} gives {out}; kwh will not store a "
+                         "different network")
 
 
 def _arg(n: fx.Node, i: int, name: str, default: Any) -> Any:
@@ -267,8 +322,8 @@ def _dim(d: Any, rank: int, n: fx.Node) -> int:
         raise ModelError(f"{_where(n)}: dim {d!r} is not a dimension of its rank-{rank} input")
     d = d % rank
     if d == 0:
-        raise ModelError(f"{_where(n)} works along the batch dimension; a graph file's cat and "
-                         "mean work along the dimensions of one example (dim >= 1)")
+        raise ModelError(f"{_where(n)} works along the batch dimension; a graph file's "
+                         "functions work along the dimensions of one example (dim >= 1)")
     return d
 
 
@@ -300,6 +355,196 @@ def _mean(c: Call, inputs: tuple[int, ...]) -> Step:
     if len(normal) != len(dims):
         raise ModelError(f"{_where(n)} names a dimension twice in {dims}")
     return Step("mean", inputs, {"dims": normal, "keepdim": keepdim})
+
+
+def _flatten(c: Call, inputs: tuple[int, ...]) -> Step:
+    """torch.flatten(x, start_dim, end_dim) / x.flatten(...) within one example."""
+    n = c.fx_node
+    if len(inputs) != 1 or len(n.args) > 3 or set(n.kwargs) - {"start_dim", "end_dim"}:
+        raise ModelError(f"{_where(n)} flattens with {_show_args(n)}; a graph file's flatten "
+                         "is torch.flatten(x, start_dim, end_dim)")
+    rank = len(c.in_shapes[0]) + 1
+    start = _dim(_arg(n, 1, "start_dim", 0), rank, n)
+    end = _dim(_arg(n, 2, "end_dim", -1), rank, n)
+    if (start, end) == (1, rank - 1):
+        return Step("flatten", inputs)  # (batch, everything else): torch.flatten(x, 1)
+    return Step("flatten", inputs, {"start_dim": start, "end_dim": end})
+
+
+def _transpose(c: Call, inputs: tuple[int, ...]) -> Step:
+    n = c.fx_node
+    if len(inputs) != 1 or len(n.args) > 3 or set(n.kwargs) - {"dim0", "dim1"}:
+        raise ModelError(f"{_where(n)} transposes with {_show_args(n)}; a graph file's "
+                         "transpose is x.transpose(dim0, dim1)")
+    rank = len(c.in_shapes[0]) + 1
+    d0 = _dim(_arg(n, 1, "dim0", None), rank, n)
+    d1 = _dim(_arg(n, 2, "dim1", None), rank, n)
+    if d0 == d1:  # the same dimension twice: the values unchanged
+        return Step("permute", inputs, {"dims": list(range(1, rank))})
+    return Step("transpose", inputs, {"dims": sorted((d0, d1))})
+
+
+def _permute(c: Call, inputs: tuple[int, ...]) -> Step:
+    n = c.fx_node
+    dims = n.kwargs.get("dims", n.args[1:])
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = dims[0]
+    rank = len(c.in_shapes[0]) + 1
+    ok = len(inputs) == 1 and not set(n.kwargs) - {"dims"} and len(dims) == rank and \
+        all(type(d) is int and -rank <= d < rank for d in dims)
+    normal = [d % rank for d in dims] if ok else []
+    if not ok or sorted(normal) != list(range(rank)):
+        raise ModelError(f"{_where(n)} permutes with {_show_args(n)}; a graph file's permute "
+                         "is x.permute(dims) with every dimension once")
+    if normal[0] != 0:
+        raise ModelError(f"{_where(n)} moves the batch dimension (dims {list(dims)}); a graph "
+                         "file's permute keeps the batch first: x.permute(0, ...)")
+    return Step("permute", inputs, {"dims": normal[1:]})
+
+
+def _matmul(c: Call, inputs: tuple[int, ...]) -> Step:
+    n = c.fx_node
+    if len(inputs) != 2 or len(n.args) != 2 or n.kwargs:
+        raise ModelError(f"{_where(n)} multiplies {_show_args(n)}; a graph file's matmul "
+                         "multiplies two activations (a @ b, torch.matmul(a, b))")
+    return Step("matmul", inputs)
+
+
+def _scalar(c: Call, inputs: tuple[int, ...], shapes: dict[fx.Node, tuple[int, ...]],
+            op: str) -> Step:
+    """x * number, number * x, x / number: a mul_scalar or div_scalar step."""
+    n = c.fx_node
+    kwargs = dict(n.kwargs)
+    if op == "div_scalar" and kwargs.get("rounding_mode", None) is None:
+        kwargs.pop("rounding_mode", None)
+    what = "multiplies" if op == "mul_scalar" else "divides"
+    rule = (f"a graph file's {op} {'multiplies' if op == 'mul_scalar' else 'divides'} one "
+            f"activation by a finite number (|number| <= {ops.MAX_SCALAR:g}"
+            + (", not 0" if op == "div_scalar" else "") + ")")
+    if len(inputs) != 1:  # a product of activations (a gate), or of numbers only
+        name = getattr(n.target, "__name__", str(n.target))
+        raise ModelError(f"{_where(n)}: {name} is not allowed in a graph file on "
+                         f"{len(inputs)} activations; {_allowed()}")
+    if len(n.args) != 2 or kwargs:
+        raise ModelError(f"{_where(n)} {what} {_show_args(n)}; {rule}")
+    first = isinstance(n.args[0], fx.Node) and n.args[0] in shapes
+    if op == "div_scalar" and not first:
+        raise ModelError(f"{_where(n)} divides a number by an activation; {rule}")
+    value = _number(n.args[1] if first else n.args[0], shapes, n, rule)
+    if op == "div_scalar" and value == 0:
+        raise ModelError(f"{_where(n)} divides by 0; {rule}")
+    return Step(op, inputs, {"scalar": value})
+
+
+def _number(a: Any, shapes: dict[fx.Node, tuple[int, ...]], n: fx.Node, rule: str) -> float:
+    """A finite, bounded Python number (a float, an int exact in float32, or a size)."""
+    if isinstance(a, float):
+        if not math.isfinite(a) or abs(a) > ops.MAX_SCALAR:
+            raise ModelError(f"{_where(n)} uses the number {a!r}; {rule}")
+        return a
+    if isinstance(a, fx.Node) and a not in shapes:
+        a = _size(a, shapes, n)
+    if type(a) is not int or abs(a) > _EXACT_INT:
+        raise ModelError(f"{_where(n)} uses {a!r} as its number; {rule}, given as a float or an "
+                         f"integer of at most {_EXACT_INT} in magnitude (not the batch size)")
+    return float(a)
+
+
+class _Batch:
+    """The batch size, read off an activation's shape."""
+
+    def __repr__(self) -> str:
+        return "the batch size"
+
+
+BATCH = _Batch()
+
+
+def _size(a: Any, shapes: dict[fx.Node, tuple[int, ...]], n: fx.Node) -> Any:
+    """The value of a size argument of ``n``: an int, ``BATCH``, or a tuple of them.
+
+    Sizes come from literals, ``x.shape`` / ``x.size()`` / ``x.size(d)`` of an activation,
+    indexing them, ``x.dim()`` / ``x.ndim``, and products and floor divisions of sizes that
+    do not involve the batch size.
+    """
+    if isinstance(a, bool):
+        raise ModelError(f"{_where(n)} uses {a!r} as a size; sizes are integers")
+    if isinstance(a, int):
+        return a
+    if isinstance(a, (tuple, list)):
+        return tuple(_size(v, shapes, n) for v in a)
+    if not isinstance(a, fx.Node) or a in shapes:
+        shown = a.name if isinstance(a, fx.Node) else repr(a)[:40]
+        raise ModelError(f"{_where(n)} uses {shown} as a size; a graph file reads sizes that "
+                         "are integers or come from x.shape, x.size(), x.dim()")
+    t = a.target
+    src = a.args[0] if a.args else None
+    if a.op == "call_function" and t is getattr and a.args[1] in ("shape", "ndim") or \
+            a.op == "call_method" and t in ("size", "dim"):
+        if src not in shapes:
+            raise ModelError(f"{_where(n)} reads a size of {_describe(src)}, not of an "
+                             "activation")
+        full = (BATCH, *shapes[src])
+        if t == "dim" or a.args[1:] == ("ndim",):
+            return len(full)
+        d = _arg(a, 1, "dim", None) if a.op == "call_method" else None
+        if d is None:
+            return full
+        if type(d) is not int or not -len(full) <= d < len(full):
+            raise ModelError(f"{_where(n)} reads size {d!r} of a rank-{len(full)} activation")
+        return full[d]
+    if a.op == "call_function" and t is operator.getitem:
+        seq, key = _size(src, shapes, n), a.args[1]
+        if not isinstance(seq, tuple) or not isinstance(key, (int, slice)) or \
+                isinstance(key, bool) or isinstance(key, int) and not -len(seq) <= key < len(seq):
+            raise ModelError(f"{_where(n)} indexes sizes with {key!r}")
+        return seq[key]
+    if a.op == "call_function" and t in (operator.mul, operator.floordiv):
+        x, y = (_size(v, shapes, n) for v in a.args)
+        if type(x) is not int or type(y) is not int or t is operator.floordiv and y == 0:
+            raise ModelError(f"{_where(n)} computes a size from {x!r} and {y!r}; a graph file "
+                             "stores fixed sizes, with the batch size only as the first size "
+                             "of a reshape")
+        return x * y if t is operator.mul else x // y
+    raise ModelError(f"{_where(n)} computes a size with {_where(a)}; a graph file reads sizes "
+                     "from x.shape, x.size(), x.dim(), indexing and products of them")
+
+
+def _reshape(c: Call, inputs: tuple[int, ...], shapes: dict[fx.Node, tuple[int, ...]]) -> Step:
+    """x.view(...), x.reshape(...), torch.reshape(x, ...) keeping the batch first: a reshape
+    to the traced per-example sizes (flatten when that is one size)."""
+    n = c.fx_node
+    rule = ("a graph file's reshape keeps the batch first (its first size x.size(0), "
+            "x.shape[0] or -1) and gives the other sizes as integers or sizes read off x.shape")
+    if n.op == "call_method":
+        sizes, extra = list(n.args[1:]), set(n.kwargs) - {"size", "shape"}
+        if n.kwargs and not extra and not sizes and len(n.kwargs) == 1:
+            sizes = list(n.kwargs.values())
+        elif n.kwargs:
+            extra = extra or set(n.kwargs)
+    else:
+        sizes, extra = [_arg(n, 1, "shape", None)], set(n.kwargs) - {"shape"}
+    if len(inputs) != 1 or extra:
+        raise ModelError(f"{_where(n)} reshapes with {_show_args(n)}; {rule}")
+    values = _size(sizes, shapes, n)
+    if len(values) == 1 and isinstance(values[0], tuple):
+        values = values[0]
+    if not values or any(isinstance(v, tuple) for v in values):
+        raise ModelError(f"{_where(n)} reshapes to {values!r}; {rule}")
+    first, rest = values[0], values[1:]
+    if first is not BATCH and first != -1:
+        raise ModelError(f"{_where(n)} reshapes to sizes {list(values)} whose first is "
+                         f"{first!r}, not the batch size; {rule}")
+    before, after = c.in_shapes[0], tuple(c.out_shape)
+    if any(v is BATCH for v in rest) or len(rest) != len(after) or \
+            math.prod(after) != math.prod(before) or \
+            any(v != -1 and v != o for v, o in zip(rest, after)):
+        raise ModelError(f"{_where(n)} reshapes an activation of shape {before} (per example) "
+                         f"with the sizes {list(values)}, which does not keep the batch as the "
+                         f"first dimension; {rule}")
+    if len(after) == 1:
+        return Step("flatten", inputs)  # (batch, everything else): torch.flatten(x, 1)
+    return Step("reshape", inputs, {"shape": list(after)})
 
 
 def _in_place(n: fx.Node, module: nn.Module | None) -> bool:

@@ -19,13 +19,14 @@ from torch import nn
 from kwh.errors import FormatError, ModelError
 from kwh.format import schema as fs
 from kwh.format import shapes as shp
-from kwh.modules import SelectInputs
+from kwh.modules import PositionEmbedding, SelectInputs
 
 __all__ = ["ModuleSpec", "SPECS", "TensorSlot", "spec_for", "module_args", "check_args",
            "propagate"]
 
 BIG = fs.INT_MAX       # sizes: features, channels
 WINDOW = 2**16         # kernel sizes, strides, paddings, dilations
+MAX_NORM_DIMS = 8      # dimensions a LayerNorm normalizes over
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,101 @@ SELECT_INPUTS = ModuleSpec(
     shape=_select_shape, finish=_finish_select)
 
 
+# ------------------------------------------------------------------ LayerNorm
+
+def _read_layernorm(m: nn.LayerNorm) -> dict:
+    return {"normalized_shape": [_int(d) for d in m.normalized_shape], "eps": _float(m.eps),
+            "elementwise_affine": bool(m.elementwise_affine), "bias": m.bias is not None}
+
+
+def _check_layernorm(a: dict, w: str) -> dict:
+    fs.fields(a, w, ["normalized_shape", "eps", "elementwise_affine", "bias"])
+    sizes = fs.get_list(a, "normalized_shape", w, MAX_NORM_DIMS)
+    if not sizes:
+        raise FormatError(f"{w}.normalized_shape must list 1..{MAX_NORM_DIMS} sizes (the last "
+                          "dimensions of the input, normalized over together)")
+    out = {"normalized_shape": tuple(fs.get_int({str(k): d}, str(k), f"{w}.normalized_shape",
+                                                1, BIG) for k, d in enumerate(sizes)),
+           "eps": fs.get_float(a, "eps", w, 0.0, 1e6),
+           "elementwise_affine": fs.get_bool(a, "elementwise_affine", w),
+           "bias": fs.get_bool(a, "bias", w)}
+    if out["eps"] <= 0:
+        raise FormatError(f"{w}.eps={out['eps']} must be positive")
+    if out["bias"] and not out["elementwise_affine"]:
+        raise FormatError(f"{w}: bias=true needs elementwise_affine=true (a LayerNorm without "
+                          "affine tensors has no bias)")
+    return out
+
+
+def _build_layernorm(a: dict) -> nn.LayerNorm:
+    return nn.LayerNorm(a["normalized_shape"], eps=a["eps"],
+                        elementwise_affine=a["elementwise_affine"], bias=a["bias"],
+                        device="meta")
+
+
+def _layernorm_tensors(a: dict) -> list[TensorSlot]:
+    n = a["normalized_shape"]
+    slots = [TensorSlot("weight", n, False)] if a["elementwise_affine"] else []
+    if a["bias"]:
+        slots.append(TensorSlot("bias", n, False))
+    return slots
+
+
+def _trailing(shape: shp.Shape, want: tuple[int, ...], what: str, w: str) -> shp.Shape:
+    """Check that the last dims of ``shape`` are ``want`` (unknown sizes pass); returns it."""
+    open_rank = bool(shape) and shape[0] is Ellipsis
+    tail = tuple(shape[1:]) if open_rank else tuple(shape)
+    if not open_rank and len(tail) < len(want):
+        raise FormatError(f"{w} {what} {_show(want)}, but its input has shape {_show(shape)}")
+    for got, need in zip(reversed(tail), reversed(want)):
+        if got is not None and got != need:
+            raise FormatError(f"{w} {what} {_show(want)}, but its input has shape "
+                              f"{_show(shape)}")
+    return shape
+
+
+def _show(shape: shp.Shape) -> str:
+    return "(" + ", ".join("..." if d is Ellipsis else "?" if d is None else str(d)
+                           for d in shape) + ")"
+
+
+LAYER_NORM = ModuleSpec(
+    nn.LayerNorm, read=_read_layernorm, check=_check_layernorm, build=_build_layernorm,
+    tensors=_layernorm_tensors,
+    shape=lambda a, s, w: _trailing(s, a["normalized_shape"],
+                                    "normalizes over its last dimensions of sizes", w))
+
+
+# ------------------------------------------------------------------ PositionEmbedding
+
+def _check_position(a: dict, w: str) -> dict:
+    fs.fields(a, w, ["tokens", "dim"])
+    return {"tokens": fs.get_int(a, "tokens", w, 1, BIG), "dim": fs.get_int(a, "dim", w, 1, BIG)}
+
+
+def _position_shape(a: dict, s: shp.Shape, w: str) -> shp.Shape:
+    want = (a["tokens"], a["dim"])
+    if not (s and s[0] is Ellipsis) and len(s) != 2:
+        raise FormatError(f"{w} adds its table to inputs of shape {_show(want)} (tokens, dim), "
+                          f"got {_show(s)}")
+    return _trailing(s, want, "adds its table to inputs of shape", w)
+
+
+def _finish_position(m: PositionEmbedding, a: dict, w: str) -> None:
+    if tuple(m.weight.shape) != (a["tokens"], a["dim"]):
+        raise FormatError(f"unexpected: {w} holds a table of shape {tuple(m.weight.shape)}")
+
+
+POSITION_EMBEDDING = ModuleSpec(
+    PositionEmbedding,
+    read=lambda m: {"tokens": _int(m.tokens), "dim": _int(m.dim)},
+    check=_check_position,
+    # a one-entry placeholder: the loader sets the stored table as its weight
+    build=lambda a: PositionEmbedding(1, 1),
+    tensors=lambda a: [TensorSlot("weight", (a["tokens"], a["dim"]), False)],
+    shape=_position_shape, finish=_finish_position)
+
+
 # ------------------------------------------------------------------ the registry
 
 SPECS: dict[str, ModuleSpec] = {
@@ -443,6 +539,8 @@ SPECS: dict[str, ModuleSpec] = {
     "Softplus": _with_floats(nn.Softplus, {"beta": (1e-30, 1e30), "threshold": (-1e30, 1e30)}),
     "Softmax": _softmax(nn.Softmax),
     "LogSoftmax": _softmax(nn.LogSoftmax),
+    "LayerNorm": LAYER_NORM,
+    "PositionEmbedding": POSITION_EMBEDDING,
     "SelectInputs": SELECT_INPUTS,
 }
 
