@@ -25,9 +25,10 @@ class BayesLayer(nn.Module):
 
     group_dim: int = 0
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, config: PriorConfig):
+    def __init__(self, weight: Tensor, bias: Tensor | None, config: PriorConfig,
+                 group_size: int = 1):
         super().__init__()
-        self.prior: Prior = make_prior(config, weight, self.group_dim)
+        self.prior: Prior = make_prior(config, weight, self.group_dim, group_size)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self.sample = False  # draw from the posterior even in eval mode (predictive sampling)
         self.threshold: float | None = None  # per-layer override of the prior's threshold
@@ -68,16 +69,21 @@ class BayesLayer(nn.Module):
 
 
 class BayesLinear(BayesLayer):
-    """y = (x * z) W^T + b; z scales input units (a pruned z removes an input column)."""
+    """y = (x * z) W^T + b; z scales input units (a pruned z removes an input column).
+
+    ``group_size``: consecutive input units sharing one z (an attention head's block of the
+    out-projection's inputs); a pruned z removes the whole block. Group priors only.
+    """
 
     group_dim = 1
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 prior: PriorConfig, weight: Tensor | None = None, bias_init: Tensor | None = None):
+                 prior: PriorConfig, weight: Tensor | None = None, bias_init: Tensor | None = None,
+                 group_size: int = 1):
         if weight is None:
             ref = nn.Linear(in_features, out_features, bias=bias)
             weight, bias_init = ref.weight, ref.bias
-        super().__init__(weight, bias_init if bias else None, prior)
+        super().__init__(weight, bias_init if bias else None, prior, group_size)
         self.in_features, self.out_features = in_features, out_features
         # Set by shrinking (kwh.compress.shrink): the input features the weight still reads,
         # gathered before the layer when they cannot be dropped upstream (after a Flatten).
@@ -87,9 +93,9 @@ class BayesLinear(BayesLayer):
         self.out_features, self.in_features = (int(d) for d in self.prior.weight_shape)
 
     @classmethod
-    def from_module(cls, m: nn.Linear, prior: PriorConfig) -> BayesLinear:
+    def from_module(cls, m: nn.Linear, prior: PriorConfig, group_size: int = 1) -> BayesLinear:
         return cls(m.in_features, m.out_features, m.bias is not None,
-                   prior=prior, weight=m.weight, bias_init=m.bias)
+                   prior=prior, weight=m.weight, bias_init=m.bias, group_size=group_size)
 
     def eval_weight_bias(self) -> tuple[Tensor, Tensor | None]:
         mean, _ = self.prior.weight_moments()
@@ -102,7 +108,7 @@ class BayesLinear(BayesLayer):
             w, b = self.eval_weight_bias()
             return F.linear(x, w, b)
         mu, s2 = self.prior.conditional()  # (out, in) each
-        z = self.prior.sample_scale(x.shape[0])  # (B, in) or None
+        z = self.prior.sample_unit_scale(x.shape[0])  # (B, in) or None
         if z is not None:
             x = x * z.reshape(z.shape[0], *([1] * (x.dim() - 2)), z.shape[1])
         mean = F.linear(x, mu, self.bias)
@@ -110,7 +116,9 @@ class BayesLinear(BayesLayer):
         return mean + (var + _VAR_EPS).sqrt() * torch.randn_like(mean)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, prior={self.prior.config.name}"
+        size = self.prior.group_size
+        groups = f", group_size={size}" if size != 1 else ""
+        return f"{self.in_features}, {self.out_features}, prior={self.prior.config.name}{groups}"
 
 
 class BayesConv2d(BayesLayer):

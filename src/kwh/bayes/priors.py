@@ -7,6 +7,9 @@ weights given the group scale) and ``sample_scale(batch)`` (one group scale per 
 
 Groups: ``group_dim`` is 1 for a Linear weight (out, in) -- z scales input units -- and 0 for a
 Conv2d weight (out, in, kh, kw) -- z scales output filters (Louizos et al. 2017, sec. 3).
+``group_size`` consecutive units along ``group_dim`` share one z (default 1: one z per unit);
+an attention's out-projection groups its inputs per head (group_size = head_dim), so a
+pruned z removes a whole head.
 """
 
 from __future__ import annotations
@@ -36,11 +39,26 @@ def _logvar(p: Tensor) -> Tensor:
     return p.clamp(_LOGVAR_MIN, _LOGVAR_MAX)
 
 
-def expand_group(g: Tensor, shape: torch.Size, group_dim: int) -> Tensor:
-    """Broadcast a per-group vector (G,) against a weight of ``shape`` along ``group_dim``."""
+def expand_group(g: Tensor, shape: torch.Size, group_dim: int, group_size: int = 1) -> Tensor:
+    """Broadcast a per-group vector (G,) against a weight of ``shape`` along ``group_dim``,
+    each entry repeated over its ``group_size`` consecutive units (G * group_size of them)."""
+    if group_size != 1:
+        g = g.repeat_interleave(group_size, dim=-1)
     view = [1] * len(shape)
     view[group_dim] = -1
     return g.reshape(view)
+
+
+def check_group_size(shape: torch.Size, group_dim: int, group_size: int) -> int:
+    """The number of groups; ValueError unless ``group_size`` divides the units on group_dim."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    units = int(shape[group_dim])
+    if units % group_size:
+        raise ValueError(f"group_size {group_size} does not divide the {units} units of the "
+                         f"weight's dim {group_dim}; choose a divisor (e.g. an attention head's "
+                         "size for its out-projection)")
+    return units // group_size
 
 
 # ----------------------------------------------------------------------------- configs
@@ -117,11 +135,22 @@ class Prior(nn.Module):
     weight_parameters: ClassVar[tuple[str, ...]] = ()
     group_parameters: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config, weight: Tensor, group_dim: int):
+    def __init__(self, config, weight: Tensor, group_dim: int, group_size: int = 1):
         super().__init__()
+        if group_size != 1 and not self.structured:
+            raise ValueError(f"the {config.name} prior has one scale per weight, not per group: "
+                             f"group_size {group_size} does not apply to it; use group-nj or "
+                             "group-horseshoe to share a scale over blocks of units")
         self.config = config
         self.group_dim = group_dim
+        self.group_size = group_size
         self.weight_shape = weight.shape
+        if self.structured:
+            check_group_size(weight.shape, group_dim, group_size)
+
+    def expand(self, g: Tensor) -> Tensor:
+        """A per-group tensor (G,) broadcast against the weight (each group over its units)."""
+        return expand_group(g, self.weight_shape, self.group_dim, self.group_size)
 
     @property
     def threshold(self) -> float:
@@ -144,7 +173,7 @@ class Prior(nn.Module):
         """keep_mask broadcast to the weight's shape (as float)."""
         m = self.keep_mask(threshold).to(self._dtype())
         if self.structured:
-            return expand_group(m, self.weight_shape, self.group_dim).expand(self.weight_shape)
+            return self.expand(m).expand(self.weight_shape)
         return m
 
     def conditional(self) -> tuple[Tensor, Tensor]:
@@ -154,6 +183,14 @@ class Prior(nn.Module):
     def sample_scale(self, batch: int) -> Tensor | None:
         """One draw of the group scale z per example, (B, G); None for unstructured priors."""
         return None
+
+    def sample_unit_scale(self, batch: int) -> Tensor | None:
+        """sample_scale repeated over each group's units: (B, units on group_dim); None for
+        unstructured priors."""
+        z = self.sample_scale(batch)
+        if z is None or self.group_size == 1:
+            return z
+        return z.repeat_interleave(self.group_size, dim=1)
 
     def scale_moments(self) -> tuple[Tensor, Tensor] | None:
         """E[z] and Var[z] per group; None for unstructured priors."""
@@ -168,7 +205,7 @@ class Prior(nn.Module):
         sm = self.scale_moments()
         if sm is None:
             return mu, s2
-        ez, vz = (expand_group(t, self.weight_shape, self.group_dim) for t in sm)
+        ez, vz = (self.expand(t) for t in sm)
         return ez * mu, ez.pow(2) * s2 + vz * mu.pow(2) + vz * s2
 
     def _dtype(self) -> torch.dtype:
@@ -179,22 +216,38 @@ class Prior(nn.Module):
         """Keep only the entries ``index`` (long) of the weight's dim 0 or 1, in place.
 
         Slices every weight-shaped parameter along ``dim`` and, where ``dim`` is the group
-        dimension, every per-group parameter. Returns {parameter name: (dim it was sliced
-        along, index)} so that an optimizer's state can follow.
+        dimension, every per-group parameter (with group_size > 1, ``index`` must keep whole
+        groups: ValueError otherwise). Returns {parameter name: (dim it was sliced along,
+        index)} so that an optimizer's state can follow.
         """
+        grouped = self.structured and dim == self.group_dim
+        groups = self._group_index(index) if grouped else None
         done = {}
         for name in self.weight_parameters:
             _replace(self, name, getattr(self, name).index_select(dim, index))
             done[name] = (dim, index)
-        if self.structured and dim == self.group_dim:
+        if grouped:
             for name in self.group_parameters:
-                _replace(self, name, getattr(self, name).index_select(0, index))
-                done[name] = (0, index)
-            self.n_groups = int(index.numel())
+                _replace(self, name, getattr(self, name).index_select(0, groups))
+                done[name] = (0, groups)
+            self.n_groups = int(groups.numel())
         shape = list(self.weight_shape)
         shape[dim] = int(index.numel())
         self.weight_shape = torch.Size(shape)
         return done
+
+    def _group_index(self, index: Tensor) -> Tensor:
+        """The groups a unit index keeps, when it keeps each of them whole."""
+        gs = self.group_size
+        if gs == 1:
+            return index
+        index = index.cpu()
+        groups = index[::gs] // gs
+        whole = groups.repeat_interleave(gs) * gs + torch.arange(gs).repeat(groups.numel())
+        if index.numel() % gs or not torch.equal(whole, index):
+            raise ValueError(f"cannot keep part of a group of {gs} units: the index must list "
+                             "whole groups in order")
+        return groups
 
 
 def _replace(module: nn.Module, name: str, value: Tensor) -> None:
@@ -220,8 +273,9 @@ class LogUniform(Prior):
     # error (benchmarks/results/ablations/lenet300_mnist_svd)
     log_scale_lr_mult = 1.0
 
-    def __init__(self, config: LogUniformConfig, weight: Tensor, group_dim: int):
-        super().__init__(config, weight, group_dim)
+    def __init__(self, config: LogUniformConfig, weight: Tensor, group_dim: int,
+                 group_size: int = 1):
+        super().__init__(config, weight, group_dim, group_size)  # group_size != 1: ValueError
         self.theta = nn.Parameter(weight.detach().clone())
         self.log_sigma2 = nn.Parameter(torch.full_like(weight, config.init_log_sigma2))
 
@@ -244,9 +298,9 @@ class _GroupPrior(Prior):
 
     weight_parameters = ("weight_mu", "weight_log_var")
 
-    def __init__(self, config, weight: Tensor, group_dim: int):
-        super().__init__(config, weight, group_dim)
-        self.n_groups = weight.shape[group_dim]
+    def __init__(self, config, weight: Tensor, group_dim: int, group_size: int = 1):
+        super().__init__(config, weight, group_dim, group_size)
+        self.n_groups = weight.shape[group_dim] // group_size
         self.weight_mu = nn.Parameter(weight.detach().clone())
         self.weight_log_var = nn.Parameter(
             torch.randn_like(weight) * 0.01 + config.init_log_var)
@@ -255,14 +309,14 @@ class _GroupPrior(Prior):
         """Where E[z] starts per group, (G,): 1, or the group's weight RMS (config.init_scale)."""
         if self.config.init_scale == "one":
             return torch.ones(self.n_groups, dtype=weight.dtype)
-        dims = [d for d in range(weight.dim()) if d != self.group_dim]
-        return weight.detach().pow(2).mean(dim=dims).sqrt().clamp_min(1e-3)  # (G,)
+        w = weight.detach().movedim(self.group_dim, 0).reshape(self.n_groups, -1)
+        return w.pow(2).mean(dim=1).sqrt().clamp_min(1e-3)  # (G,)
 
     def _rescale_weights(self):
         """Divide the weight means by E[z] so that E[z] * mu reproduces the given weight."""
         with torch.no_grad():
             ez, _ = self.scale_moments()
-            self.weight_mu.div_(expand_group(ez, self.weight_shape, self.group_dim))
+            self.weight_mu.div_(self.expand(ez))
 
     def conditional(self) -> tuple[Tensor, Tensor]:
         return self.weight_mu, _logvar(self.weight_log_var).exp()
@@ -289,8 +343,9 @@ class GroupNJ(_GroupPrior):
     # 1.90% at 26.9x with 10x (benchmarks/results/ablations/lenet300_mnist_gnj)
     log_scale_lr_mult = 1.0
 
-    def __init__(self, config: GroupNJConfig, weight: Tensor, group_dim: int):
-        super().__init__(config, weight, group_dim)
+    def __init__(self, config: GroupNJConfig, weight: Tensor, group_dim: int,
+                 group_size: int = 1):
+        super().__init__(config, weight, group_dim, group_size)
         g = self.n_groups
         z0 = self._initial_scale(weight)
         self.z_mu = nn.Parameter(z0 * (1.0 + 0.01 * torch.randn(g, dtype=weight.dtype)))
@@ -338,8 +393,9 @@ class GroupHorseshoe(_GroupPrior):
                             "a_mu", "a_log_var", "b_mu", "b_log_var")
     group_parameters = ("a_mu", "a_log_var", "b_mu", "b_log_var")
 
-    def __init__(self, config: GroupHorseshoeConfig, weight: Tensor, group_dim: int):
-        super().__init__(config, weight, group_dim)
+    def __init__(self, config: GroupHorseshoeConfig, weight: Tensor, group_dim: int,
+                 group_size: int = 1):
+        super().__init__(config, weight, group_dim, group_size)
         g, dt = self.n_groups, weight.dtype
         lv = config.init_log_var
         ln_tau0 = math.log(config.tau0)
@@ -420,9 +476,11 @@ def prior_config(prior: str | PriorConfig, **options) -> PriorConfig:
         raise ValueError(f"bad option for prior {key!r}: {e}") from None
 
 
-def make_prior(config: PriorConfig, weight: Tensor, group_dim: int) -> Prior:
-    """Instantiate the prior module registered for ``config``."""
+def make_prior(config: PriorConfig, weight: Tensor, group_dim: int,
+               group_size: int = 1) -> Prior:
+    """Instantiate the prior module registered for ``config`` (``group_size`` consecutive
+    units on ``group_dim`` sharing one scale; ValueError for log-uniform, per weight)."""
     for cfg_cls, prior_cls in PRIORS.values():
         if type(config) is cfg_cls:
-            return prior_cls(config, weight, group_dim)
+            return prior_cls(config, weight, group_dim, group_size)
     raise TypeError(f"not a prior config: {config!r}")

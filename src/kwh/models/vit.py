@@ -73,6 +73,14 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
+    def kwh_head_groups(self) -> dict[str, int]:
+        """{each attention's out-projection: head_dim}: kwh.bayesify_'s ``group_sizes`` that
+        give every head one scale z (its block of the out-projection's inputs), so a group
+        prior prunes whole heads: ``kwh.bayesify_(model, prior,
+        group_sizes=model.kwh_head_groups())``."""
+        return {f"{name}.out": m.head_dim for name, m in self.named_modules()
+                if hasattr(m, "head_dim") and hasattr(m, "out")}
+
     def forward(self, x: Tensor) -> Tensor:  # (B, C, S, S) -> (B, num_classes)
         x = self.patch(x).flatten(2).transpose(1, 2)  # (B, T, D), T = (S / patch)^2
         x = self.blocks(self.pos(x))                  # (B, T, D)
