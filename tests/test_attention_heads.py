@@ -162,3 +162,103 @@ def test_vit_offers_its_head_groups():
     out = model.blocks[1].attn.out
     assert out.prior.n_groups == 3 and out.prior.group_size == 4
     assert model.blocks[1].attn.v.prior.n_groups == 12
+
+
+# ------------------------------------------------------------------ heads removed by compress
+
+from kwh.bayes import GroupHorseshoe, GroupNJ  # noqa: E402
+from kwh.models import vit_tiny  # noqa: E402
+from kwh.modules import SelfAttention  # noqa: E402
+
+IMAGE = (1, 14, 14)  # patches of 7: 4 tokens
+DIM, HEADS, HD, TOKENS, MLP = 12, 3, 4, 4, 8
+
+
+def _vit(fused: bool = True) -> torch.nn.Module:
+    torch.manual_seed(5)
+    return vit_tiny(in_channels=1, num_classes=5, image_size=14, patch=7, dim=DIM, depth=2,
+                    heads=HEADS, mlp=MLP, fused_attention=fused)
+
+
+def _x(n: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, *IMAGE, generator=torch.Generator().manual_seed(seed))
+
+
+def test_fused_attention_computes_what_the_traced_attention_does():
+    traced, fused = _vit(False).eval(), _vit(True).eval()
+    assert isinstance(fused.blocks[0].attn, SelfAttention)
+    fused.load_state_dict(traced.state_dict())  # the same parameter names
+    with torch.no_grad():
+        torch.testing.assert_close(fused(_x()), traced(_x()), rtol=0, atol=1e-6)
+    gm = kwh.graph.trace(fused)
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module" and "attn" in n.target] \
+        == ["blocks.0.attn", "blocks.1.attn"]
+
+
+@torch.no_grad()
+def _dead_heads_(model) -> None:
+    """Block 0: head 1 unread (its z of the out-projection pruned). Block 1: v's rows of head 2
+    zero (it outputs v's bias: folded into out's), q's rows of head 0 zero (it still averages
+    v uniformly: it stays)."""
+    out0 = model.blocks[0].attn.out.prior
+    if isinstance(out0, GroupHorseshoe):
+        out0.a_log_var[1] = 3.0
+    else:
+        out0.z_log_var[1] = 3.0
+    a1 = model.blocks[1].attn
+    a1.v.prior.weight_mu[2 * HD:3 * HD] = 0.0
+    a1.q.prior.weight_mu[0:HD] = 0.0
+    assert out0.keep_mask().tolist() == [True, False, True]
+    assert not a1.v.eval_weight_bias()[0][2 * HD:].any()
+
+
+@pytest.fixture(scope="module", params=["group-horseshoe", "group-nj"])
+def pruned(request):
+    """(prior, masked Bayesian vit in eval mode, its unquantized compression)."""
+    torch.manual_seed(0)
+    model = _vit()
+    kwh.bayesify_(model, request.param, group_sizes=model.kwh_head_groups())
+    _dead_heads_(model)
+    model.eval()
+    small = kwh.compress.compress(model, example_inputs=_x(4, seed=0), quantize=False)
+    return request.param, model, small
+
+
+def test_dead_heads_are_removed_exactly(pruned):
+    _, model, small = pruned
+    with torch.no_grad():
+        for seed in (1, 2):
+            ref = model(_x(16, seed))
+            torch.testing.assert_close(small(_x(16, seed)), ref, rtol=0,
+                                       atol=1e-5 * float(1 + ref.abs().max()))
+    a0, a1 = small.get_submodule("blocks.0.attn"), small.get_submodule("blocks.1.attn")
+    assert isinstance(a0, SelfAttention) and (a0.heads, a1.heads) == (2, 2)
+    for a in (a0, a1):  # the residual stream stays whole: only the heads go
+        assert tuple(a.q.weight.shape) == tuple(a.k.weight.shape) == (2 * HD, DIM)
+        assert tuple(a.v.weight.shape) == (2 * HD, DIM)
+        assert tuple(a.out.weight.shape) == (DIM, 2 * HD)
+    bayes0 = model.blocks[0].attn
+    w_out, _ = bayes0.out.eval_weight_bias()
+    keep = torch.cat([torch.arange(0, HD), torch.arange(2 * HD, 3 * HD)])
+    assert torch.allclose(a0.out.weight.double(), w_out[:, keep].double(), atol=1e-7)
+    assert torch.allclose(a0.q.weight.double(), bayes0.q.eval_weight_bias()[0][keep].double(),
+                          atol=1e-7)
+
+
+def test_quantized_attention_keeps_its_heads_and_bits():
+    torch.manual_seed(0)
+    model = _vit()
+    kwh.bayesify_(model, "group-nj", group_sizes=model.kwh_head_groups())
+    _dead_heads_(model)
+    model.eval()
+    small = kwh.compress.compress(model, example_inputs=_x(4, seed=0))
+    a0 = small.get_submodule("blocks.0.attn")
+    assert a0.heads == 2
+    for layer in (a0.q, a0.k, a0.v, a0.out):
+        bits, frac = layer.kwh_bits, layer.kwh_frac_bits
+        assert bits < 32 and frac is not None
+        step = 2.0 ** -frac
+        assert torch.equal(torch.round(layer.weight / step) * step, layer.weight)
+    with torch.no_grad():
+        ref = model(_x())
+        assert (small(_x()) - ref).abs().max() < 0.1 * (1 + ref.abs().max())

@@ -27,7 +27,7 @@ from torch import fx, nn
 from kwh.bayes import BayesLayer
 from kwh.binary import BinaryLayer
 from kwh.errors import ModelError
-from kwh.modules import PositionEmbedding, SelectInputs
+from kwh.modules import PositionEmbedding, SelectInputs, SelfAttention
 
 __all__ = ["trace", "chain", "ChainLink", "ChainError", "check_io", "check_calls", "calls", "Call",
            "explicit_chain", "is_plain_sequential", "example_input", "node_shapes",
@@ -46,8 +46,9 @@ class ChainError(ModelError):
 
 
 # kwh's own layers: called as modules in a traced graph, never traced through (a
-# PositionEmbedding read inside forward() would be a tensor attribute, which kwh refuses).
-_KWH_LEAVES = (BayesLayer, BinaryLayer, SelectInputs, PositionEmbedding)
+# PositionEmbedding read inside forward() would be a tensor attribute, which kwh refuses; a
+# SelfAttention is one unit, so that compress can remove whole heads).
+_KWH_LEAVES = (BayesLayer, BinaryLayer, SelectInputs, PositionEmbedding, SelfAttention)
 
 
 class _Tracer(fx.Tracer):

@@ -24,6 +24,13 @@ lists the atom at each position of its dim 1, and the operations tie atoms into 
   with. Any traceable operation is allowed; it only stops pruning where it could not be exact.
   In a pre-norm transformer the residual stream stays whole (LayerNorm mixes it), attention's
   units too (reshaped into heads); the MLP's hidden units are free.
+- a kwh.modules.SelfAttention is one unit: its inputs (the last dim) are read by the columns
+  of q, k and v, its outputs written by the rows of out. Inside, a head is removed whole (its
+  rows of q, k, v, its columns of out) when its block of out's columns is zero (it adds
+  nothing), or when its rows of v are zero: then v is v's bias at every token, the softmax
+  averages it to itself, and out's block times that bias is folded into out's bias. A head
+  whose q or k rows alone are zero still averages v uniformly: it stays. At least one head
+  stays.
 
 A class that is not frozen is removed when no layer reads it (every reading layer's weights on
 it are zero), or when it is constant (every writing layer's weights into it are zero, so its
@@ -66,6 +73,7 @@ from kwh.graph import (
     tensor_inputs,
     trace,
 )
+from kwh.modules import SelfAttention
 
 __all__ = ["GraphPlan", "plan_graph", "build_graph", "graph_summary"]
 
@@ -175,6 +183,7 @@ class GraphPlan:
     num_classes: int = 0
     example: Tensor | None = None  # float64 CPU example the plan was checked on
     reference: Tensor | None = None  # the masked model's float64 output on it
+    heads: dict[str, Tensor] = field(default_factory=dict)  # SelfAttention -> heads kept (bool)
 
 
 # ------------------------------------------------------------------------ reading the graph
@@ -197,8 +206,11 @@ def plan_graph(model: nn.Module, example: Tensor, config: CompressConfig) -> Gra
     ch = _walk(gm, modules, shapes, stages, folded)
     plan = GraphPlan(gm, stages, folded, {t: torch.ones(len(a), dtype=torch.bool)
                                           for t, a in ch.norms.items()}, ch.frozen_layers)
+    plan.heads = {t: torch.ones(m.heads, dtype=torch.bool) for t, m in _attentions(gm).items()}
     plan.example = example.detach().to("cpu", _F64)
     inputs, plan.reference = _record(plan)
+    for t in plan.heads:
+        plan.heads[t] = _prune_heads(stages, t, gm.get_submodule(t).head_dim)
     classes = _classes(ch)
     removed = _prune(stages, classes, inputs)
     _cut(plan, ch, removed)
@@ -233,6 +245,9 @@ def _read_layers(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict
         if isinstance(m, BayesLayer) and not isinstance(m, (BayesLinear, BayesConv2d)):
             raise ModelError(f"layer {n.target!r} ({type(m).__name__}) is not supported; "
                              "structured compression makes BayesLinear and BayesConv2d plain")
+        if isinstance(m, SelfAttention):
+            stages.update(_attention_stages(n, m, shapes, config))
+            continue
         if not isinstance(m, WEIGHTED):
             continue
         src = tensor_inputs(n)
@@ -248,6 +263,65 @@ def _read_layers(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict
     if not stages:
         raise ModelError("the model has no Linear or Conv2d layer to compress")
     return stages
+
+
+def _attentions(gm: fx.GraphModule) -> dict[str, SelfAttention]:
+    """The SelfAttention modules the graph calls, by path."""
+    return {n.target: gm.get_submodule(n.target) for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(gm.get_submodule(n.target), SelfAttention)}
+
+
+def _attention_stages(n: fx.Node, m: SelfAttention, shapes: dict[str, tuple],
+                      config: CompressConfig) -> dict[str, Stage]:
+    """q, k, v and out of a SelfAttention as four Linear stages on its tokens."""
+    src = tensor_inputs(n)
+    if len(src) != 1 or src[0].name not in shapes or n.name not in shapes or \
+            len(shapes[src[0].name]) != 3:
+        raise ModelError(f"{describe_node(n)} (SelfAttention) must map one tensor of tokens "
+                         "(batch, tokens, features) to one")
+    for name in ("q", "k", "v", "out"):
+        child = getattr(m, name)
+        if not isinstance(child, (nn.Linear, BayesLinear)) or \
+                getattr(child, "input_index", None) is not None:
+            raise ModelError(f"{n.target}.{name} is {type(child).__name__}; a SelfAttention's "
+                             "q, k, v and out must be nn.Linear or BayesLinear layers")
+    tokens = shapes[src[0].name][1]
+    inner = m.heads * m.head_dim
+    out = {}
+    for name in ("q", "k", "v", "out"):
+        child = getattr(m, name)
+        before = (m.q.in_features,) if name != "out" else (inner,)
+        after = (inner,) if name != "out" else (m.out.out_features,)
+        s = read_layer(Node(f"{n.target}.{name}", child, before, after), [], config)
+        s.positions = tokens
+        out[s.name] = s
+    return out
+
+
+def _prune_heads(stages: dict[str, Stage], target: str, head_dim: int) -> Tensor:
+    """Remove the dead heads of one SelfAttention (see the module docstring) in the full-size
+    tensors: their rows of q, k, v and columns of out zeroed, a dead v's bias folded into out's.
+    Returns the heads kept (bool)."""
+    q, k, v, o = (stages[f"{target}.{name}"] for name in ("q", "k", "v", "out"))
+    heads = o.weight.shape[1] // head_dim
+    blocks = [slice(h * head_dim, (h + 1) * head_dim) for h in range(heads)]
+    unread = [not bool(o.weight[:, b].any()) for b in blocks]
+    constant = [not bool(v.weight[b].any()) for b in blocks]
+    dead = [u or c for u, c in zip(unread, constant)]
+    if all(dead):  # every layer keeps an output: the first head stays, unchanged
+        dead[0] = False
+    for h, b in enumerate(blocks):
+        if not dead[h]:
+            continue
+        if not unread[h]:  # softmax rows sum to one: the head outputs v's bias at every token
+            o.bias += o.weight[:, b] @ v.bias[b]
+        for s in (q, k, v):
+            s.weight[b] = 0
+            s.bias[b] = 0
+            s.kept[b] = False
+        o.weight[:, b] = 0
+        o.kept[:, b] = False
+    return torch.tensor([not d for d in dead], dtype=torch.bool)
 
 
 def _fold_norms(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict[str, tuple],
@@ -300,6 +374,9 @@ def _walk(gm: fx.GraphModule, modules: dict[str, nn.Module], shapes: dict[str, t
             continue
         if n.op == "call_module" and n.target in stages:
             lay[n.name] = ch.outputs[n.target] = _layer_atoms(n, modules[n.target], shapes, ins, ch)
+            continue
+        if n.op == "call_module" and isinstance(modules[n.target], SelfAttention):
+            lay[n.name] = _attention_atoms(n, shapes, ins, ch)
             continue
         axis = _axis(ch, ins)
         if n.op == "call_module" and _tracked_norm(modules[n.target]) and axis == 1 and \
@@ -371,6 +448,22 @@ def _layer_atoms(n: fx.Node, m: nn.Module, shapes: dict[str, tuple], ins: list[f
     if tokens:
         ch.axis[n.name] = len(after) - 1
     return ch.writes[n.target]
+
+
+def _attention_atoms(n: fx.Node, shapes: dict[str, tuple], ins: list[fx.Node],
+                     ch: _Channels) -> list[int]:
+    """A SelfAttention reads its input's atoms on the last dim with the columns of q, k and v
+    (new frozen atoms when they lie elsewhere) and writes new atoms with the rows of out."""
+    t = n.target
+    src, before, after = ch.layout.get(ins[0].name), shapes[ins[0].name], shapes[n.name]
+    if src is None or _axis(ch, ins) != len(before) - 1 or len(src) != before[-1]:
+        ch.atoms.freeze(src)
+        src = ch.atoms.new(before[-1], frozen=True)
+    for name in ("q", "k", "v"):
+        ch.reads[f"{t}.{name}"] = src
+    ch.writes[f"{t}.out"] = ch.outputs[f"{t}.out"] = ch.atoms.new(after[-1])
+    ch.axis[n.name] = len(after) - 1
+    return ch.writes[f"{t}.out"]
 
 
 def _axis(ch: _Channels, ins: list[fx.Node]) -> int:
@@ -675,6 +768,12 @@ def _cut(plan: GraphPlan, ch: _Channels, removed: set[int]) -> None:
             s.select_cols(keep(ch.reads[name]))
     for target, atoms in ch.norms.items():
         plan.norms[target] = keep(atoms)
+    for target, heads in plan.heads.items():
+        block = plan.stages[f"{target}.out"].weight.shape[1] // heads.numel()
+        units = heads.repeat_interleave(block)
+        for name in ("q", "k", "v"):
+            plan.stages[f"{target}.{name}"].select_rows(units)
+        plan.stages[f"{target}.out"].select_cols(units)
 
 
 # ------------------------------------------------------------------------ building, checking
@@ -697,6 +796,8 @@ def build_graph(plan: GraphPlan, precisions: list[LayerPrecision] | None,
                                 dtype)
         elif t in plan.norms:
             layer = sliced_norm(m, plan.norms[t])
+        elif t in plan.heads:
+            layer = _attention(plan, t, m, precs, dtype)
         else:
             layer = copy.deepcopy(m)
         modules[t] = layer.to("cpu", dtype)
@@ -711,6 +812,18 @@ def build_graph(plan: GraphPlan, precisions: list[LayerPrecision] | None,
             env[n] = graph.node_copy(n, lambda a: env[a])
     small = fx.GraphModule(modules, graph)
     return small.eval()
+
+
+def _attention(plan: GraphPlan, target: str, m: SelfAttention,
+               precs: dict[str, LayerPrecision], dtype: torch.dtype) -> SelfAttention:
+    """A SelfAttention holding its pruned (quantized) plain layers, with the heads kept."""
+    layers = {}
+    for name in ("q", "k", "v", "out"):
+        s, p = plan.stages[f"{target}.{name}"], precs.get(f"{target}.{name}")
+        layers[name] = plain_layer(s, s.weight if p is None else quantize(s.weight, p.frac_bits),
+                                   p, dtype)
+    return SelfAttention.of_layers(layers["q"], layers["k"], layers["v"], layers["out"],
+                                   m.head_dim)
 
 
 def _to_float32(n: fx.Node) -> bool:
@@ -732,6 +845,9 @@ def _record(plan: GraphPlan) -> tuple[dict[str, Tensor], Tensor]:
         def call_module(self, target, args, kwargs):
             if target in plan.stages:
                 inputs[target] = args[0][:1].detach().clone()
+            if target in plan.heads:  # q, k and v read the attention's input
+                for name in ("q", "k", "v"):
+                    inputs[f"{target}.{name}"] = args[0][:1].detach().clone()
             return super().call_module(target, args, kwargs)
 
     try:
@@ -765,7 +881,7 @@ def graph_summary(plan: GraphPlan, precisions: list[LayerPrecision], small: fx.G
                   input_shape: tuple[int, ...], config: CompressConfig) -> dict:
     """The chain's summary keys (kwh.compress.summary), plus ``graph``: channel classes."""
     plain = [small.get_submodule(name) for name in plan.stages]
-    original = sum(original_param_count(plan.gm.get_submodule(n.target))
+    original = sum(_original_params(plan.gm.get_submodule(n.target))
                    for n in plan.gm.graph.nodes if n.op == "call_module")
     summary = summary_of(list(plan.stages), list(plan.stages.values()), precisions, plain, small,
                          original, plan.num_classes, input_shape, config)
@@ -774,3 +890,10 @@ def graph_summary(plan: GraphPlan, precisions: list[LayerPrecision], small: fx.G
                         "removed_classes": plan.channels["removed"],
                         "frozen_layers": dict(plan.frozen_layers)}
     return summary
+
+
+def _original_params(m: nn.Module) -> int:
+    """original_param_count of a module, of a SelfAttention's four layers."""
+    if isinstance(m, SelfAttention):
+        return sum(original_param_count(c) for c in (m.q, m.k, m.v, m.out))
+    return original_param_count(m)

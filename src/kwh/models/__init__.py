@@ -78,10 +78,16 @@ def resnet20(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> Re
 
 
 def vit_tiny(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, patch: int = 7,
-             dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128) -> VisionTransformer:
-    """A small vision transformer: (image_size / patch)^2 tokens of ``dim``, ``depth`` blocks."""
+             dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128,
+             fused_attention: bool = False) -> VisionTransformer:
+    """A small vision transformer: (image_size / patch)^2 tokens of ``dim``, ``depth`` blocks.
+
+    ``fused_attention``: each attention is one kwh.modules.SelfAttention, whose heads
+    kwh.compress removes (with ``group_sizes=model.kwh_head_groups()``); the .kwh graph
+    layout and kwh.energy do not read that module yet, so the default traces attention."""
     return _with_input(VisionTransformer(in_channels, num_classes, image_size, patch, dim,
-                                         depth, heads, mlp), (in_channels, image_size, image_size))
+                                         depth, heads, mlp, fused_attention),
+                       (in_channels, image_size, image_size))
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

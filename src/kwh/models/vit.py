@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kwh.modules import PositionEmbedding
+from kwh.modules import PositionEmbedding, SelfAttention
 
 __all__ = ["Attention", "TransformerBlock", "VisionTransformer"]
 
@@ -41,12 +41,20 @@ class Attention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm: x + attn(norm1(x)), then x + mlp(norm2(x)) with mlp Linear-GELU-Linear."""
+    """Pre-norm: x + attn(norm1(x)), then x + mlp(norm2(x)) with mlp Linear-GELU-Linear.
 
-    def __init__(self, dim: int, heads: int, mlp: int):
+    ``fused_attention``: the attention is kwh.modules.SelfAttention (one leaf module, whose
+    heads kwh.compress can remove) instead of ``Attention`` (traced through); the same
+    parameters and the same outputs either way.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp: int, fused_attention: bool = False):
         super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads})")
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
+        self.attn = SelfAttention(dim, heads, dim // heads) if fused_attention \
+            else Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
 
@@ -59,7 +67,8 @@ class VisionTransformer(nn.Module):
     """Patch embedding, position embedding, ``depth`` blocks, LayerNorm, token mean, head."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
-                 patch: int = 7, dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128):
+                 patch: int = 7, dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128,
+                 fused_attention: bool = False):
         super().__init__()
         if patch < 1 or image_size % patch:
             raise ValueError(f"image_size ({image_size}) must be a multiple of patch ({patch})")
@@ -69,7 +78,8 @@ class VisionTransformer(nn.Module):
         tokens = (image_size // patch) ** 2
         self.patch = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.pos = PositionEmbedding(tokens, dim)
-        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp, fused_attention)
+                                      for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
