@@ -262,3 +262,34 @@ def test_quantized_attention_keeps_its_heads_and_bits():
     with torch.no_grad():
         ref = model(_x())
         assert (small(_x()) - ref).abs().max() < 0.1 * (1 + ref.abs().max())
+
+
+# ------------------------------------------------------------------ energy
+
+def _fields(c):
+    return {k: v for k, v in vars(c).items() if k not in ("module", "name")}
+
+
+def test_energy_counts_the_fused_attention_as_its_unfused_forward():
+    from kwh.energy import count_model
+    traced, fused = _vit(False).eval(), _vit(True).eval()
+    fused.load_state_dict(traced.state_dict())
+    a, b = count_model(traced, IMAGE), count_model(fused, IMAGE)
+    assert [c.name.split(":")[0] for c in a] == [c.name.split(":")[0] for c in b]
+    for x, y in zip(a, b):
+        assert _fields(x) == _fields(y), x.name
+
+
+def test_energy_of_the_compressed_attention_counts_its_heads(pruned):
+    """Block 0 keeps 2 heads of 4 units on 4 tokens: by hand."""
+    from kwh.energy import count_model
+    _, _, small = pruned
+    counts = {c.name.split(":")[0]: c for c in count_model(small, IMAGE)}
+    t, h, hd = TOKENS, 2, HD
+    q, v, out = (counts[f"blocks.0.attn.{p}"] for p in ("q", "v", "out"))
+    assert q.macs == t * DIM * h * hd and out.macs == t * h * hd * DIM
+    assert v.act_macs == 2 * h * t * t * hd  # q k^T and weights @ v
+    assert v.compares == h * t * (t - 1)  # softmax's max per row
+    assert v.functions == {"exp": h * t * t, "reciprocal": h * t}
+    assert v.extra_in_elems == 2 * t * h * hd
+    assert v.fused == ["matmul", "mul", "Softmax", "matmul"]

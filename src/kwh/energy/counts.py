@@ -36,7 +36,7 @@ from kwh.binary import BinaryConv2d, BinaryLayer
 from kwh.errors import ModelError
 from kwh.graph import calls as graph_calls
 from kwh.graph import example_input, explicit_chain
-from kwh.modules import PositionEmbedding, SelectInputs
+from kwh.modules import PositionEmbedding, SelectInputs, SelfAttention
 
 __all__ = ["LayerCounts", "count_model", "weight_of", "SUPPORTED_LAYERS", "FUNCTION_OPS"]
 
@@ -50,7 +50,7 @@ SUPPORTED_LAYERS = ("Linear", "Conv2d", "BayesLinear", "BayesConv2d", "BinaryLin
                     "Flatten", "Unflatten",
                     "Identity", "Dropout", "BatchNorm1d/2d (folded into the layer before)",
                     "SelectInputs", "Softmax", "LayerNorm", "GELU (approximate='none')",
-                    "PositionEmbedding")
+                    "PositionEmbedding", "SelfAttention (in traced models)")
 
 # Multiplies and additions of one evaluation of a function, as an fp32-accurate routine
 # computes it (the price table has none of them), and the functions the routine calls.
@@ -417,6 +417,31 @@ def count_model(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCou
     return blocks
 
 
+def _attention_counts(name: str, m: SelfAttention, ins: tuple[int, ...],
+                      outs: tuple[int, ...]) -> list[LayerCounts]:
+    """A SelfAttention as the blocks of its unfused forward: q, k, v (with q k^T, the scale,
+    the softmax and the weights times v fused into v's block, which reads q and k), out."""
+    if len(ins) != 2:
+        raise ModelError(f"layer {name} (SelfAttention) needs tokens (tokens, features), got "
+                         f"{ins}")
+    t, h, hd = ins[0], m.heads, m.head_dim
+    inner = (t, h * hd)
+    blocks = [_weight_counts(f"{name}.{p}:{type(getattr(m, p)).__name__}", getattr(m, p), ins,
+                             inner) for p in ("q", "k", "v")]
+    blocks.append(_weight_counts(f"{name}.out:{type(m.out).__name__}", m.out, inner, outs))
+    scores, heads_out = (h, t, t), (h, t, hd)
+    for blk in blocks[:2]:  # q and k as the heads read them: (heads, tokens, head_dim)
+        blk.out_shape = heads_out
+    steps = [("matmul", _Cost(act_macs=h * t * t * hd), 2 * t * h * hd, scores),  # q k^T
+             ("mul", _Cost(act_mults=h * t * t), 0, scores),                      # the scale
+             ("Softmax", _softmax_cost(name, nn.Softmax(dim=-1), scores), 0, scores),
+             ("matmul", _Cost(act_macs=h * t * t * hd), 0, heads_out)]            # weights @ v
+    for kind, cost, extra, shape in steps:
+        _fuse(blocks[:3], shape, kind, cost, extra)
+    blocks[2].out_shape = inner
+    return blocks
+
+
 def _count_graph(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCounts]:
     """Blocks of a traced model. An operation's operand computed outside its block is read
     from memory (once per block), and a block writes, besides its output, every tensor it
@@ -437,7 +462,11 @@ def _count_graph(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerCo
         ins = op.in_shapes[0] if op.in_shapes else ()
         elems.update((i, math.prod(s)) for i, s in zip(op.inputs, op.in_shapes))
         elems[op.node] = math.prod(op.out_shape)
-        if op.module is not None and _is_weight(op.module):
+        if isinstance(op.module, SelfAttention):
+            blocks += _attention_counts(op.name, op.module, ins, op.out_shape)
+            last += [f"{op.node}.{p}" for p in ("q", "k", "v")]  # their outputs stay inside
+            held = set(op.inputs[:1])
+        elif op.module is not None and _is_weight(op.module):
             label = f"{op.name}:{type(op.module).__name__}"
             blocks.append(_weight_counts(label, op.module, ins, op.out_shape))
             held = set(op.inputs[:1])  # its input: the block's in_elems
