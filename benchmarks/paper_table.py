@@ -357,7 +357,7 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
         rows += r
         histories[seed], alphas[seed] = h, al
     if not set(TABLE_METHODS) <= set(a.methods):
-        _write_selected(a, out, stem, rows, histories, info, data, total)
+        _write_selected(a, out, stem, rows, histories, alphas, info, data, total)
         log("trained and measured the selected methods (written to "
             f"{stem}_selected.md/.json); the full tables are written by a run of all methods "
             f"({', '.join(TABLE_METHODS)} at least; finished runs are reused)")
@@ -407,9 +407,14 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
     return 0
 
 
-def _write_selected(a, out: Path, stem: str, rows: list[dict], histories: dict, info: dict,
-                    data, total) -> None:
-    """The rows of a run of some methods only, beside the published table (no plots)."""
+def _write_selected(a, out: Path, stem: str, rows: list[dict], histories: dict, alphas: dict,
+                    info: dict, data, total) -> None:
+    """The rows of a run of some methods only, beside the published table, and the alive
+    units of its Bayesian rows."""
+    first = a.seeds[0]
+    if histories.get(first):
+        names = [d["layer"] for d in next(iter(alphas[first].values()))]
+        plots.alive_units(histories[first], names, out / f"{stem}_selected_alive_units.png")
     command = "python -m benchmarks.paper_table " + " ".join(sys.argv[1:] if a.argv is None else a.argv)
     md = [f"# Bayesian Compression table, selected methods: {a.net} on {a.data}", "",
           f"Command: `{command}`", "",
