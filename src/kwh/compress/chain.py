@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from kwh.bayes import BayesConv2d, BayesLayer, BayesLinear
 from kwh.errors import ModelError
