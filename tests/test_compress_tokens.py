@@ -24,13 +24,13 @@ from any_models import kill_, random_posterior_
 TOL = 1e-5
 PRIORS = ["group-horseshoe", "group-nj", "log-uniform"]
 IMAGE = (1, 14, 14)  # patches of 7: 4 tokens
-DIM, MLP, TOKENS = 8, 12, 4
+DIM, MLP, TOKENS, HEADS, HD = 8, 12, 4, 2, 4
 
 
 def _vit(prior: str) -> nn.Module:
     torch.manual_seed(5)
     model = vit_tiny(in_channels=1, num_classes=5, image_size=14, patch=7, dim=DIM, depth=2,
-                     heads=2, mlp=MLP)
+                     heads=HEADS, mlp=MLP)
     kwh.bayesify_(model, prior)
     return model.eval()
 
@@ -122,10 +122,11 @@ def test_vit_summary_by_hand(prior):
     # patch, q, k, v, out, fc1, fc2 (input units) per block, head
     assert s["architecture_original"] == "8-8-8-8-8-8-12-8-8-8-8-8-12-8"
     assert s["architecture"] == "8-8-8-8-8-8-10-8-8-8-8-8-11-8"
-    # classes: 8 patch channels, per block 4 x 8 attention units + 12 hidden + 8 fc2 rows,
-    # 5 head units; only the hidden units are free
-    assert s["graph"] == {"channel_classes": 8 + 2 * (32 + 12 + 8) + 5,
-                          "frozen_classes": 8 + 2 * (32 + 8) + 5,
+    # classes: 8 patch channels, per block the attention's 8 outputs (a SelfAttention is one
+    # unit: its heads, not its inner units, are what compress removes) + 12 hidden + 8 fc2
+    # rows, 5 head units; only the hidden units are free
+    assert s["graph"] == {"channel_classes": 8 + 2 * (8 + 12 + 8) + 5,
+                          "frozen_classes": 8 + 2 * (8 + 8) + 5,
                           "removed_classes": 3, "frozen_layers": {}}
 
 
@@ -146,9 +147,19 @@ def test_vit_on_a_random_posterior(prior):
         removed += MLP - kept
     if prior != "log-uniform":  # (70% of the weights at random leave every unit here)
         assert removed > 0
+    heads_removed = 0
+    for b in (0, 1):  # a head goes when out reads none of its units or v writes none
+        attn = model.blocks[b].attn
+        w_out, w_v = attn.out.eval_weight_bias()[0], attn.v.eval_weight_bias()[0]
+        dead = [not (w_out[:, h * HD:(h + 1) * HD].any() and w_v[h * HD:(h + 1) * HD].any())
+                for h in range(HEADS)]
+        heads_removed += sum(dead) - all(dead)  # the first head stays when all are dead
+        assert small.get_submodule(f"blocks.{b}.attn").heads == HEADS - sum(dead) + all(dead)
     plain = [m for m in small.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert s["weights"] == sum(m.weight.numel() for m in plain)
-    assert s["weights"] == s["weights_original"] - 2 * DIM * removed
+    # a hidden unit: a row of fc1 and a column of fc2; a head: HD rows of q, k, v, HD columns
+    # of out
+    assert s["weights"] == s["weights_original"] - 2 * DIM * removed - 4 * HD * DIM * heads_removed
 
 
 def test_vit_quantized_weights_are_on_the_fixed_point_grid():

@@ -120,12 +120,14 @@ def test_traced_graph_reproduces_the_model_exactly(name):
         assert any(n.op == "call_module" and n.target == "pos" for n in gm.graph.nodes)
 
 
-@pytest.mark.parametrize("name,pattern", [
-    ("resnet20", r"add\(\).*combines 2 paths.*residual connection"),
-    ("vit", r"matmul\(\).*multiplies 2 paths.*q @ k\^T"),
+@pytest.mark.parametrize("name,kwargs,pattern", [
+    ("resnet20", {}, r"add\(\).*combines 2 paths.*residual connection"),
+    # the fused attention is one module: the first join is the residual around it
+    ("vit", {}, r"add\(\).*combines 2 paths \(pos, blocks_0_attn\).*residual connection"),
+    ("vit", {"fused_attention": False}, r"matmul\(\).*multiplies 2 paths.*q @ k\^T"),
 ])
-def test_structured_chain_is_refused_naming_the_construct(name, pattern):
-    model = build(name).eval()
+def test_structured_chain_is_refused_naming_the_construct(name, kwargs, pattern):
+    model = build(name, **kwargs).eval()
     with pytest.raises(ModelError, match=pattern):
         chain(model, example_input(model, SHAPE))
 

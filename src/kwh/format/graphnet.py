@@ -10,7 +10,10 @@ so kwh.energy and the report read a loaded file like any model.
 ``read_graph`` goes the other way: it traces a model (a torch.fx GraphModule, or any module
 ``kwh.graph.trace`` can trace) into such steps, refusing with a ModelError that names the node
 any operation outside the allow-list, and checks that the steps compute exactly what the
-model computes on an example input. Sizes a forward reads off its activations (``b, t, d =
+model computes on an example input. A kwh.modules.SelfAttention (one traced module) becomes
+the steps of its own forward, in its order of operations (Linear q, k, v, reshapes,
+transposes, matmul, mul_scalar, Softmax, matmul, transpose, reshape, Linear out), so a file
+needs no attention op and the loaded model computes the same bits. Sizes a forward reads off its activations (``b, t, d =
 x.shape``, ``x.size(0)``) are resolved there: the batch size stays the batch (a reshape keeps
 the first dimension), every other size becomes the literal it is for the file's input shape.
 """
@@ -31,6 +34,7 @@ from kwh.errors import FormatError, ModelError
 from kwh.format import modules as fm
 from kwh.format import ops
 from kwh.graph import Call, calls, example_input
+from kwh.modules import SelfAttention
 
 __all__ = ["Step", "GraphNet", "read_graph", "INPUT"]
 
@@ -151,12 +155,16 @@ def read_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[GraphNet
         if c.fx_node not in live:
             continue
         inputs = tuple(index[n] for n in _inputs(c.fx_node, known))
-        step, module = _step(c, inputs, owners, shapes)
-        if module is not None:
-            modules[len(steps)] = module
-        index[c.fx_node] = len(steps)
-        steps.append(step)
-        sources.append(_where(c.fx_node))
+        if isinstance(c.module, SelfAttention):
+            expanded = _attention(c, inputs, owners, len(steps))
+        else:
+            expanded = [_step(c, inputs, owners, shapes)]
+        for step, module in expanded:
+            if module is not None:
+                modules[len(steps)] = module
+            steps.append(step)
+            sources.append(_where(c.fx_node))
+        index[c.fx_node] = len(steps) - 1
     _check_in_place([c for c in found if c.fx_node in live], live, known)
     net = GraphNet(steps, modules, index[result])
     _check_same(model, net, example)
@@ -290,6 +298,71 @@ def _function(c: Call, inputs: tuple[int, ...],
         return _scalar(c, inputs, shapes, "div_scalar")
     name = getattr(t, "__name__", str(t))
     raise ModelError(f"{_where(n)}: {name} is not allowed in a graph file; {_allowed()}")
+
+
+def _attention(c: Call, inputs: tuple[int, ...], owners: dict[int, str],
+               first: int) -> list[tuple[Step, nn.Module | None]]:
+    """A kwh.modules.SelfAttention as the steps of its forward, in its order of operations
+    (the same floating-point results): q, k and v (each a Linear step with its own quantization,
+    reshaped to (tokens, heads, head_dim) and transposed to (heads, tokens, head_dim)), q k^T,
+    the scale, the softmax, the weights times v, the heads side by side, out. ``first`` is the
+    index the first of them gets."""
+    n, m = c.fx_node, c.module
+    if len(inputs) != 1 or len(c.in_shapes[0]) != 2:
+        raise ModelError(f"{_where(n)} (SelfAttention) reads {len(inputs)} activation(s) of "
+                         f"shape(s) {list(c.in_shapes)} (per example); a graph file stores an "
+                         "attention on one tensor of tokens (tokens, features)")
+    first_call = owners.setdefault(id(m), n.name)
+    if first_call != n.name:
+        raise ModelError(f"module {n.target!r} is called more than once in forward() (traced "
+                         f"nodes {first_call!r} and {n.name!r}): a graph file stores each call's "
+                         "layer once and would not share its weights; store the model with "
+                         "layout='state'")
+    t, h, hd = c.in_shapes[0][0], m.heads, m.head_dim
+    out: list[tuple[Step, nn.Module | None]] = []
+
+    def fn(op: str, ins: tuple[int, ...], args: dict | None = None) -> int:
+        out.append((Step(op, ins, args or {}), None))
+        return first + len(out) - 1
+
+    def layer(module: nn.Module, ins: tuple[int, ...]) -> int:
+        out.append(_layer(module, n, ins))
+        return first + len(out) - 1
+
+    heads = []
+    for name in ("q", "k", "v"):
+        split = fn("reshape", (layer(getattr(m, name), inputs),), {"shape": [t, h, hd]})
+        heads.append(fn("transpose", (split,), {"dims": [1, 2]}))  # (heads, tokens, head_dim)
+    q, k, v = heads
+    scores = fn("matmul", (q, fn("transpose", (k,), {"dims": [2, 3]})))  # q k^T
+    weights = layer(nn.Softmax(dim=-1), (fn("mul_scalar", (scores,), {"scalar": float(m.scale)}),))
+    back = fn("transpose", (fn("matmul", (weights, v)),), {"dims": [1, 2]})  # (tokens, heads, hd)
+    layer(m.out, (fn("reshape", (back,), {"shape": [t, h * hd]}),))
+    _check_attention_shapes(c, out, first)
+    return out
+
+
+def _check_attention_shapes(c: Call, expanded: list[tuple[Step, nn.Module | None]],
+                            first: int) -> None:
+    """The loader's shape rules must accept an attention's function steps (numbered from
+    ``first``, reading the attention's input or each other) and give the traced shape."""
+    n = c.fx_node
+    shape: dict[int, tuple[int, ...]] = {}
+    for i, (step, module) in enumerate(expanded, first):
+        ins = [shape.get(j, tuple(c.in_shapes[0])) for j in step.inputs]
+        if isinstance(module, nn.Linear):
+            shape[i] = ins[0][:-1] + (module.out_features,)
+        elif module is not None:  # the softmax
+            shape[i] = ins[0]
+        else:
+            try:
+                shape[i] = tuple(ops.op_shape(ops.OPS[step.op], step.args, ins, _where(n)))
+            except FormatError as err:
+                raise ModelError(f"cannot store this attention: {err}") from None
+    got = shape[first + len(expanded) - 1]
+    if got != tuple(c.out_shape):
+        raise ModelError(f"{_where(n)} gives shape {c.out_shape} (per example), but its steps "
+                         f"in a graph file give {got}; kwh will not store a different network")
 
 
 def _check_shape(c: Call, step: Step) -> None:

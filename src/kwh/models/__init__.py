@@ -79,12 +79,13 @@ def resnet20(in_channels: int = 1, num_classes: int = 10, width: int = 16) -> Re
 
 def vit_tiny(in_channels: int = 1, num_classes: int = 10, image_size: int = 28, patch: int = 7,
              dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128,
-             fused_attention: bool = False) -> VisionTransformer:
+             fused_attention: bool = True) -> VisionTransformer:
     """A small vision transformer: (image_size / patch)^2 tokens of ``dim``, ``depth`` blocks.
 
-    ``fused_attention``: each attention is one kwh.modules.SelfAttention, whose heads
-    kwh.compress removes (with ``group_sizes=model.kwh_head_groups()``); the .kwh graph
-    layout and kwh.energy do not read that module yet, so the default traces attention."""
+    ``fused_attention`` (default): each attention is one kwh.modules.SelfAttention, whose heads
+    kwh.compress removes (with ``group_sizes=model.kwh_head_groups()``); False: the attention
+    is traced through (its layers pruned unit by unit, never a whole head). The same parameter
+    names and outputs either way."""
     return _with_input(VisionTransformer(in_channels, num_classes, image_size, patch, dim,
                                          depth, heads, mlp, fused_attention),
                        (in_channels, image_size, image_size))

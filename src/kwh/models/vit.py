@@ -4,7 +4,8 @@ Non-overlapping patches embedded by one strided convolution, a learned position 
 pre-norm blocks (x + attention(LayerNorm(x)), then x + MLP(LayerNorm(x))), a final LayerNorm,
 the mean over the tokens (no class token) and a Linear head. Attention is four nn.Linear
 layers (q, k, v and the output projection) so that kwh.bayesify_ turns each into a Bayesian
-layer; the position embedding is kwh.modules.PositionEmbedding, so the traced forward() calls
+layer, held by one kwh.modules.SelfAttention (by default) so that kwh.compress removes whole
+heads; the position embedding is kwh.modules.PositionEmbedding, so the traced forward() calls
 a module instead of reading a tensor attribute.
 """
 
@@ -43,12 +44,12 @@ class Attention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm: x + attn(norm1(x)), then x + mlp(norm2(x)) with mlp Linear-GELU-Linear.
 
-    ``fused_attention``: the attention is kwh.modules.SelfAttention (one leaf module, whose
-    heads kwh.compress can remove) instead of ``Attention`` (traced through); the same
-    parameters and the same outputs either way.
+    ``fused_attention`` (default): the attention is kwh.modules.SelfAttention (one leaf
+    module, whose heads kwh.compress can remove) instead of ``Attention`` (traced through);
+    the same parameters and the same outputs either way.
     """
 
-    def __init__(self, dim: int, heads: int, mlp: int, fused_attention: bool = False):
+    def __init__(self, dim: int, heads: int, mlp: int, fused_attention: bool = True):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads})")
@@ -68,7 +69,7 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
                  patch: int = 7, dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128,
-                 fused_attention: bool = False):
+                 fused_attention: bool = True):
         super().__init__()
         if patch < 1 or image_size % patch:
             raise ValueError(f"image_size ({image_size}) must be a multiple of patch ({patch})")

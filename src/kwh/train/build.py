@@ -30,9 +30,18 @@ __all__ = ["PLAIN", "BAYESIAN", "BINARY", "SGLD", "SWS", "build_model", "to_baye
 
 
 def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """bayesify_ in place with the config's prior, its random initial variances seeded by config."""
+    """bayesify_ in place with the config's prior, its random initial variances seeded by config.
+
+    A reference model trained by name that offers head groups (vit's ``kwh_head_groups``) gets
+    them under a group prior (one scale per attention head of each out-projection, so the
+    prior prunes whole heads), unless prior_options give group_sizes of their own; the
+    log-uniform prior has no groups."""
     torch.manual_seed(derive_seed(config.seed, "bayesify"))
-    bayesify_(model, config.prior, **config.prior_options)
+    options = dict(config.prior_options)
+    if config.model != CUSTOM and config.prior != "log-uniform" and \
+            "group_sizes" not in options and hasattr(model, "kwh_head_groups"):
+        options["group_sizes"] = model.kwh_head_groups()
+    bayesify_(model, config.prior, **options)
     return model
 
 
