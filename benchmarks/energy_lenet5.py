@@ -284,7 +284,7 @@ def render(rows, d, s, small, kwh_path, provenance, acc_small, n, acc_dense, den
         "(integer bits from the largest activation on 1,000 training images): "
         + ", ".join(f"{b} bit {100 * a:.2f}%" for b, a in acc_fixed.items()) + ".",
         "",
-        f"Dense model: LeNet-5-Caffe in fp32 (430,500 weights); accuracy "
+        "Dense model: LeNet-5-Caffe in fp32 (430,500 weights); accuracy "
         + ("n/a" if acc_dense is None else f"{100 * acc_dense:.2f}%") + f" ({dense_src}).",
         "",
         "All energies are modelled (kwh.energy): operations and memory traffic counted from "

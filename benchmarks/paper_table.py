@@ -325,7 +325,6 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     a.argv = argv
     torch.set_num_threads(a.threads)
-    cfg = a.cfg
     out = Path(a.out)
     stem = f"paper_table_{a.net}_{a.data}"
     files = out / f"{stem}_files"

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from kwh.bayes import bayes_layers
-from kwh.bayes.priors import expand_group
 from kwh.data import get_dataset
 from kwh.train import load_checkpoint
 from kwh.train.evaluate import test_metrics

@@ -166,7 +166,7 @@ def test_vit_offers_its_head_groups():
 
 # ------------------------------------------------------------------ heads removed by compress
 
-from kwh.bayes import GroupHorseshoe, GroupNJ  # noqa: E402
+from kwh.bayes import GroupHorseshoe  # noqa: E402
 from kwh.models import vit_tiny  # noqa: E402
 from kwh.modules import SelfAttention  # noqa: E402
 

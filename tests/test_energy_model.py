@@ -227,7 +227,7 @@ def test_table_round_trips_through_json(tmp_path):
 def test_sigma_delta_energy_from_spike_counts():
     lin = nn.Linear(4, 3)
     model = nn.Sequential(lin, nn.ReLU())
-    T, B = 4, 2
+    T = 4
     ops = torch.tensor([[[6.0, 2.0], [0.0, 0.0], [3.0, 1.0], [0.0, 4.0]]])  # (L=1, T, B)
     run = SimpleNamespace(ops=ops, ops_nonzero=ops, layer_names=["0:Linear"], op_kind="add")
     e = estimate_sigma_delta(model, run, (4,))

@@ -8,8 +8,6 @@ energy table's prices for the activation-only operations of attention.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kwh.errors import ModelError
-from kwh.spike import (DenseFrameNet, Herding, RoundingNet, SigmaDeltaNet, ThresholdNet,
+from kwh.spike import (DenseFrameNet, Herding, RoundingNet, ThresholdNet,
                        build_plan, convert, dense_macs, fanout_map, herd, naive_macs,
                        round_half_up, train_scales)
 from kwh.spike.plan import input_shapes

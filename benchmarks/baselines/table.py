@@ -98,7 +98,7 @@ def paper_markdown(net: str) -> str:
     """The paper's rows for ``net`` (error % in parentheses as in Table 1)."""
     if net not in PAPER:
         return f"The paper has no {net} row (its Table 1: LeNet-300-100, LeNet-5-Caffe, VGG)."
-    lines = [f"| method | pruned arch. | bits | pruning | fast pred. | max compr. | error % |",
+    lines = ["| method | pruned arch. | bits | pruning | fast pred. | max compr. | error % |",
              "|---|---|---|---|---|---|---|",
              f"| dense (paper) | - | 32 | 1 | 1 | 1 | {PAPER_DENSE_ERROR[net]} |"]
     for m, a, b, p, f, c, e in PAPER[net]:
