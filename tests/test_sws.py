@@ -237,3 +237,41 @@ def test_bad_weights_and_quantize_arguments_raise_clear_errors():
         model[0].weight[0, 0] = float("nan")
     with pytest.raises(KwhError, match="0.weight holds non-finite weights"):
         quantize_(model, p)
+
+
+def _oracle_snap(w: float, pi: list[float], mu: list[float], var: list[float]) -> float:
+    """The mean of the component with the largest pi_j N(w | mu_j, var_j), by hand."""
+    scores = [math.log(p) - 0.5 * math.log(2 * math.pi * v) - (w - m) ** 2 / (2 * v)
+              for p, m, v in zip(pi, mu, var)]
+    return mu[scores.index(max(scores))]
+
+
+def test_quantize_takes_the_most_responsible_component_not_the_nearest_mean():
+    # zero component pi 0.9, sigma 0.1; then N(0.5, 0.05^2) and N(-0.4, 0.3^2) with the mixing
+    # logits [0, log 3]: pi = 0.025 and 0.075. The trained parameters are log sigma^2 and
+    # logits; the assignment must read them as such.
+    model = nn.Sequential(nn.Linear(7, 1, bias=False))
+    w = torch.tensor([[0.0, 0.2, 0.3, 0.4, 0.45, -0.3, -0.9]], dtype=torch.float64)
+    model = model.double()
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+    p = MixturePrior(model, n_components=3, zero_mix=0.9)
+    std = [0.1, 0.05, 0.3]
+    with torch.no_grad():
+        f64 = dict(dtype=torch.float64)
+        p.means.copy_(torch.tensor([0.5, -0.4], **f64))
+        p.log_vars.copy_(torch.tensor([2 * math.log(s) for s in std], **f64))
+        p.mix_logits.copy_(torch.tensor([0.0, math.log(3.0)], **f64))
+    pi, mu, var = [0.9, 0.025, 0.075], [0.0, 0.5, -0.4], [s * s for s in std]
+    expect = [_oracle_snap(x, pi, mu, var) for x in w.flatten().tolist()]
+    # by hand (log pi_j + log N, nats): 0.3 is nearer 0.5 yet goes to 0 (-3.22 against -9.61);
+    # 0.4 to 0.5 (-3.61 against -6.72 for zero); -0.3 to -0.4 (-2.36 against -3.22)
+    assert expect == [0.0, 0.0, 0.0, 0.5, 0.5, -0.4, -0.4]
+    nearest = [min(mu, key=lambda m: abs(x - m)) for x in w.flatten().tolist()]
+    as_std = [_oracle_snap(x, pi, mu, std) for x in w.flatten().tolist()]  # sigma read as var
+    assert expect != nearest and expect != as_std  # the oracle tells the readings apart
+    q = quantize_(model, p, merge_kl=0)
+    assert model[0].weight.flatten().tolist() == expect
+    torch.testing.assert_close(q.codebook, torch.tensor([0.0, -0.4, 0.5], dtype=torch.float64))
+    assert q.codes["0.weight"].flatten().tolist() == [0, 0, 0, 2, 2, 1, 1]
+    assert q.density() == pytest.approx(4 / 7)

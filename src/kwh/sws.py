@@ -208,8 +208,8 @@ def merge_components(prior: MixturePrior, merge_kl: float = MERGE_KL
                      ) -> tuple[list[tuple[int, ...]], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merge components whose KL divergences (both ways) are below ``merge_kl``, transitively.
 
-    Returns (groups of component indices, log pi, mu, sigma^2) of the merged mixture, the
-    group of the zero component first: pi summed, mean and variance matched to the group's
+    Returns (groups of component indices, log pi, mu, sigma^2) of the merged mixture (float64
+    tensors, whatever the prior's dtype), the group of the zero component first: pi summed, mean and variance matched to the group's
     first two moments; the zero group's mean stays exactly 0.
     """
     if isinstance(merge_kl, bool) or not isinstance(merge_kl, (int, float)) \
@@ -242,7 +242,9 @@ def merge_components(prior: MixturePrior, merge_kl: float = MERGE_KL
         out_pi.append(p)
         out_mu.append(mean)
         out_var.append(max(second - mean ** 2, min(v[i] for i in g)))
-    t = torch.tensor
+    def t(xs: list[float]) -> torch.Tensor:
+        return torch.tensor(xs, dtype=torch.float64)
+
     return out_groups, t(out_pi).log(), t(out_mu), t(out_var)
 
 
