@@ -64,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrain-epochs", type=int, help="dense pretraining epochs (overrides)")
     p.add_argument("--limit-train", type=int, help="first N training examples (overrides)")
     p.add_argument("--limit-test", type=int, help="first N test examples (overrides)")
-    p.add_argument("--width", type=float, default=1.0, help="width factor of the VGG-like net")
+    p.add_argument("--width", type=float, default=1.0, help="width factor of the VGG-like net and ResNet-20")
     p.add_argument("--dc-keep", type=float, default=DC_KEEP, help="Deep Compression kept fraction")
     p.add_argument("--tp-ratios", type=float, nargs="+", default=list(structured.RATIOS))
     p.add_argument("--device", default="cpu", help="where to train (cpu, cuda); measured on the CPU")

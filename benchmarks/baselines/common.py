@@ -60,7 +60,7 @@ def load_data(name: str, root: str | None, limit_train: int | None, limit_test: 
 
 
 def make_net(net: str, width: float = 1.0) -> nn.Sequential:
-    """The reference net by name; ``width`` scales the VGG-like net only."""
+    """The reference net by name; ``width`` scales the VGG-like net and ResNet-20."""
     if net == "resnet20":  # --width scales its channels (16 at width 1)
         return build(net, width=max(1, int(round(16 * width))))
     return build("vgg", width=width) if net == "vgg" else build(net)

@@ -23,7 +23,8 @@ def register(subparsers) -> None:
         description="Train a reference net on the free energy (the options of `kwh train`), or "
                     "load a `kwh train` checkpoint with --checkpoint, then prune, fold and "
                     "quantize it (kwh.compress), evaluate it on the test set before and after "
-                    "quantization, save it as a .kwh file and print the summary.")
+                    "quantization, save it as a .kwh file (with the training data's input "
+                    "normalization) and print the summary.")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="compress this checkpoint (file or run folder of `kwh train`) instead of "
                         "training; its data set is used for the test error")

@@ -62,7 +62,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "printed as modelled and with both models' weights in DRAM, and in SRAM, "
                     "since much of it can rest on where the weights are assumed to live.")
     p.add_argument("model", metavar="MODEL", help="a .kwh file, a training checkpoint, or a "
-                   "reference model name (lenet300, lenet5, vgg)")
+                   "reference model name (lenet300, lenet5, vgg, resnet20, vit)")
     add_energy_options(p)
     p.add_argument("--sigma-delta", action="store_true", help="also price the sigma-delta "
                    "version per frame on moving-digit sequences (uses kwh.spike)")

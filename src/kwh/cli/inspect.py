@@ -13,8 +13,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "inspect", help="print the summary stored in a .kwh file",
         description="Verify a .kwh file and print the compression summary it carries "
-                    "(architecture, bits, rates, errors) and its real byte sizes, against the "
-                    "dense original (the original model's float32 weights and biases).")
+                    "(architecture, bits, rates, errors), the operations of a graph-layout "
+                    "file, and its real byte sizes, against the dense original (the original "
+                    "model's float32 weights and biases).")
     p.add_argument("file", help="the .kwh file")
     p.add_argument("--json", action="store_true",
                    help="print the summary and the file's sizes as JSON instead")

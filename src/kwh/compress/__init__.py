@@ -1,4 +1,5 @@
-"""Compression: a trained Bayesian chain -> a smaller, low-bit plain model with its summary.
+"""Compression: a trained Bayesian model (a chain or a traced graph) -> a smaller, low-bit
+plain model with its summary.
 
 ``kwh.compress.compress`` is the core step; it knows nothing of files. The public verb
 ``kwh.compress(model, config)`` (this package, made callable by kwh/__init__.py through

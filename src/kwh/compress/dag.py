@@ -193,8 +193,9 @@ def plan_graph(model: nn.Module, example: Tensor, config: CompressConfig) -> Gra
     """Read, fold and prune ``model`` traced on ``example`` (a batch); see the module doc.
 
     ModelError for what no reading of a graph handles (several inputs or outputs, a tensor
-    attribute, a module called twice, an unsupported Bayesian layer, a model without a
-    Linear/Conv2d), or when the pruned graph does not reproduce the model on ``example``.
+    attribute, a module with weights called twice, an unsupported Bayesian layer, a model
+    without a Linear/Conv2d), or when the pruned graph does not reproduce the model on
+    ``example``.
     """
     gm = _trace_eval(model)
     check_io(model, gm)

@@ -53,10 +53,11 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
     features), comes back as an fx.GraphModule running the same graph with plain,
     quantized Linear/Conv2d layers, BatchNorm folded or sliced, and ``kwh_input_shape``: the
     channels coupled by additions and concatenations are removed together when they are
-    unread or constant everywhere, and operations no channel can cross exactly freeze the
-    channels they touch (kwh.compress.dag). A module called twice, data-dependent control
-    flow, a tensor attribute used in forward(), several inputs or a tuple output are a
-    ModelError that names the construct.
+    unread or constant everywhere, operations no channel can cross exactly freeze the
+    channels they touch, and a kwh.modules.SelfAttention loses whole heads
+    (kwh.compress.dag). A module with weights called twice, data-dependent control flow, a
+    tensor attribute used in forward(), several inputs or a tuple output are a ModelError
+    that names the construct.
     ``mode="weights"`` works on any model (those too): its Bayesian layers become plain,
     masked and quantized in place, the architecture unchanged (kwh.compress.weights); no
     example input is needed.

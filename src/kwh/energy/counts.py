@@ -6,7 +6,8 @@ included) with the elementwise and pooling layers that follow it (fused: their o
 the block writes). MACs are counted from the actual weight tensors, not from shapes: a
 convolution tap is counted only where it lands inside the input (padding taps multiply known
 zeros), and ``macs_nonzero`` only through nonzero weights -- exactly the work a sparse engine
-does. Op counters that work from shapes (FlopCounterMode, fvcore, thop) count neither.
+does. Op counters that work from shapes (FlopCounterMode, fvcore, thop) count neither. A
+Linear's MACs count every position of its input's leading dims (each token of a transformer).
 
 Binary layers (kwh.binary) count 1-bit weights (sign(W), never zero) and their inputs' width
 (``input_bits``: 1 for +-1 inputs, 2 for ternary, None for real ones); for +-1 inputs
@@ -16,10 +17,12 @@ border outputs of a padded convolution sum fewer).
 Models that are not a chain are read from their traced graph (kwh.graph.calls): a block then
 also reads the tensors its operations take from other blocks (the other operand of a residual
 addition, the queries and keys of attention) and writes the ones other blocks read from it.
-Products of two activations (attention's ``q @ k^T`` and ``weights @ v``) are counted as
-``act_macs``; softmax, LayerNorm and GELU as the comparisons, multiplies and additions of their
-formulas, their exp, reciprocal, rsqrt and erf as the operations of an fp32-accurate routine
-for each (:data:`FUNCTION_OPS`). What is not in these lists is a ModelError naming it.
+A kwh.modules.SelfAttention is counted as its unfused forward: blocks q, k, v and out, with
+q k^T, the scale, the softmax and the weights times v in v's block. Products of two
+activations (attention's ``q @ k^T`` and ``weights @ v``) are counted as ``act_macs``;
+softmax, LayerNorm and GELU as the comparisons, multiplies and additions of their formulas,
+their exp, reciprocal, rsqrt and erf as the operations of an fp32-accurate routine for each
+(:data:`FUNCTION_OPS`). What is not in these lists is a ModelError naming it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Split a trained ``nn.Sequential`` into blocks: weight layer (BatchNorm folded) + post-ops.
+"""Split a trained chain into blocks: weight layer (BatchNorm folded) + post-ops.
+
+The chain is an ``nn.Sequential``, or a model whose forward() traces into one
+(kwh.graph.chain, on example inputs); a graph that is not a chain is a ModelError.
 
 Every Linear/Conv2d starts a block; the quantizer sits right before it, the layers after it
 (ReLU, pooling, flatten, dropout) act on reconstructed activations, as in O'Connor and Welling
