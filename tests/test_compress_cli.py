@@ -120,3 +120,13 @@ def test_evaluate_notes_a_file_trained_with_another_normalization(compressed, da
     other = evaluate_model_file(out, "fashion-mnist", samples=1, data_dir=data_root, limit_test=50)
     assert "normalization" not in (same.get("note") or "")
     assert "records input normalization" in other["note"]
+
+
+def test_plain_evaluate_notes_another_normalization(compressed, data_root, capsys):
+    _, out, _ = compressed
+    code, text, _ = run_main(["evaluate", str(out), "--data", "fashion-mnist", "--data-dir",
+                              str(data_root), "--limit-test", "50"], capsys)
+    assert code == 0 and "note: the file records input normalization" in text
+    code, text, _ = run_main(["evaluate", str(out), "--data", "mnist", "--data-dir",
+                              str(data_root), "--limit-test", "50"], capsys)
+    assert code == 0 and "note:" not in text

@@ -16,7 +16,7 @@ from kwh.app.load import load_model
 from kwh.bayes.uncertainty import evaluate_uncertainty
 from kwh.compress.metrics import evaluate
 
-__all__ = ["load_test", "error_on", "accuracy_on", "sequences", "load_ood",
+__all__ = ["load_test", "error_on", "normalization_note", "accuracy_on", "sequences", "load_ood",
            "evaluate_model_file", "KWH_FILE_NOTE"]
 
 KWH_FILE_NOTE = ("a .kwh file holds the compressed deterministic model (posterior mean, pruned "
@@ -78,6 +78,17 @@ def _counted(loader: Iterable, progress: Callable[[int, int], None], start: int,
         progress(done, total)
 
 
+def normalization_note(model: nn.Module, data: str) -> str | None:
+    """A note when ``model`` records an input normalization (a .kwh file written by `kwh
+    compress`) other than the one data set ``data`` applies; None when they agree or none
+    is recorded."""
+    stored = getattr(model, "kwh_input_normalization", None)
+    if stored is None or _same_normalization(stored, datasets.input_normalization(data)):
+        return None
+    return (f"the file records input normalization {stored}, {data}'s is "
+            f"{datasets.input_normalization(data)}: the model was trained on other data")
+
+
 def _same_normalization(a: dict, b: dict, tol: float = 1e-6) -> bool:
     return all(len(a[k]) == len(b[k]) and all(abs(x - y) <= tol for x, y in zip(a[k], b[k]))
                for k in ("mean", "std"))
@@ -108,11 +119,9 @@ def evaluate_model_file(path, data: str = "mnist", ood: str | None = None, sampl
     out.update(model_file=str(path), model_kind=loaded.kind, data=data, ood_data=ood)
     if loaded.kind == "kwh" and out["method"] == "deterministic":
         out["note"] = KWH_FILE_NOTE
-    stored = getattr(loaded.model, "kwh_input_normalization", None)
-    if stored is not None and not _same_normalization(stored, datasets.input_normalization(data)):
-        out["note"] = (out["note"] + "; " if out["note"] else "") + (
-            f"the file records input normalization {stored}, {data}'s is "
-            f"{datasets.input_normalization(data)}: the model was trained on other data")
+    mismatch = normalization_note(loaded.model, data)
+    if mismatch:
+        out["note"] = (out["note"] + "; " if out["note"] else "") + mismatch
     if loaded.data is not None and loaded.data != data:
         out["note"] = (out["note"] + "; " if out["note"] else "") + (
             f"the model was trained on {loaded.data}, evaluated on {data}")

@@ -48,6 +48,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the test error of the model in args.file."""
     from kwh.app import error_on, evaluate_model_file, load_model
+    from kwh.app.evaluate import normalization_note
 
     if args.uncertainty or args.ood:
         from kwh.bayes.uncertainty import format_uncertainty
@@ -67,4 +68,7 @@ def run(args: argparse.Namespace) -> int:
     result = error_on(loaded.model, args.data, args.data_dir, args.limit_test, args.batch_size)
     print(f"test error {100 * result['error']:.2f}% ({result['n'] - result['correct']:,} of "
           f"{result['n']:,} {args.data} test examples wrong) -- {args.file}")
+    note = normalization_note(loaded.model, args.data)
+    if note:
+        print(f"note: {note}")
     return 0
