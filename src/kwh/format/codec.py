@@ -624,11 +624,15 @@ def _layout_of(model: nn.Module, layout: str | None, shape: list[int] | None) ->
         return _Choice("graph", _read_graph(model, shape))
     except ModelError as err:
         not_graph = str(err)
-    marked = isinstance(model, nn.Module) and any(
+    # an unmarked model gets the chain's refusal
+    return _Choice("state") if _marked(model) else _Choice("chain", not_graph=not_graph)
+
+
+def _marked(model: nn.Module) -> bool:
+    """Whether some Linear/Conv2d of ``model`` carries kwh's quantization marks."""
+    return isinstance(model, nn.Module) and any(
         getattr(m, "kwh_bits", None) is not None or getattr(m, "kwh_frac_bits", None) is not None
         for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-    # an unmarked model gets the chain's refusal
-    return _Choice("state") if marked else _Choice("chain", not_graph=not_graph)
 
 
 def _normalization_of(model: nn.Module, value: Any, shape: list[int] | None) -> dict | None:
@@ -775,6 +779,11 @@ def _encode_parts(model: nn.Module, input_shape: Any, level: int | None,
     try:  # the loader's own checks, so that every file save writes can be loaded
         check(fs.parse_json(header_raw), max_elements=1 << 62)
     except FormatError as err:
+        if layout is None and choice.layout == "graph" and _marked(model):
+            # traced into allowed operations, but one of them outside the shapes its layer
+            # kind accepts in a file (e.g. a 2d pool on a (batch, C, L) tensor): a compressed
+            # model then goes to the state layout, as any other graph the file cannot hold
+            return _encode_parts(model, input_shape, level, "state", input_normalization)
         raise ModelError(f"the model cannot be stored: {err}") from None
     if len(header_raw) > MAX_HEADER_BYTES:
         raise ModelError(f"the header takes {len(header_raw)} bytes, more than "
