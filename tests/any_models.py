@@ -152,3 +152,13 @@ def random_posterior_(model: nn.Module, seed: int = 3) -> None:
             m.running_var.uniform_(0.5, 2, generator=g)
             m.weight.uniform_(0.5, 1.5, generator=g)
             m.num_batches_tracked.fill_(123)
+
+
+def around_fc(forward) -> nn.Module:
+    """A model with one Linear(4, 4), ``fc``, whose forward is ``forward(self, x)``."""
+    class AroundFc(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+    AroundFc.forward = forward
+    return AroundFc()
