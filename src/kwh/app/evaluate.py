@@ -83,10 +83,13 @@ def normalization_note(model: nn.Module, data: str) -> str | None:
     compress`) other than the one data set ``data`` applies; None when they agree or none
     is recorded."""
     stored = getattr(model, "kwh_input_normalization", None)
-    if stored is None or _same_normalization(stored, datasets.input_normalization(data)):
+    if stored is None:
         return None
-    return (f"the file records input normalization {stored}, {data}'s is "
-            f"{datasets.input_normalization(data)}: the model was trained on other data")
+    theirs = datasets.input_normalization(data)
+    if _same_normalization(stored, theirs):
+        return None
+    return (f"the file records input normalization {stored}, {data}'s is {theirs}: the model "
+            "was trained on other data")
 
 
 def _same_normalization(a: dict, b: dict, tol: float = 1e-6) -> bool:

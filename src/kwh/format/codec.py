@@ -779,11 +779,6 @@ def _encode_parts(model: nn.Module, input_shape: Any, level: int | None,
     try:  # the loader's own checks, so that every file save writes can be loaded
         check(fs.parse_json(header_raw), max_elements=1 << 62)
     except FormatError as err:
-        if layout is None and choice.layout == "graph" and _marked(model):
-            # traced into allowed operations, but one of them outside the shapes its layer
-            # kind accepts in a file (e.g. a 2d pool on a (batch, C, L) tensor): a compressed
-            # model then goes to the state layout, as any other graph the file cannot hold
-            return _encode_parts(model, input_shape, level, "state", input_normalization)
         raise ModelError(f"the model cannot be stored: {err}") from None
     if len(header_raw) > MAX_HEADER_BYTES:
         raise ModelError(f"the header takes {len(header_raw)} bytes, more than "

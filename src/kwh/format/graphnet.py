@@ -245,12 +245,30 @@ def _step(c: Call, inputs: tuple[int, ...], owners: dict[int, str],
                                  f"(traced nodes {first!r} and {n.name!r}): a graph file stores "
                                  "each call's layer once and would not share its weights; "
                                  "store the model with layout='state'")
-        return _layer(c.module, n, inputs)
+        return _checked_layer(c, c.module, inputs)
     step = _function(c, inputs, shapes)
     if isinstance(step, nn.Module):
-        return _layer(step, n, inputs)
+        return _checked_layer(c, step, inputs)
     _check_shape(c, step)
     return step, None
+
+
+def _checked_layer(c: Call, module: nn.Module, inputs: tuple[int, ...]) -> tuple[Step, Any]:
+    """A layer step whose kind's shape rule (the loader's) accepts the traced input and gives
+    the traced output: a layer used outside the shapes its kind takes in a file (a 2d pool on
+    (batch, C, L)) is refused here, so such a graph is not written in this layout."""
+    step, layer = _layer(module, c.fx_node, inputs)
+    where = _where(c.fx_node)
+    spec = fm.SPECS[step.op]
+    _, args = fm.module_args(layer, spec, where)
+    try:
+        out = fm.propagate(spec, args, tuple(c.in_shapes[0]), where)
+    except FormatError as err:
+        raise ModelError(f"cannot store this layer: {err}") from None
+    if tuple(out) != tuple(c.out_shape):
+        raise ModelError(f"{where} gives shape {c.out_shape} (per example), but a graph file's "
+                         f"{step.op} gives {tuple(out)}; kwh will not store a different network")
+    return step, layer
 
 
 def _function(c: Call, inputs: tuple[int, ...],
