@@ -54,7 +54,7 @@ DC_KEEP = 0.08  # Han et al. 2016 keep 8% of LeNet's weights
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.paper_table", description=__doc__.split("\n")[0])
-    p.add_argument("--net", choices=["lenet5", "lenet300", "vgg", "resnet20"], required=True)
+    p.add_argument("--net", choices=["lenet5", "lenet300", "vgg", "resnet20", "vit"], required=True)
     p.add_argument("--data", choices=["mnist", "fashion-mnist", "cifar10"], required=True)
     p.add_argument("--budget", choices=list(BUDGETS), default="quick")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -79,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shrink-patience", type=int, default=0,
                    help="kwh rows: remove groups dead this many epochs in a row while training "
                         "(kwh.train shrink_patience; 0: never)")
+    p.add_argument("--variance-lr-mult", type=float, default=None,
+                   help="kwh rows: step of the log-scale parameters as a multiple of --lr "
+                        "(kwh.train variance_lr_mult; default: each prior's own)")
     p.add_argument("--sws-option", action="append", type=_sws_option, default=[],
                    metavar="KEY=VALUE", help="soft weight-sharing row: a kwh.train sws_options "
                    "setting (e.g. tau=5e-3, init_std=0.25); repeatable")
@@ -94,6 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             cfg[k] = getattr(a, k)
     if a.shrink_patience < 0:
         p.error(f"--shrink-patience must be >= 0, got {a.shrink_patience}")
+    if a.variance_lr_mult is not None and not a.variance_lr_mult > 0:
+        p.error(f"--variance-lr-mult must be positive, got {a.variance_lr_mult}")
     a.cfg = cfg
     a.sws_options = dict(a.sws_option)
     return a
@@ -211,7 +216,8 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
             continue
         clock = Clock()
         model, hist = train_bayes(a.net, dense, prior, tdata, cfg["epochs"], runs / prior, seed,
-                                  shrink_patience=a.shrink_patience, **opts)
+                                  shrink_patience=a.shrink_patience,
+                                  variance_lr_mult=a.variance_lr_mult, **opts)
         train_s = sum(h["seconds"] or 0 for h in hist)
         small, nbytes = compress_and_save(model, tdata, files / f"seed{seed}_{prior}.kwh", a.bits_search)
         s = small.kwh_summary

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import paper_table
 from benchmarks.baselines import huffman, sparse_file
@@ -187,3 +188,36 @@ def test_resnet20_rows_through_the_graph_path(tmp_path, data_root):
     _, data = load_data("fashion-mnist", str(data_root), 200, 100)
     assert 100 * error_of(load(path), data) == pytest.approx(rows[1]["error_pct"], abs=1e-9)
     assert "no resnet20 row" in (out / f"{stem}_selected.md").read_text()
+
+
+def test_vit_rows_prune_heads_and_keep_them_in_torch_pruning(tmp_path, data_root):
+    """The small ViT in the table: kwh's row (head groups under a group prior) is a graph-layout
+    file that reproduces its error; Torch-Pruning's row prunes MLP units but leaves every
+    attention head whole (its dependency graph cannot see the heads inside SelfAttention)."""
+    out = tmp_path / "out"
+    args = ["--net", "vit", "--data", "mnist", "--budget", "quick", "--data-dir", str(data_root),
+            "--out", str(out), "--epochs", "1", "--pretrain-epochs", "1", "--limit-train", "200",
+            "--limit-test", "100", "--repeats", "1", "--bench-batch", "50",
+            "--methods", "dense", "group-nj"]
+    assert paper_table.main(args) == 0
+    stem = "paper_table_vit_mnist"
+    rows = json.loads((out / f"{stem}_selected.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["dense (pretrained start)", "kwh BC-GNJ (group-nj)"]
+    path = out / f"{stem}_files" / "seed0_group-nj.kwh"
+    assert kwh.format.file_report(path)["layout"] == "graph"
+    _, data = load_data("mnist", str(data_root), 200, 100)
+    assert 100 * error_of(load(path), data) == pytest.approx(rows[1]["error_pct"], abs=1e-9)
+
+    from benchmarks.baselines.structured import prune_channels
+    from kwh.models import build
+    from kwh.modules import SelfAttention
+    torch.manual_seed(0)
+    dense = build("vit").eval()
+    small = prune_channels(dense, 0.5, (1, 28, 28))
+    for a, b in zip((m for m in dense.modules() if isinstance(m, SelfAttention)),
+                    (m for m in small.modules() if isinstance(m, SelfAttention))):
+        assert [l.weight.shape for l in (b.q, b.k, b.v, b.out)] == \
+            [l.weight.shape for l in (a.q, a.k, a.v, a.out)]
+    hidden = [blk.mlp[0].out_features for blk in small.blocks]
+    assert all(h < 128 for h in hidden), hidden
+    assert small(torch.zeros(3, 1, 28, 28)).shape == (3, 10)

@@ -15,7 +15,8 @@ from kwh.train.data import load_train_data
 
 # Which data sets each net can read (LeNets take 1x28x28, the VGG-like net 3x32x32).
 NET_DATA = {"lenet300": ("mnist", "fashion-mnist"), "lenet5": ("mnist", "fashion-mnist"),
-            "vgg": ("cifar10",), "resnet20": ("mnist", "fashion-mnist")}
+            "vgg": ("cifar10",), "resnet20": ("mnist", "fashion-mnist"),
+            "vit": ("mnist", "fashion-mnist")}
 INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 

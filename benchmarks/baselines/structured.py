@@ -21,18 +21,27 @@ from torch import nn
 from benchmarks.baselines.common import fit, weighted_layers
 from kwh.compress import evaluate
 from kwh.data import batch_loader
+from kwh.modules import SelfAttention
 from kwh.train import TrainData
 
 RATIOS = (0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 
 
 def prune_channels(dense: nn.Module, ratio: float, input_shape: tuple[int, ...]) -> nn.Module:
-    """A physically smaller copy of ``dense`` with ``ratio`` of each layer's channels removed."""
+    """A physically smaller copy of ``dense`` with ``ratio`` of each layer's channels removed.
+
+    The classifier's outputs are kept, and so are the heads of every kwh.modules.SelfAttention:
+    Torch-Pruning's dependency graph does not see that q, k and v are split into heads by a
+    reshape inside the module, so their outputs are left whole (the MLP hidden units and the
+    other layers are pruned)."""
     model = copy.deepcopy(dense).eval()
     example = torch.zeros(1, *input_shape)
-    last = weighted_layers(model)[-1]
+    ignored = [weighted_layers(model)[-1]]
+    for m in model.modules():
+        if isinstance(m, SelfAttention):
+            ignored += [m.q, m.k, m.v, m.out]
     pruner = tp.pruner.MagnitudePruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                       pruning_ratio=ratio, ignored_layers=[last])
+                                       pruning_ratio=ratio, ignored_layers=ignored)
     pruner.step()
     return model
 
