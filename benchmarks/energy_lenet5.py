@@ -17,16 +17,14 @@ import argparse
 import csv
 import io
 import json
-import os
-import platform
 import shlex
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from benchmarks.machine import machine_info
 from kwh.app import accuracy_on
 from kwh.energy import HOROWITZ_45NM, EnergyConfig, estimate_energy
 from kwh.energy.format import joules
@@ -36,22 +34,6 @@ from kwh.models import lenet5
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 28, 28)
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "commit": commit or "unknown"}
 
 
 def pretrain_accuracy(run: Path) -> tuple[float | None, str]:

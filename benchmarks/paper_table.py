@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.machine import machine_info
 from benchmarks.baselines import deep_compression, plots, sparse_file, structured, table
 from benchmarks.baselines.common import (INPUT_SHAPES, Clock, check_net_data, count_macs, fit,
                                          load_data, make_net, test_error, throughput,
@@ -114,22 +112,6 @@ def _sws_option(text: str) -> tuple[str, float | None]:
         return key, int(value) if value.lstrip("-").isdigit() else float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected KEY=NUMBER (e.g. tau=5e-3), got {text!r}") from None
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "commit": commit, "python": platform.python_version()}
 
 
 def measure(model, data, w_orig: int, x_bench, repeats: int) -> dict:

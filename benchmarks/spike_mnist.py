@@ -18,8 +18,6 @@ import argparse
 import csv
 import io
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
+from benchmarks.machine import machine_info
 from kwh.data import batch_loader, load_mnist, normalization, sequence_dataset
 from kwh.models import lenet5
 from kwh.spike import (DenseFrameNet, RoundingNet, SigmaDeltaNet, ThresholdNet, build_plan,
@@ -161,24 +160,6 @@ def sequences(split: str, n: int, frames: int, seed: int, data_dir) -> tuple[tor
                           n_frames=frames, seed=seed)
     x, y = ds.tensors
     return x.transpose(0, 1).contiguous(), y
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "torch": torch.__version__,
-            "python": platform.python_version(), "commit": commit}
 
 
 def _best(points, base_val: float, budget_pp: float):
@@ -376,7 +357,7 @@ def _plot(path: Path, rows, comp) -> None:
 
 def _markdown(args, rows, chosen, acc_static, base_val, extra, comp, seconds,
               t_sweep) -> str:
-    m = machine()
+    m = machine_info()
     dense = rows[0][2]
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     lines = [

@@ -24,8 +24,6 @@ import argparse
 import csv
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from benchmarks.machine import machine_info
 import kwh
 from kwh import metrics
 from kwh.app.evaluate import load_ood
@@ -303,25 +302,6 @@ def _fmt(v):
     if isinstance(v, float):
         return f"{v:.5g}" if abs(v) < 1e4 else f"{v:.1f}"
     return str(v)
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                                capture_output=True).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "commit": commit,
-            "load_avg_start": os.getloadavg()}
 
 
 def main(argv=None) -> int:
