@@ -26,12 +26,15 @@ import torch
 import kwh
 from benchmarks.baselines.common import load_data
 from kwh.app import load_model
+from kwh.app.finetune import finetune
 from kwh.compress import CompressConfig, evaluate
 from kwh.data import batch_loader
 
 
-def sweep(run: str, thresholds: list[float], files: Path | None = None) -> tuple[list[dict], dict]:
-    """One row per threshold: errors (validation, test, before quantization), rates, bytes."""
+def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune_epochs: int = 0,
+          finetune_lr: float = 1e-3, runs: Path | None = None) -> tuple[list[dict], dict]:
+    """One row per threshold: errors (validation, test, before quantization), rates, bytes;
+    with ``finetune_epochs``, the same of the fine-tuned model under "finetuned"."""
     loaded = load_model(run)
     if loaded.kind != "checkpoint":
         raise SystemExit(f"{run}: not a `kwh train` run folder or checkpoint")
@@ -59,13 +62,32 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None) -> tuple
         print(f"threshold {t:g}: val {rows[-1]['val_error_pct']:.2f}% test "
               f"{rows[-1]['test_error_pct']:.2f}% at {rows[-1]['max_compression']:.1f}x "
               f"({s['architecture']}, bits {s['bits']})", flush=True)
+        if finetune_epochs:
+            tuned = finetune(small, tdata, finetune_epochs, (runs or Path("runs")) / f"threshold_{t:g}",
+                             lr=finetune_lr, seed=cfg.get("seed", 0))
+            ts = tuned.kwh_summary
+            fb = None
+            if files is not None:
+                fb = kwh.save(tuned, files / f"threshold_{t:g}_finetuned.kwh",
+                              input_shape=tdata.input_shape)
+            rows[-1]["finetuned"] = {
+                "val_error_pct": 100 * ts["finetune"]["validation_error_after"],
+                "test_error_pct": 100 * evaluate(tuned, test)["error"],
+                "nonzero_pct": 100 * ts["density"],
+                "max_compression": ts["rates"]["max_compression"], "file_bytes": fb}
+            f = rows[-1]["finetuned"]
+            print(f"  fine-tuned {finetune_epochs} epochs: val {f['val_error_pct']:.2f}% test "
+                  f"{f['test_error_pct']:.2f}% at {f['max_compression']:.1f}x", flush=True)
     return rows, cfg
 
 
-def pick(rows: list[dict], max_val_error: float) -> dict | None:
-    """The most compressed row whose validation error is at most ``max_val_error`` percent."""
-    ok = [r for r in rows if r["val_error_pct"] <= max_val_error + 1e-9]
-    return max(ok, key=lambda r: r["max_compression"]) if ok else None
+def pick(rows: list[dict], max_val_error: float, key: str | None = None) -> dict | None:
+    """The most compressed row whose validation error is at most ``max_val_error`` percent
+    (``key``: judge the row's ``row[key]`` numbers instead, e.g. "finetuned")."""
+    def of(r):
+        return r if key is None else r[key]
+    ok = [r for r in rows if of(r)["val_error_pct"] <= max_val_error + 1e-9]
+    return max(ok, key=lambda r: of(r)["max_compression"]) if ok else None
 
 
 def main(argv=None) -> int:
@@ -77,13 +99,21 @@ def main(argv=None) -> int:
                    help="pick the most compressed threshold at or below this validation error (%%)")
     p.add_argument("--out", required=True, help="output stem: OUT.md, OUT.json, OUT_files/")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="also fine-tune each model this many epochs on its fixed-point grids "
+                        "(kwh.app.finetune) and choose among the fine-tuned ones")
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
     a = p.parse_args(argv)
+    if a.finetune_epochs < 0 or not a.finetune_lr > 0:
+        p.error("--finetune-epochs must be >= 0 and --finetune-lr positive")
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     files = Path(f"{out}_files")
     files.mkdir(parents=True, exist_ok=True)
-    rows, cfg = sweep(a.run, sorted(a.thresholds), files)
-    chosen = None if a.match_val_error is None else pick(rows, a.match_val_error)
+    rows, cfg = sweep(a.run, sorted(a.thresholds), files, a.finetune_epochs, a.finetune_lr,
+                      Path(f"{out}_runs"))
+    ft = "finetuned" if a.finetune_epochs else None
+    chosen = None if a.match_val_error is None else pick(rows, a.match_val_error, ft)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     command = "python -m benchmarks.threshold_sweep " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -92,22 +122,36 @@ def main(argv=None) -> int:
           f"Run: `{a.run}` ({cfg['epochs']} Bayesian epochs). Machine: "
           f"{platform.machine()}, torch {torch.__version__}, {a.threads} thread(s). Each row: "
           "kwh.compress at that log-alpha threshold, bits guarded on the run's validation "
-          "split, rate from the real .kwh payload (32 |W| / payload bits).", "",
+          "split, rate from the real .kwh payload (32 |W| / payload bits)." +
+          (f" Fine-tuned: {a.finetune_epochs} epochs at lr {a.finetune_lr:g} (Adam, decayed "
+           "linearly to 0) on the run's training split, weights on their fixed-point grids, "
+           "pruned weights held at zero (kwh.app.finetune); same architecture and bits."
+           if ft else ""), "",
           "| threshold | val error % | test error % (before quant.) | architecture | bits | "
-          "nonzero % | max compr. | fast pred. |", "|---|---|---|---|---|---|---|---|"]
+          "nonzero % | max compr. | fast pred. |" +
+          (" fine-tuned: val error % | test error % | max compr. |" if ft else ""),
+          "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if ft else "")]
     for r in rows:
         mark = " **(chosen)**" if r is chosen else ""
-        md.append(f"| {r['threshold']:g}{mark} | {r['val_error_pct']:.2f} | {r['test_error_pct']:.2f} "
-                  f"({r['test_error_before_quant_pct']:.2f}) | {r['architecture']} | {r['bits']} | "
-                  f"{r['nonzero_pct']:.2f} | {r['max_compression']:.1f} | {r['fast_prediction']:.1f} |")
+        line = (f"| {r['threshold']:g}{mark} | {r['val_error_pct']:.2f} | {r['test_error_pct']:.2f} "
+                f"({r['test_error_before_quant_pct']:.2f}) | {r['architecture']} | {r['bits']} | "
+                f"{r['nonzero_pct']:.2f} | {r['max_compression']:.1f} | {r['fast_prediction']:.1f} |")
+        if ft:
+            f = r["finetuned"]
+            line += f" {f['val_error_pct']:.2f} | {f['test_error_pct']:.2f} | {f['max_compression']:.1f} |"
+        md.append(line)
     if a.match_val_error is not None:
-        md += ["", f"Chosen on validation error <= {a.match_val_error:.2f}%: " +
-               (f"threshold {chosen['threshold']:g}, test error {chosen['test_error_pct']:.2f}% at "
-                f"{chosen['max_compression']:.1f}x" if chosen else "no threshold qualifies") + "."]
+        c = None if chosen is None else (chosen[ft] if ft else chosen)
+        md += ["", f"Chosen on {'fine-tuned ' if ft else ''}validation error <= "
+               f"{a.match_val_error:.2f}%: " +
+               (f"threshold {chosen['threshold']:g}, test error {c['test_error_pct']:.2f}% at "
+                f"{c['max_compression']:.1f}x" if chosen else "no threshold qualifies") + "."]
     Path(f"{out}.md").write_text("\n".join(md) + "\n")
     Path(f"{out}.json").write_text(json.dumps({"command": command, "commit": commit, "run": a.run,
                                                "rows": rows, "chosen": chosen,
-                                               "match_val_error": a.match_val_error}, indent=1) + "\n")
+                                               "match_val_error": a.match_val_error,
+                                               "finetune_epochs": a.finetune_epochs,
+                                               "finetune_lr": a.finetune_lr}, indent=1) + "\n")
     print("\n".join(md))
     return 0
 

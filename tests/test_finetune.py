@@ -1,0 +1,164 @@
+"""Quantization-aware fine-tuning of a compressed model: the weights stay on their layers'
+fixed-point grids, pruned weights stay zero, the summary and the file follow the new values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import kwh
+from kwh.app.finetune import finetune
+from kwh.compress import CompressConfig
+from kwh.compress.finetune import (FixedPoint, attach_fixed_point_, detach_fixed_point_,
+                                   quantized_layers, recount)
+from kwh.errors import KwhError, ModelError
+from kwh.format import file_report
+from kwh.train import TrainData
+
+
+def _on_grid(w: torch.Tensor, bits: int, frac: int) -> bool:
+    q = w.detach().double() * 2.0 ** frac
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return bool(torch.equal(q, torch.round(q)) and q.min() >= lo and q.max() <= hi)
+
+
+def test_fixed_point_rounds_clamps_and_passes_the_gradient_straight_through():
+    """Forward: floor(v 2^t + 1/2) 2^-t clamped to the bits' range, masked; backward: the
+    gradient is 1 inside the range, 0 outside it and on masked weights."""
+    p = FixedPoint(torch.tensor([True, True, True, True, False]), bits=3, frac_bits=1)
+    v = torch.tensor([0.3, -0.26, 5.0, -0.75, 0.9], requires_grad=True)
+    w = p(v)
+    # v 2^1 = 0.6, -0.52, 10, -1.5, 1.8 -> floor(+0.5) = 1, -1, 10 -> clamp 3, -1, (masked)
+    assert w.tolist() == [0.5, -0.5, 1.5, -0.5, 0.0]
+    w.sum().backward()
+    assert v.grad.tolist() == [1.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def _compressed_mlp(seed: int = 0) -> tuple[nn.Module, TrainData]:
+    torch.manual_seed(seed)
+    teacher = nn.Linear(20, 4)
+    x = torch.randn(700, 20)
+    y = teacher(x).argmax(1)
+    data = TrainData(TensorDataset(x[:500], y[:500]), TensorDataset(x[500:600], y[500:600]),
+                     TensorDataset(x[600:], y[600:]))
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[:500]), y[:500]).backward()
+        opt.step()
+    kwh.bayesify_(model, "log-uniform")
+    small = kwh.compress(model.eval(), CompressConfig(input_shape=(20,), bits_search="off"))
+    with torch.no_grad():  # prune a block by hand: zeros are on every grid
+        small[0].weight[:5, :7] = 0
+    return small, data
+
+
+def test_attach_detach_keep_the_grid_and_the_zeros():
+    small, _ = _compressed_mlp()
+    layers = quantized_layers(small)
+    assert [n for n, _ in layers] == ["0", "2"]
+    zeros = [m.weight == 0 for _, m in layers]
+    attach_fixed_point_(small)
+    with pytest.raises(ModelError, match="already parametrized"):
+        attach_fixed_point_(small)
+    opt = torch.optim.SGD(small.parameters(), lr=0.5)
+    for _ in range(5):  # large steps: the latent weights move far
+        opt.zero_grad()
+        small(torch.randn(64, 20)).pow(2).sum().backward()
+        opt.step()
+    detach_fixed_point_(small)
+    for (name, m), z in zip(layers, zeros):
+        assert _on_grid(m.weight, m.kwh_bits, m.kwh_frac_bits), name
+        assert bool((m.weight[z] == 0).all()), name  # pruned stays pruned
+    assert not any(isinstance(p, FixedPoint) for p in small.modules())
+
+
+def test_attach_refuses_models_it_cannot_fine_tune():
+    with pytest.raises(ModelError, match="no quantized layer"):
+        attach_fixed_point_(nn.Sequential(nn.Linear(3, 2)))
+    small, _ = _compressed_mlp()
+    with torch.no_grad():
+        small[2].weight[0, 0] += 2.0 ** -(small[2].kwh_frac_bits + 3)  # off the grid
+    with pytest.raises(ModelError, match="not on the grid"):
+        attach_fixed_point_(small)
+
+
+def test_recount_follows_the_weights():
+    small, _ = _compressed_mlp()
+    s = small.kwh_summary
+    with torch.no_grad():
+        small[2].weight[:2] = 0
+    recount(small)
+    assert s["layers"][1]["nonzero"] == int(torch.count_nonzero(small[2].weight))
+    assert s["nonzero"] == sum(int(torch.count_nonzero(small[i].weight)) for i in (0, 2))
+    assert s["macs_nonzero"] == s["nonzero"]  # Linear layers on one token: a MAC per weight
+    assert s["density"] == pytest.approx(s["nonzero"] / s["weights_original"])
+
+
+def test_finetune_trains_on_the_grids_and_the_file_follows(tmp_path):
+    small, data = _compressed_mlp()
+    before = {n: m.weight.clone() for n, m in quantized_layers(small)}
+    tuned = finetune(small, data, 2, tmp_path / "run", lr=1e-2, batch_size=50)
+    for n, m in quantized_layers(small):  # the input model is left as it was
+        assert torch.equal(m.weight, before[n])
+    moved = False
+    for (n, m), (_, m0) in zip(quantized_layers(tuned), quantized_layers(small)):
+        assert m.weight.shape == m0.weight.shape and m.kwh_bits == m0.kwh_bits
+        assert _on_grid(m.weight, m.kwh_bits, m.kwh_frac_bits)
+        assert bool((m.weight[m0.weight == 0] == 0).all())
+        moved |= not torch.equal(m.weight, m0.weight)
+    assert moved
+    s = tuned.kwh_summary
+    ft = s["finetune"]
+    assert ft["epochs"] == 2 and ft["examples"] == 500 and ft["validation_examples"] == 100
+    assert 0 <= ft["validation_error_after"] <= 1 and 0 <= ft["validation_error_before"] <= 1
+    path = tmp_path / "tuned.kwh"
+    kwh.save(tuned, path, input_shape=(20,))
+    assert file_report(path)["payload_bytes"] == s["payload_bytes"]
+    again = kwh.load(path)
+    x = data.test.tensors[0]
+    assert torch.equal(again(x), tuned(x))
+    assert again.kwh_summary["finetune"]["epochs"] == 2
+    # the run is resumable: the same call returns the finished run's weights
+    twice = finetune(small, data, 2, tmp_path / "run", lr=1e-2, batch_size=50)
+    assert all(torch.equal(a.weight, b.weight) for (_, a), (_, b) in
+               zip(quantized_layers(twice), quantized_layers(tuned)))
+
+
+def test_finetune_rejects_bad_input(tmp_path):
+    small, data = _compressed_mlp()
+    with pytest.raises(KwhError, match="epochs"):
+        finetune(small, data, 0, tmp_path / "r")
+    with pytest.raises(KwhError, match="kwh.compress"):
+        finetune(nn.Sequential(nn.Linear(20, 4)), data, 1, tmp_path / "r")
+
+
+def test_threshold_sweep_fine_tunes_each_threshold(tmp_path, data_root):
+    """A real (tiny) Bayesian run: each threshold's model fine-tuned, the choice made on the
+    fine-tuned validation errors, the fine-tuned file reproducing its test error."""
+    from benchmarks import threshold_sweep
+    from benchmarks.baselines.common import load_data
+    from benchmarks.baselines.common import test_error as error_of
+    from kwh.train import TrainConfig, run_training
+
+    run = tmp_path / "run"
+    run_training(TrainConfig(model="lenet300", data="mnist", data_dir=str(data_root),
+                             prior="log-uniform", pretrain_epochs=1, epochs=1, limit_train=600,
+                             limit_test=200, out_dir=str(run), threads=1), progress=False)
+    out = tmp_path / "sweep"
+    assert threshold_sweep.main([str(run), "--thresholds", "2", "3", "--match-val-error", "100",
+                                 "--finetune-epochs", "1", "--out", str(out)]) == 0
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["threshold"] for r in saved["rows"]] == [2, 3]
+    best = max(saved["rows"], key=lambda r: r["finetuned"]["max_compression"])
+    assert saved["chosen"]["threshold"] == best["threshold"]
+    path = tmp_path / "sweep_files" / "threshold_3_finetuned.kwh"
+    _, data = load_data("mnist", str(data_root), 600, 200)
+    row = saved["rows"][1]["finetuned"]
+    assert 100 * error_of(kwh.load(path), data) == pytest.approx(row["test_error_pct"], abs=1e-9)
+    assert "fine-tuned" in (tmp_path / "sweep.md").read_text()
