@@ -138,18 +138,45 @@ def test_finetune_rejects_bad_input(tmp_path):
         finetune(nn.Sequential(nn.Linear(20, 4)), data, 1, tmp_path / "r")
 
 
-def test_threshold_sweep_fine_tunes_each_threshold(tmp_path, data_root):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_root):
+    """A real, tiny Sparse VD run of LeNet-300-100 on 600 MNIST images."""
+    from kwh.train import TrainConfig, run_training
+
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    run_training(TrainConfig(model="lenet300", data="mnist", data_dir=str(data_root),
+                             prior="log-uniform", pretrain_epochs=1, epochs=1, limit_train=600,
+                             limit_test=200, out_dir=str(run), threads=1), progress=False)
+    return run
+
+
+def test_cli_compress_fine_tunes(tiny_run, tmp_path, data_root, capsys):
+    from kwh.cli.main import main
+
+    out = tmp_path / "m.kwh"
+    assert main(["compress", "--checkpoint", str(tiny_run), "--data-dir", str(data_root),
+                 "--finetune-epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "fine-tuned 1 epochs on the fixed-point grids" in text
+    small = kwh.load(out)
+    ev = small.kwh_summary["eval"]
+    assert small.kwh_summary["finetune"]["epochs"] == 1
+    assert f"-> {100 * ev['error_after_finetune']:.2f}%" in text
+    assert (tmp_path / "m.kwh-finetune").is_dir()
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--checkpoint", str(tiny_run), "--finetune-epochs", "-1",
+              "--out", str(tmp_path / "x.kwh")])
+    assert e.value.code == 2
+
+
+def test_threshold_sweep_fine_tunes_each_threshold(tiny_run, tmp_path, data_root):
     """A real (tiny) Bayesian run: each threshold's model fine-tuned, the choice made on the
     fine-tuned validation errors, the fine-tuned file reproducing its test error."""
     from benchmarks import threshold_sweep
     from benchmarks.baselines.common import load_data
     from benchmarks.baselines.common import test_error as error_of
-    from kwh.train import TrainConfig, run_training
 
-    run = tmp_path / "run"
-    run_training(TrainConfig(model="lenet300", data="mnist", data_dir=str(data_root),
-                             prior="log-uniform", pretrain_epochs=1, epochs=1, limit_train=600,
-                             limit_test=200, out_dir=str(run), threads=1), progress=False)
+    run = tiny_run
     out = tmp_path / "sweep"
     assert threshold_sweep.main([str(run), "--thresholds", "2", "3", "--match-val-error", "100",
                                  "--finetune-epochs", "1", "--out", str(out)]) == 0

@@ -41,6 +41,16 @@ def register(subparsers) -> None:
     p.add_argument("--bits-tolerance", type=number, default=0.05, metavar="POINTS",
                    help="error (percentage points) quantization may cost on the validation "
                         "split (default: %(default)s)")
+    p.add_argument("--finetune-epochs", type=int_in(0, 10000), default=0, metavar="N",
+                   help="after compressing, train the kept weights N epochs on their fixed-point "
+                        "grids, pruned weights held at zero: same architecture, bits and "
+                        "sparsity (default 0: no fine-tuning)")
+    p.add_argument("--finetune-lr", type=number, default=1e-3, metavar="LR",
+                   help="Adam learning rate of the fine-tuning, decayed linearly to 0 "
+                        "(default: %(default)s)")
+    p.add_argument("--finetune-dir", default=None, metavar="DIR",
+                   help="run folder of the fine-tuning, resumed when it is there "
+                        "(default: the output file's name + '-finetune')")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="the .kwh file to write (default: MODEL-DATA-PRIOR.kwh)")
     p.add_argument("--test-batch-size", type=int_in(1, 1 << 20), default=1000,
@@ -72,11 +82,16 @@ def run(args: argparse.Namespace) -> int:
     config = CompressConfig(threshold=args.threshold, max_bits=args.max_bits,
                             input_shape=tuple(test.tensors[0].shape[1:]),
                             bits_search=args.bits_search, bits_tolerance=args.bits_tolerance)
+    if not args.finetune_lr > 0:
+        raise KwhError(f"--finetune-lr {args.finetune_lr} is invalid; give a positive rate")
     guard = None
-    if args.bits_search != "off":
+    tdata = None
+    if args.bits_search != "off" or args.finetune_epochs:
         from dataclasses import replace
 
-        val = load_train_data(replace(tconfig, data_dir=data_dir)).validation
+        tdata = load_train_data(replace(tconfig, data_dir=data_dir))
+    if args.bits_search != "off":
+        val = tdata.validation
         if val is None:
             print("kwh: the run held out no validation examples (--validation 0): the bits "
                   "are the posterior's, unguarded", file=sys.stderr)
@@ -84,16 +99,38 @@ def run(args: argparse.Namespace) -> int:
             guard = batch_loader(val, args.test_batch_size)
     small = kwh.compress(model.cpu(), config, eval_data=loader, guard_data=guard)
     out = args.out or f"{tconfig.model}-{tconfig.data}-{tconfig.prior}.kwh"
+    if args.finetune_epochs:
+        small = _finetune(small, tdata, args, out, loader)
     small.kwh_input_normalization = input_normalization(tconfig.data)  # recorded in the file
     size = kwh.save(small, out)
     print(format_summary(small.kwh_summary))
     print(format_file_line(small.kwh_summary, size, f"written to {out}"))
     dense = _dense_start_error(args, records)
     if dense is not None and small.kwh_summary.get("eval"):
-        err = 100 * small.kwh_summary["eval"]["error_after_quantization"]
+        ev = small.kwh_summary["eval"]
+        err = 100 * ev.get("error_after_finetune", ev["error_after_quantization"])
         print(f"vs dense start {dense[0]:.2f}% test error after {dense[1]} plain epochs: "
               f"{err - dense[0]:+.2f} points")
     return 0
+
+
+def _finetune(small, tdata, args, out: str, test_loader):
+    """The compressed model fine-tuned on its grids (kwh.app.finetune); its test error after
+    goes into the summary's eval (error_after_finetune) and both errors are printed."""
+    from kwh.app.finetune import finetune
+    from kwh.compress import evaluate
+
+    run_dir = args.finetune_dir or f"{out}-finetune"
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    tuned = finetune(small, tdata, args.finetune_epochs, run_dir, lr=args.finetune_lr,
+                     batch_size=args.batch_size, threads=args.threads, progress=progress)
+    s = tuned.kwh_summary
+    before = s.get("eval", {}).get("error_after_quantization")
+    if s.get("eval"):
+        s["eval"]["error_after_finetune"] = evaluate(tuned, test_loader)["error"]
+        print(f"fine-tuned {args.finetune_epochs} epochs on the fixed-point grids ({run_dir}): "
+              f"test error {100 * before:.2f}% -> {100 * s['eval']['error_after_finetune']:.2f}%")
+    return tuned
 
 
 def _dense_start_error(args, records: list[dict]) -> tuple[float, int] | None:
