@@ -27,6 +27,8 @@ from benchmarks.baselines.common import (INPUT_SHAPES, Clock, check_net_data, co
                                          load_data, make_net, test_error, throughput,
                                          weighted_layers)
 from benchmarks.baselines.kwh_rows import compress_and_save, log_alphas, train_bayes
+import kwh
+from kwh.app.finetune import finetune
 from kwh.sws import mixture_weights, quantize_
 
 PRIORS = {"log-uniform": "kwh Sparse VD (log-uniform)", "group-nj": "kwh BC-GNJ (group-nj)",
@@ -80,6 +82,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variance-lr-mult", type=float, default=None,
                    help="kwh rows: step of the log-scale parameters as a multiple of --lr "
                         "(kwh.train variance_lr_mult; default: each prior's own)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="kwh rows: also a row of each compressed model fine-tuned this many "
+                        "epochs on its fixed-point grids, pruned weights held at zero "
+                        "(kwh.app.finetune; 0: none)")
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--sws-option", action="append", type=_sws_option, default=[],
                    metavar="KEY=VALUE", help="soft weight-sharing row: a kwh.train sws_options "
                    "setting (e.g. tau=5e-3, init_std=0.25); repeatable")
@@ -95,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             cfg[k] = getattr(a, k)
     if a.shrink_patience < 0:
         p.error(f"--shrink-patience must be >= 0, got {a.shrink_patience}")
+    if a.finetune_epochs < 0 or not a.finetune_lr > 0:
+        p.error("--finetune-epochs must be >= 0 and --finetune-lr positive")
     if a.variance_lr_mult is not None and not a.variance_lr_mult > 0:
         p.error(f"--variance-lr-mult must be positive, got {a.variance_lr_mult}")
     a.cfg = cfg
@@ -202,22 +211,25 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
                                   variance_lr_mult=a.variance_lr_mult, **opts)
         train_s = sum(h["seconds"] or 0 for h in hist)
         small, nbytes = compress_and_save(model, tdata, files / f"seed{seed}_{prior}.kwh", a.bits_search)
-        s = small.kwh_summary
-        syms = fixed_point_symbols(small)
-        frac = [getattr(m, "kwh_frac_bits", None) for m in weighted_layers(small)]
-        hf = huffman_file(files / f"seed{seed}_{prior}.sphf", small, syms, frac=frac)
-        rt = s["rates"]
-        r = {**base, "method": label, **measure(small, data, w_orig, x_bench, reps),
-             "arch": s["architecture"], "bits": s["bits"], "nonzero_pct": 100 * s["density"],
-             "pruning": rt["pruning"], "fast_prediction": rt["fast_prediction"],
-             "max_compression": rt["max_compression"],
-             "max_compression_huffman": 32 * w_orig / (8 * hf["payload_bytes"]),
-             "file_bytes": nbytes, "huffman_file_bytes": hf["file_bytes"],
-             "wall_s": train_s + clock(),
-             "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} bayes",
-             "bayes_eval_error_pct": 100 * s["eval"]["error_before_quantization"],
-             "val_error_pct": 100 * _val_error(small, tdata), "bits_guard": s.get("bits_guard")}
-        rows.append(r)
+        rows.append(_kwh_row(base, label, small, nbytes, prior, seed, files, data, tdata,
+                             w_orig, x_bench, reps, train_s + clock(),
+                             f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} bayes"))
+        log(f"seed {seed}: {label}: error {rows[-1]['error_pct']:.2f}% arch {rows[-1]['arch']} "
+            f"bits {rows[-1]['bits']} max compression {rows[-1]['max_compression']:.1f}x "
+            f"file {nbytes} B")
+        if a.finetune_epochs:
+            clock = Clock()
+            tuned = finetune(small, tdata, a.finetune_epochs, runs / f"{prior}-finetune",
+                             lr=a.finetune_lr, seed=seed, threads=a.threads, device=a.device)
+            tbytes = kwh.save(tuned, files / f"seed{seed}_{prior}_finetuned.kwh",
+                              input_shape=tdata.input_shape)
+            flabel = f"{label} + fine-tune"
+            rows.append(_kwh_row(base, flabel, tuned, tbytes, f"{prior}_finetuned", seed,
+                                 files, data, tdata, w_orig, x_bench, reps, clock(),
+                                 f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} bayes + "
+                                 f"{a.finetune_epochs} fine-tune (lr {a.finetune_lr:g})"))
+            log(f"seed {seed}: {flabel}: error {rows[-1]['error_pct']:.2f}% max compression "
+                f"{rows[-1]['max_compression']:.1f}x file {tbytes} B")
         histories[prior] = hist
         alphas[prior] = hist_of(log_alphas(model))
         log(f"seed {seed}: {label}: error {r['error_pct']:.2f}% arch {r['arch']} bits {r['bits']} "
@@ -282,6 +294,25 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
         log(f"seed {seed}: Torch-Pruning ratio {ratio}: error {r['error_pct']:.2f}% (validation "
             f"target {100 * target:.2f}%) pruning {r['pruning']:.1f}x")
     return rows, histories, alphas
+
+
+def _kwh_row(base: dict, label: str, small, nbytes: int, stem: str, seed: int, files: Path,
+             data, tdata, w_orig: int, x_bench, reps: int, wall_s: float, epochs: str) -> dict:
+    """One kwh row: the compressed model measured, its Huffman file written, its rates."""
+    s = small.kwh_summary
+    syms = fixed_point_symbols(small)
+    frac = [getattr(m, "kwh_frac_bits", None) for m in weighted_layers(small)]
+    hf = huffman_file(files / f"seed{seed}_{stem}.sphf", small, syms, frac=frac)
+    rt = s["rates"]
+    return {**base, "method": label, **measure(small, data, w_orig, x_bench, reps),
+            "arch": s["architecture"], "bits": s["bits"], "nonzero_pct": 100 * s["density"],
+            "pruning": rt["pruning"], "fast_prediction": rt["fast_prediction"],
+            "max_compression": rt["max_compression"],
+            "max_compression_huffman": 32 * w_orig / (8 * hf["payload_bytes"]),
+            "file_bytes": nbytes, "huffman_file_bytes": hf["file_bytes"], "wall_s": wall_s,
+            "epochs": epochs,
+            "bayes_eval_error_pct": 100 * s["eval"]["error_before_quantization"],
+            "val_error_pct": 100 * _val_error(small, tdata), "bits_guard": s.get("bits_guard")}
 
 
 def sws_layers(model, q) -> list[dict]:
@@ -376,6 +407,10 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
            "File bytes: the whole real file (.kwh for kwh, dense and Torch-Pruning rows; the",
            "relative-index Huffman file for Deep Compression), headers and float32 biases included.",
            "Deep Compression: 8-bit k-means codebooks for conv, 5-bit for fc, centroids not fine-tuned.",
+           *([f"kwh rows '+ fine-tune': the row above it fine-tuned {a.finetune_epochs} epochs at lr "
+              f"{a.finetune_lr:g} (Adam, decayed linearly to 0) on the training split, the weights on "
+              "their fixed-point grids, pruned weights held at zero: the same architecture, bits and "
+              "sparsity (kwh.app.finetune)."] if a.finetune_epochs else []),
            "Soft weight-sharing: kwh.train method 'sws' from the same dense start for the Bayesian",
            f"rows' epochs (sws_options {a.sws_options or 'defaults'}: 17 components, pi_0 0.999, tau 5e-3",
            "unless set), then kwh.sws.quantize_ (components merged below KL 0.01, each weight to its",

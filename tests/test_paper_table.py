@@ -221,3 +221,23 @@ def test_vit_rows_prune_heads_and_keep_them_in_torch_pruning(tmp_path, data_root
     hidden = [blk.mlp[0].out_features for blk in small.blocks]
     assert all(h < 128 for h in hidden), hidden
     assert small(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_finetuned_rows_follow_their_kwh_rows(tmp_path, data_root):
+    """--finetune-epochs adds, after each kwh row, the same compressed model fine-tuned on its
+    grids: same architecture and bits, its own file reproducing its error."""
+    out = tmp_path / "out"
+    args = ["--net", "lenet300", "--data", "mnist", "--budget", "quick", "--data-dir", str(data_root),
+            "--out", str(out), "--epochs", "1", "--pretrain-epochs", "1", "--limit-train", "300",
+            "--limit-test", "100", "--repeats", "1", "--bench-batch", "50",
+            "--methods", "dense", "group-nj", "--finetune-epochs", "1"]
+    assert paper_table.main(args) == 0
+    stem = "paper_table_lenet300_mnist"
+    rows = json.loads((out / f"{stem}_selected.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["dense (pretrained start)", "kwh BC-GNJ (group-nj)",
+                                           "kwh BC-GNJ (group-nj) + fine-tune"]
+    assert rows[2]["arch"] == rows[1]["arch"] and rows[2]["bits"] == rows[1]["bits"]
+    assert "1 fine-tune" in rows[2]["epochs"]
+    _, data = load_data("mnist", str(data_root), 300, 100)
+    path = out / f"{stem}_files" / "seed0_group-nj_finetuned.kwh"
+    assert 100 * error_of(load(path), data) == pytest.approx(rows[2]["error_pct"], abs=1e-9)
