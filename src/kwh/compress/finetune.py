@@ -125,14 +125,16 @@ def recount(model: nn.Module) -> dict | None:
         if list(m.weight.shape) != d["shape"]:
             raise ModelError(f"layer {name}: weight shape {list(m.weight.shape)} differs from the "
                              f"summary's {d['shape']}")
-        positions = d["macs"] // d["weights"] if d["weights"] else 0
         d["nonzero"] = int(torch.count_nonzero(m.weight))
-        d["macs_nonzero"] = d["nonzero"] * positions
+        if "macs" in d:  # output positions per example: a conv's pixels, a Linear's tokens
+            n = d.get("weights") or m.weight.numel()
+            d["macs_nonzero"] = d["nonzero"] * (d["macs"] // n)
     nnz = sum(d["nonzero"] for d in summary["layers"])
     w_orig = summary["weights_original"]
     summary["nonzero"] = nnz
     summary["density"] = nnz / w_orig if w_orig else 0.0
-    summary["macs_nonzero"] = sum(d["macs_nonzero"] for d in summary["layers"])
+    if "macs_nonzero" in summary:
+        summary["macs_nonzero"] = sum(d["macs_nonzero"] for d in summary["layers"])
     rates = summary["rates"]
     if rates.get("kind", "").startswith("csr"):
         rates["pruning"] = w_orig / (2 * nnz) if nnz else None
