@@ -163,6 +163,7 @@ def test_cli_compress_fine_tunes(tiny_run, tmp_path, data_root, capsys):
     assert small.kwh_summary["finetune"]["epochs"] == 1
     assert f"-> {100 * ev['error_after_finetune']:.2f}%" in text
     assert (tmp_path / "m.kwh-finetune").is_dir()
+    assert "after fine-tuning" in text and "fine-tuned    1 epochs at lr 0.001" in text
     with pytest.raises(SystemExit) as e:
         main(["compress", "--checkpoint", str(tiny_run), "--finetune-epochs", "-1",
               "--out", str(tmp_path / "x.kwh")])

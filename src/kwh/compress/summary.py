@@ -317,5 +317,15 @@ def format_summary(summary: dict) -> str:
     ev = s.get("eval")
     if ev:
         lines.append(f"test error    {_pct(ev['error_before_quantization'])} before quantization, "
-                     f"{_pct(ev['error_after_quantization'])} after ({ev['examples']:,} examples)")
+                     f"{_pct(ev['error_after_quantization'])} after ({ev['examples']:,} examples)"
+                     + (f", {_pct(ev['error_after_finetune'])} after fine-tuning"
+                        if ev.get("error_after_finetune") is not None else ""))
+    ft = s.get("finetune")
+    if ft:
+        val = ""
+        if ft.get("validation_error_after") is not None:
+            val = (f": validation error {_pct(ft['validation_error_before'])} -> "
+                   f"{_pct(ft['validation_error_after'])} ({ft['validation_examples']:,} examples)")
+        lines.append(f"fine-tuned    {ft['epochs']} epochs at lr {ft['lr']:g} on the fixed-point "
+                     f"grids, pruned weights held at zero{val}")
     return "\n".join(lines)
