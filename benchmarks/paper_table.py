@@ -29,6 +29,7 @@ from benchmarks.baselines.common import (INPUT_SHAPES, Clock, check_net_data, co
 from benchmarks.baselines.kwh_rows import compress_and_save, log_alphas, train_bayes
 import kwh
 from kwh.app.finetune import finetune
+from kwh.data import batch_loader
 from kwh.sws import mixture_weights, quantize_
 
 PRIORS = {"log-uniform": "kwh Sparse VD (log-uniform)", "group-nj": "kwh BC-GNJ (group-nj)",
@@ -220,7 +221,8 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
         if a.finetune_epochs:
             clock = Clock()
             tuned = finetune(small, tdata, a.finetune_epochs, runs / f"{prior}-finetune",
-                             lr=a.finetune_lr, seed=seed, threads=a.threads, device=a.device)
+                             lr=a.finetune_lr, seed=seed, threads=a.threads, device=a.device,
+                             eval_data=batch_loader(tdata.test, 1000))
             tbytes = kwh.save(tuned, files / f"seed{seed}_{prior}_finetuned.kwh",
                               input_shape=tdata.input_shape)
             flabel = f"{label} + fine-tune"

@@ -64,7 +64,7 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
               f"({s['architecture']}, bits {s['bits']})", flush=True)
         if finetune_epochs:
             tuned = finetune(small, tdata, finetune_epochs, (runs or Path("runs")) / f"threshold_{t:g}",
-                             lr=finetune_lr, seed=cfg.get("seed", 0))
+                             lr=finetune_lr, seed=cfg.get("seed", 0), eval_data=test)
             ts = tuned.kwh_summary
             fb = None
             if files is not None:
@@ -72,7 +72,7 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
                               input_shape=tdata.input_shape)
             rows[-1]["finetuned"] = {
                 "val_error_pct": 100 * ts["finetune"]["validation_error_after"],
-                "test_error_pct": 100 * evaluate(tuned, test)["error"],
+                "test_error_pct": 100 * ts["eval"]["error_after_finetune"],
                 "nonzero_pct": 100 * ts["density"],
                 "max_compression": ts["rates"]["max_compression"], "file_bytes": fb}
             f = rows[-1]["finetuned"]

@@ -124,6 +124,8 @@ def test_finetune_trains_on_the_grids_and_the_file_follows(tmp_path):
     x = data.test.tensors[0]
     assert torch.equal(again(x), tuned(x))
     assert again.kwh_summary["finetune"]["epochs"] == 2
+    # no eval_data: the summary has no test error to compare (compressed without eval_data)
+    assert "eval" not in s or s["eval"].get("error_after_finetune") is None
     # the run is resumable: the same call returns the finished run's weights
     twice = finetune(small, data, 2, tmp_path / "run", lr=1e-2, batch_size=50)
     assert all(torch.equal(a.weight, b.weight) for (_, a), (_, b) in
@@ -228,3 +230,17 @@ def test_finetune_a_weights_mode_compression(tmp_path):
     again = kwh.load(path, model=_Branchy())
     x = data.test.tensors[0]
     assert torch.equal(again(x), tuned(x))
+
+
+def test_summary_says_when_the_test_error_after_fine_tuning_was_not_measured(tmp_path):
+    small, data = _compressed_mlp()
+    test = [(data.test.tensors[0], data.test.tensors[1])]
+    small.kwh_summary["eval"] = {"error_before_quantization": 0.1, "error_after_quantization": 0.1,
+                                 "examples": 100}
+    blind = finetune(small, data, 1, tmp_path / "a", lr=1e-2, batch_size=50)
+    assert blind.kwh_summary["eval"]["error_after_finetune"] is None
+    assert "not measured after fine-tuning" in str(blind.kwh_summary)
+    seen = finetune(small, data, 1, tmp_path / "a", lr=1e-2, batch_size=50, eval_data=test)
+    err = seen.kwh_summary["eval"]["error_after_finetune"]
+    assert err == kwh.compress.evaluate(seen, test)["error"]
+    assert "after fine-tuning" in str(seen.kwh_summary)

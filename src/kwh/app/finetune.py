@@ -27,7 +27,7 @@ __all__ = ["finetune"]
 
 def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.PathLike, *,
              lr: float = 1e-4, batch_size: int = 100, seed: int = 0, threads: int | None = None,
-             device: str = "cpu", progress: bool = False) -> nn.Module:
+             device: str = "cpu", progress: bool = False, eval_data=None) -> nn.Module:
     """A fine-tuned copy of ``small`` (a model kwh.compress returned, quantized).
 
     ``epochs`` plain epochs on ``data.train`` at ``lr`` (decayed linearly to 0), the run in
@@ -35,6 +35,9 @@ def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.P
     same architecture, bits and zero weights; its summary's nonzero counts, payload and
     maximum compression are measured again, and ``kwh_summary["finetune"]`` holds the
     settings and the validation error before and after (None without a validation split).
+    When the summary holds a test error (``eval``, from kwh.compress's eval_data), the error
+    after fine-tuning goes beside it as ``eval["error_after_finetune"]``: measured on
+    ``eval_data`` (batches of (x, y)), else None (the summary then says it was not measured).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise KwhError(f"epochs={epochs!r} is invalid; fine-tune for a positive whole number "
@@ -57,6 +60,9 @@ def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.P
     tuned.kwh_summary = summary
     recount(tuned)
     measure_payload(tuned)
+    if summary.get("eval"):
+        summary["eval"]["error_after_finetune"] = \
+            None if eval_data is None else evaluate(tuned, eval_data)["error"]
     summary["finetune"] = {
         "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
         "examples": len(data.train), "validation_examples": 0 if val is None else len(data.validation),

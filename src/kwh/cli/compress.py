@@ -118,16 +118,15 @@ def _finetune(small, tdata, args, out: str, test_loader):
     """The compressed model fine-tuned on its grids (kwh.app.finetune); its test error after
     goes into the summary's eval (error_after_finetune) and both errors are printed."""
     from kwh.app.finetune import finetune
-    from kwh.compress import evaluate
 
     run_dir = args.finetune_dir or f"{out}-finetune"
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     tuned = finetune(small, tdata, args.finetune_epochs, run_dir, lr=args.finetune_lr,
-                     batch_size=args.batch_size, threads=args.threads, progress=progress)
+                     batch_size=args.batch_size, threads=args.threads, progress=progress,
+                     eval_data=test_loader)
     s = tuned.kwh_summary
-    before = s.get("eval", {}).get("error_after_quantization")
     if s.get("eval"):
-        s["eval"]["error_after_finetune"] = evaluate(tuned, test_loader)["error"]
+        before = s["eval"]["error_after_quantization"]
         print(f"fine-tuned {args.finetune_epochs} epochs on the fixed-point grids ({run_dir}): "
               f"test error {100 * before:.2f}% -> {100 * s['eval']['error_after_finetune']:.2f}%")
     return tuned

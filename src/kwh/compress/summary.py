@@ -318,8 +318,9 @@ def format_summary(summary: dict) -> str:
     if ev:
         lines.append(f"test error    {_pct(ev['error_before_quantization'])} before quantization, "
                      f"{_pct(ev['error_after_quantization'])} after ({ev['examples']:,} examples)"
-                     + (f", {_pct(ev['error_after_finetune'])} after fine-tuning"
-                        if ev.get("error_after_finetune") is not None else ""))
+                     + ("" if "error_after_finetune" not in ev else
+                        ", not measured after fine-tuning" if ev["error_after_finetune"] is None
+                        else f", {_pct(ev['error_after_finetune'])} after fine-tuning"))
     ft = s.get("finetune")
     if ft:
         val = ""
