@@ -244,3 +244,28 @@ def test_summary_says_when_the_test_error_after_fine_tuning_was_not_measured(tmp
     err = seen.kwh_summary["eval"]["error_after_finetune"]
     assert err == kwh.compress.evaluate(seen, test)["error"]
     assert "after fine-tuning" in str(seen.kwh_summary)
+
+
+def test_finetune_a_transformer_graph_and_its_loaded_file(tmp_path):
+    """A compressed ViT (a traced graph whose modules are not in the summary's order) and the
+    same model loaded from its graph-layout file both fine-tune, each weight kept on its grid."""
+    from kwh.models import build
+
+    torch.manual_seed(0)
+    vit = build("vit", depth=1, dim=16, heads=2, mlp=16)
+    kwh.bayesify_(vit, "group-horseshoe", group_sizes=vit.kwh_head_groups())
+    small = kwh.compress(vit.eval(), CompressConfig(input_shape=(1, 28, 28)))
+    x = torch.randn(60, 1, 28, 28)
+    y = torch.randint(0, 10, (60,))
+    data = TrainData(TensorDataset(x[:40], y[:40]), TensorDataset(x[40:50], y[40:50]),
+                     TensorDataset(x[50:], y[50:]))
+    path = tmp_path / "vit.kwh"
+    kwh.save(small, path)
+    for i, model in enumerate((small, kwh.load(path))):
+        tuned = finetune(model, data, 1, tmp_path / f"run{i}", lr=1e-2, batch_size=20)
+        names = [n for n, _ in quantized_layers(tuned)]
+        assert len(names) == len(tuned.kwh_summary["layers"])
+        for _, m in quantized_layers(tuned):
+            assert _on_grid(m.weight, m.kwh_bits, m.kwh_frac_bits)
+        assert tuned.kwh_summary["nonzero"] == sum(
+            int(torch.count_nonzero(m.weight)) for _, m in quantized_layers(tuned))

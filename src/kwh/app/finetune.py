@@ -49,7 +49,9 @@ def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.P
                        "compress the trained model first")
     val = None if data.validation is None else batch_loader(data.validation, 1000)
     before = None if val is None else evaluate(small, val)["error"]
-    work = attach_fixed_point_(copy.deepcopy(small).cpu())
+    work = copy.deepcopy(small).cpu()
+    recount(work)  # the summary must describe these layers: checked before any training
+    work = attach_fixed_point_(work)
     config = TrainConfig(model=CUSTOM, data=CUSTOM, pretrain_epochs=epochs, epochs=0, lr=lr,
                          batch_size=batch_size, seed=seed, out_dir=os.fspath(out_dir),
                          validation=0 if data.validation is None else len(data.validation),

@@ -110,6 +110,27 @@ def detach_fixed_point_(model: nn.Module) -> nn.Module:
     return model
 
 
+def _paired(model: nn.Module, summary: dict) -> list[tuple[str, nn.Module, dict]]:
+    """Each quantized layer with its entry in the summary: by name where the summary's names
+    are the model's (the model kwh.compress returned), else in order (a loaded graph file,
+    whose layers are its steps in the summary's order); shapes must agree either way."""
+    layers = quantized_layers(model)
+    entries = summary["layers"]
+    if len(layers) != len(entries):
+        raise ModelError(f"the summary lists {len(entries)} layers but the model has "
+                         f"{len(layers)} quantized ones: it is not the model kwh.compress returned")
+    by_name = dict(layers)
+    if all(d.get("name") in by_name for d in entries):
+        pairs = [(d["name"], by_name[d["name"]], d) for d in entries]
+    else:
+        pairs = [(n, m, d) for (n, m), d in zip(layers, entries)]
+    for name, m, d in pairs:
+        if list(m.weight.shape) != d["shape"]:
+            raise ModelError(f"layer {name}: weight shape {list(m.weight.shape)} differs from the "
+                             f"summary's {d['shape']} for {d.get('name')}")
+    return pairs
+
+
 def recount(model: nn.Module) -> dict | None:
     """The model's ``kwh_summary`` (changed in place) with its nonzero weights, density,
     nonzero MACs and the rates that count them recomputed from the weights as they are now.
@@ -117,14 +138,7 @@ def recount(model: nn.Module) -> dict | None:
     summary = getattr(model, "kwh_summary", None)
     if summary is None:
         return None
-    layers = quantized_layers(model)
-    if len(layers) != len(summary["layers"]):
-        raise ModelError(f"the summary lists {len(summary['layers'])} layers but the model has "
-                         f"{len(layers)} quantized ones: it is not the model kwh.compress returned")
-    for (name, m), d in zip(layers, summary["layers"]):
-        if list(m.weight.shape) != d["shape"]:
-            raise ModelError(f"layer {name}: weight shape {list(m.weight.shape)} differs from the "
-                             f"summary's {d['shape']}")
+    for name, m, d in _paired(model, summary):
         d["nonzero"] = int(torch.count_nonzero(m.weight))
         if "macs" in d:  # output positions per example: a conv's pixels, a Linear's tokens
             n = d.get("weights") or m.weight.numel()
