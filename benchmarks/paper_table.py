@@ -234,8 +234,6 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
                 f"{rows[-1]['max_compression']:.1f}x file {tbytes} B")
         histories[prior] = hist
         alphas[prior] = hist_of(log_alphas(model))
-        log(f"seed {seed}: {label}: error {r['error_pct']:.2f}% arch {r['arch']} bits {r['bits']} "
-            f"max compression {r['max_compression']:.1f}x file {nbytes} B")
 
     if "deep-compression" in methods:
         clock = Clock()

@@ -241,3 +241,18 @@ def test_finetuned_rows_follow_their_kwh_rows(tmp_path, data_root):
     _, data = load_data("mnist", str(data_root), 300, 100)
     path = out / f"{stem}_files" / "seed0_group-nj_finetuned.kwh"
     assert 100 * error_of(load(path), data) == pytest.approx(rows[2]["error_pct"], abs=1e-9)
+
+
+def test_kwh_rows_alone_log_their_own_numbers(tmp_path, data_root, capsys):
+    """A run of one kwh prior without the dense row logs that row's error (no other row's)."""
+    out = tmp_path / "out"
+    args = ["--net", "lenet300", "--data", "mnist", "--budget", "quick", "--data-dir", str(data_root),
+            "--out", str(out), "--epochs", "1", "--pretrain-epochs", "1", "--limit-train", "300",
+            "--limit-test", "100", "--repeats", "1", "--bench-batch", "50", "--methods", "group-nj"]
+    assert paper_table.main(args) == 0
+    rows = json.loads((out / "paper_table_lenet300_mnist_selected.json").read_text())["rows"]
+    lines = [l for l in (out / "paper_table_lenet300_mnist.log").read_text().splitlines()
+             if "kwh BC-GNJ" in l]
+    assert lines == [f"seed 0: kwh BC-GNJ (group-nj): error {rows[0]['error_pct']:.2f}% arch "
+                     f"{rows[0]['arch']} bits {rows[0]['bits']} max compression "
+                     f"{rows[0]['max_compression']:.1f}x file {rows[0]['file_bytes']} B"]
