@@ -105,7 +105,8 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int
     totals = [0, 0]
 
     def hook(m, inp, out):
-        positions = out[0, 0].numel() if isinstance(m, nn.Conv2d) else 1  # output pixels
+        # output pixels of a conv; tokens of a Linear applied to (B, T, D)
+        positions = out[0, 0].numel() if isinstance(m, nn.Conv2d) else out[0].numel() // out.shape[-1]
         totals[0] += m.weight.numel() * positions
         totals[1] += int(torch.count_nonzero(m.weight)) * positions
 
