@@ -103,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             cfg[k] = getattr(a, k)
     if a.shrink_patience < 0:
         p.error(f"--shrink-patience must be >= 0, got {a.shrink_patience}")
-    if a.finetune_epochs < 0 or not a.finetune_lr > 0:
+    if a.finetune_epochs < 0 or not 0 < a.finetune_lr < float("inf"):
         p.error("--finetune-epochs must be >= 0 and --finetune-lr positive")
     if a.variance_lr_mult is not None and not a.variance_lr_mult > 0:
         p.error(f"--variance-lr-mult must be positive, got {a.variance_lr_mult}")

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                         "(kwh.app.finetune) and choose among the fine-tuned ones")
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     a = p.parse_args(argv)
-    if a.finetune_epochs < 0 or not a.finetune_lr > 0:
+    if a.finetune_epochs < 0 or not 0 < a.finetune_lr < float("inf"):
         p.error("--finetune-epochs must be >= 0 and --finetune-lr positive")
     torch.set_num_threads(a.threads)
     out = Path(a.out)

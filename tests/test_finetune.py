@@ -159,13 +159,13 @@ def test_cli_compress_fine_tunes(tiny_run, tmp_path, data_root, capsys):
     assert main(["compress", "--checkpoint", str(tiny_run), "--data-dir", str(data_root),
                  "--finetune-epochs", "1", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "fine-tuned 1 epochs on the fixed-point grids" in text
+    assert "fine-tuned 1 epoch on the fixed-point grids" in text
     small = kwh.load(out)
     ev = small.kwh_summary["eval"]
     assert small.kwh_summary["finetune"]["epochs"] == 1
     assert f"-> {100 * ev['error_after_finetune']:.2f}%" in text
     assert (tmp_path / "m.kwh-finetune").is_dir()
-    assert "after fine-tuning" in text and "fine-tuned    1 epochs at lr 0.001" in text
+    assert "after fine-tuning" in text and "fine-tuned    1 epoch at lr 0.001" in text
     with pytest.raises(SystemExit) as e:
         main(["compress", "--checkpoint", str(tiny_run), "--finetune-epochs", "-1",
               "--out", str(tmp_path / "x.kwh")])
@@ -240,7 +240,7 @@ def test_summary_says_when_the_test_error_after_fine_tuning_was_not_measured(tmp
     blind = finetune(small, data, 1, tmp_path / "a", lr=1e-2, batch_size=50)
     assert blind.kwh_summary["eval"]["error_after_finetune"] is None
     assert "not measured after fine-tuning" in str(blind.kwh_summary)
-    seen = finetune(small, data, 1, tmp_path / "a", lr=1e-2, batch_size=50, eval_data=test)
+    seen = finetune(small, data, 1, tmp_path / "b", lr=1e-2, batch_size=50, eval_data=test)
     err = seen.kwh_summary["eval"]["error_after_finetune"]
     assert err == kwh.compress.evaluate(seen, test)["error"]
     assert "after fine-tuning" in str(seen.kwh_summary)
@@ -269,3 +269,59 @@ def test_finetune_a_transformer_graph_and_its_loaded_file(tmp_path):
             assert _on_grid(m.weight, m.kwh_bits, m.kwh_frac_bits)
         assert tuned.kwh_summary["nonzero"] == sum(
             int(torch.count_nonzero(m.weight)) for _, m in quantized_layers(tuned))
+
+
+def test_a_run_folder_of_another_fine_tuning_is_refused(tmp_path):
+    """Resuming into a folder that fine-tuned another model (or with other settings) would
+    return that run's weights and masks: refused with the folder named."""
+    small, data = _compressed_mlp()
+    finetune(small, data, 1, tmp_path / "run", lr=1e-2, batch_size=50)
+    other = _compressed_mlp()[0]
+    with torch.no_grad():
+        other[0].weight[:, :10] = 0
+    with pytest.raises(KwhError, match="another compressed model"):
+        finetune(other, data, 1, tmp_path / "run", lr=1e-2, batch_size=50)
+    with pytest.raises(KwhError, match="other settings"):
+        finetune(small, data, 2, tmp_path / "run", lr=1e-2, batch_size=50)
+    (tmp_path / "run" / "finetune_start.json").unlink()  # a checkpoint nobody vouches for
+    with pytest.raises(KwhError, match="no fine-tuning record"):
+        finetune(small, data, 1, tmp_path / "run", lr=1e-2, batch_size=50)
+    tuned = finetune(other, data, 1, tmp_path / "run2", lr=1e-2, batch_size=50)
+    assert bool((tuned[0].weight[:, :10] == 0).all())
+
+
+def test_rounding_is_exact_at_25_bits():
+    """The widest layer kwh.compress makes (25 bits): odd integers above 2^23 stay put."""
+    q = torch.tensor([8388609.0, -8388609.0, 16777215.0, -16777216.0, 3.0])
+    p = FixedPoint(torch.ones(5, dtype=torch.bool), bits=25, frac_bits=0)
+    assert p(q).tolist() == q.tolist()
+    lin = nn.Linear(5, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(q.view(1, 5))
+    lin.kwh_bits, lin.kwh_frac_bits = 25, 0
+    attach_fixed_point_(nn.Sequential(lin))  # on its grid: accepted
+
+
+def test_an_unquantized_compression_is_named_as_such(tmp_path):
+    _, data = _compressed_mlp()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 4))
+    kwh.bayesify_(model, "log-uniform")
+    small = kwh.compress(model.eval(), CompressConfig(input_shape=(20,), quantize=False))
+    with pytest.raises(ModelError, match="quantize=True"):
+        finetune(small, data, 1, tmp_path / "r")
+
+
+def test_cli_fine_tuning_options_are_checked_before_any_work(tmp_path, capsys):
+    from kwh.cli.main import main
+
+    out = tmp_path / "m.kwh"
+    for bad in (["--finetune-epochs", "1", "--finetune-lr", "inf"],
+                ["--finetune-epochs", "1", "--finetune-lr", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            main(["compress", "--checkpoint", str(tmp_path / "none"), *bad, "--out", str(out)])
+        assert e.value.code == 2
+    code = main(["compress", "--checkpoint", str(tmp_path / "none"), "--finetune-lr", "0.01",
+                 "--out", str(out)])
+    assert code == 2
+    assert "give --finetune-epochs" in capsys.readouterr().err

@@ -10,19 +10,65 @@ run exactly on the grids; the summary's counts and the codec's payload are measu
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import math
 import os
+from pathlib import Path
 
+import torch
 from torch import nn
 
 from kwh.app.verb import measure_payload
-from kwh.compress.finetune import attach_fixed_point_, detach_fixed_point_, recount
+from kwh.compress.finetune import (attach_fixed_point_, detach_fixed_point_, quantized_layers,
+                                   recount)
+from kwh.format.io import atomic_write_bytes
 from kwh.compress.metrics import evaluate
 from kwh.data import batch_loader
 from kwh.errors import KwhError
-from kwh.train import TrainConfig, TrainData, run_training
+from kwh.train import TrainConfig, TrainData, checkpoint_path, run_training
 from kwh.train.config import CUSTOM
 
 __all__ = ["finetune"]
+
+START = "finetune_start.json"  # in the run folder: what the run starts from and its settings
+
+
+def _start_record(model: nn.Module, data: TrainData, settings: dict) -> dict:
+    """The fine-tuning's identity: a digest of every tensor of the compressed model it starts
+    from (weights, biases, the layers' bits), of the data's sizes, and the settings."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, m in quantized_layers(model):
+        h.update(f"{name}:{m.kwh_bits}:{m.kwh_frac_bits}".encode())
+    sizes = {k: None if d is None else len(d) for k, d in
+             (("train", data.train), ("validation", data.validation), ("test", data.test))}
+    return {"model_sha256": h.hexdigest(), "data_sizes": sizes, "settings": settings}
+
+
+def _claim(out_dir: Path, record: dict) -> None:
+    """Refuse a run folder that holds the fine-tuning of another model or other settings (a
+    resumed run would return its weights and masks); else record this one there."""
+    path = out_dir / START
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != record:
+            what = "other settings" if old and old.get("model_sha256") == \
+                record["model_sha256"] else "another compressed model"
+            raise KwhError(f"{out_dir} holds a fine-tuning of {what}; give another run folder "
+                           "(kwh compress --finetune-dir) or remove that one")
+        return
+    if checkpoint_path(out_dir).exists():
+        raise KwhError(f"{out_dir} holds a training checkpoint but no fine-tuning record "
+                       f"({START}): it may be another model's; give another run folder (kwh "
+                       "compress --finetune-dir) or remove that one")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
 def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.PathLike, *,
@@ -42,16 +88,17 @@ def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.P
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise KwhError(f"epochs={epochs!r} is invalid; fine-tune for a positive whole number "
                        "of epochs")
-    if not lr > 0:
-        raise KwhError(f"lr={lr!r} is invalid; give a positive learning rate")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise KwhError(f"lr={lr!r} is invalid; give a positive, finite learning rate")
     if getattr(small, "kwh_summary", None) is None:
         raise KwhError("finetune takes the model kwh.compress returned (it has a kwh_summary); "
                        "compress the trained model first")
     val = None if data.validation is None else batch_loader(data.validation, 1000)
     before = None if val is None else evaluate(small, val)["error"]
-    work = copy.deepcopy(small).cpu()
+    work = attach_fixed_point_(copy.deepcopy(small).cpu())
     recount(work)  # the summary must describe these layers: checked before any training
-    work = attach_fixed_point_(work)
+    settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
+    _claim(Path(out_dir), _start_record(small, data, settings))
     config = TrainConfig(model=CUSTOM, data=CUSTOM, pretrain_epochs=epochs, epochs=0, lr=lr,
                          batch_size=batch_size, seed=seed, out_dir=os.fspath(out_dir),
                          validation=0 if data.validation is None else len(data.validation),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kwh.cli.args import int_in, number
+from kwh.cli.args import int_in, number, positive_float
 from kwh.errors import KwhError
 
 __all__ = ["register", "run"]
@@ -45,9 +45,9 @@ def register(subparsers) -> None:
                    help="after compressing, train the kept weights N epochs on their fixed-point "
                         "grids, pruned weights held at zero: same architecture, bits and "
                         "sparsity (default 0: no fine-tuning)")
-    p.add_argument("--finetune-lr", type=number, default=1e-3, metavar="LR",
+    p.add_argument("--finetune-lr", type=positive_float, default=None, metavar="LR",
                    help="Adam learning rate of the fine-tuning, decayed linearly to 0 "
-                        "(default: %(default)s)")
+                        "(default: 0.001)")
     p.add_argument("--finetune-dir", default=None, metavar="DIR",
                    help="run folder of the fine-tuning, resumed when it is there "
                         "(default: the output file's name + '-finetune')")
@@ -74,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_destination(args.out)  # a missing folder fails now, not after the training
+    if not args.finetune_epochs and (args.finetune_lr is not None or args.finetune_dir):
+        raise KwhError("--finetune-lr and --finetune-dir set the fine-tuning: give "
+                       "--finetune-epochs N (N >= 1) too")
     model, tconfig, records = _bayesian_model(args)
     data_dir = args.data_dir if args.data_dir is not None else tconfig.data_dir
     limit = args.limit_test if args.limit_test is not None else tconfig.limit_test
@@ -82,8 +85,6 @@ def run(args: argparse.Namespace) -> int:
     config = CompressConfig(threshold=args.threshold, max_bits=args.max_bits,
                             input_shape=tuple(test.tensors[0].shape[1:]),
                             bits_search=args.bits_search, bits_tolerance=args.bits_tolerance)
-    if not args.finetune_lr > 0:
-        raise KwhError(f"--finetune-lr {args.finetune_lr} is invalid; give a positive rate")
     guard = None
     tdata = None
     if args.bits_search != "off" or args.finetune_epochs:
@@ -121,13 +122,15 @@ def _finetune(small, tdata, args, out: str, test_loader):
 
     run_dir = args.finetune_dir or f"{out}-finetune"
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    tuned = finetune(small, tdata, args.finetune_epochs, run_dir, lr=args.finetune_lr,
-                     batch_size=args.batch_size, threads=args.threads, progress=progress,
-                     eval_data=test_loader)
+    lr = 1e-3 if args.finetune_lr is None else args.finetune_lr
+    tuned = finetune(small, tdata, args.finetune_epochs, run_dir, lr=lr,
+                     batch_size=args.batch_size, seed=args.seed, threads=args.threads,
+                     device=args.device, progress=progress, eval_data=test_loader)
     s = tuned.kwh_summary
     if s.get("eval"):
         before = s["eval"]["error_after_quantization"]
-        print(f"fine-tuned {args.finetune_epochs} epochs on the fixed-point grids ({run_dir}): "
+        n = args.finetune_epochs
+        print(f"fine-tuned {n} epoch{'s' if n != 1 else ''} on the fixed-point grids ({run_dir}): "
               f"test error {100 * before:.2f}% -> {100 * s['eval']['error_after_finetune']:.2f}%")
     return tuned
 

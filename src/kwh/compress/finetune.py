@@ -32,9 +32,11 @@ class _RoundToGrid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v: Tensor, frac_bits: int, lo: int, hi: int) -> Tensor:
-        scaled = v * 2.0 ** frac_bits  # a power of two: exact in floating point
+        # float64: floor(x + 1/2) is exact for every |q| a 25-bit layer holds (float32 would
+        # round x + 1/2 to even above 2^23); the grid values themselves fit the weights' dtype
+        scaled = v.to(torch.float64) * 2.0 ** frac_bits  # a power of two: exact
         ctx.save_for_backward((scaled >= lo) & (scaled <= hi))
-        return torch.floor(scaled + 0.5).clamp(lo, hi) * 2.0 ** -frac_bits
+        return (torch.floor(scaled + 0.5).clamp(lo, hi) * 2.0 ** -frac_bits).to(v.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

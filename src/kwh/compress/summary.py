@@ -327,6 +327,7 @@ def format_summary(summary: dict) -> str:
         if ft.get("validation_error_after") is not None:
             val = (f": validation error {_pct(ft['validation_error_before'])} -> "
                    f"{_pct(ft['validation_error_after'])} ({ft['validation_examples']:,} examples)")
-        lines.append(f"fine-tuned    {ft['epochs']} epochs at lr {ft['lr']:g} on the fixed-point "
+        n = ft["epochs"]
+        lines.append(f"fine-tuned    {n} epoch{'s' if n != 1 else ''} at lr {ft['lr']:g} on the fixed-point "
                      f"grids, pruned weights held at zero{val}")
     return "\n".join(lines)
