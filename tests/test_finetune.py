@@ -194,40 +194,31 @@ def test_threshold_sweep_fine_tunes_each_threshold(tiny_run, tmp_path, data_root
     assert "fine-tuned" in (tmp_path / "sweep.md").read_text()
 
 
-class _Branchy(nn.Module):
-    """A data-dependent branch: compressed in mode="weights" (not traceable)."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(20, 16), nn.Linear(16, 4)
-
-    def forward(self, x):
-        h = self.a(x)
-        if h.sum() > 0:
-            h = h.relu()
-        return self.b(h)
-
-
 def test_finetune_a_weights_mode_compression(tmp_path):
     """mode="weights" keeps the user's architecture: fine-tuning works on it too, the summary's
     counts follow, and the state-layout file loads into the user's class."""
-    _, data = _compressed_mlp()
+    from any_models import Branchy  # a data-dependent branch: not traceable
+
     torch.manual_seed(1)
-    model = _Branchy()
+    x = torch.randn(300, 6)
+    y = torch.randint(0, 3, (300,))
+    data = TrainData(TensorDataset(x[:200], y[:200]), TensorDataset(x[200:250], y[200:250]),
+                     TensorDataset(x[250:], y[250:]))
+    model = Branchy()
     kwh.bayesify_(model, "log-uniform")
-    small = kwh.compress(model.eval(), CompressConfig(input_shape=(20,)), mode="weights")
+    small = kwh.compress(model.eval(), CompressConfig(input_shape=(6,)), mode="weights")
     with torch.no_grad():
-        small.a.weight[:3] = 0
+        small.fc1.weight[:2] = 0
     recount(small)
     tuned = finetune(small, data, 1, tmp_path / "run", lr=1e-2, batch_size=50)
-    assert bool((tuned.a.weight[:3] == 0).all())
+    assert bool((tuned.fc1.weight[:2] == 0).all())
     for _, m in quantized_layers(tuned):
         assert _on_grid(m.weight, m.kwh_bits, m.kwh_frac_bits)
     s = tuned.kwh_summary
-    assert s["nonzero"] == sum(int(torch.count_nonzero(m.weight)) for m in (tuned.a, tuned.b))
+    assert s["nonzero"] == sum(int(torch.count_nonzero(m.weight)) for m in (tuned.fc1, tuned.fc2))
     path = tmp_path / "w.kwh"
     kwh.save(tuned, path)
-    again = kwh.load(path, model=_Branchy())
+    again = kwh.load(path, model=Branchy())
     x = data.test.tensors[0]
     assert torch.equal(again(x), tuned(x))
 
