@@ -189,8 +189,15 @@ class GraphPlan:
 # ------------------------------------------------------------------------ reading the graph
 
 @torch.no_grad()
-def plan_graph(model: nn.Module, example: Tensor, config: CompressConfig) -> GraphPlan:
+def plan_graph(model: nn.Module, example: Tensor, config: CompressConfig,
+               frac_bits: dict[str, int] | None = None) -> GraphPlan:
     """Read, fold and prune ``model`` traced on ``example`` (a batch); see the module doc.
+
+    ``frac_bits`` (layer -> fraction bits): plan the quantized model instead. Each layer's
+    weights (BatchNorm folded) are put on their fixed-point grid first, so units whose every
+    weight rounds to 0 are removed like pruned ones, and constants are never merged into a
+    carrier (that would scale weights off their grid); the check compares against the
+    unpruned model on those grids.
 
     ModelError for what no reading of a graph handles (several inputs or outputs, a tensor
     attribute, a module with weights called twice, an unsupported Bayesian layer, a model
@@ -204,6 +211,10 @@ def plan_graph(model: nn.Module, example: Tensor, config: CompressConfig) -> Gra
     modules = dict(model.named_modules())
     stages = _read_layers(gm, modules, shapes, config)
     folded = _fold_norms(gm, modules, shapes, stages, config)
+    if frac_bits is not None:
+        for name, s in stages.items():
+            s.weight = quantize(s.weight, frac_bits[name])
+            s.kept = s.kept & (s.weight != 0)
     ch = _walk(gm, modules, shapes, stages, folded)
     plan = GraphPlan(gm, stages, folded, {t: torch.ones(len(a), dtype=torch.bool)
                                           for t, a in ch.norms.items()}, ch.frozen_layers)
@@ -213,7 +224,7 @@ def plan_graph(model: nn.Module, example: Tensor, config: CompressConfig) -> Gra
     for t in plan.heads:
         plan.heads[t] = _prune_heads(stages, t, gm.get_submodule(t).head_dim)
     classes = _classes(ch)
-    removed = _prune(stages, classes, inputs)
+    removed = _prune(stages, classes, inputs, merge=frac_bits is None)
     _cut(plan, ch, removed)
     written = {ch.atoms.find(a) for atoms in ch.outputs.values() for a in atoms or ()}
     plan.channels = {"classes": len(written), "frozen": sum(ch.atoms.frozen[r] for r in written),
@@ -626,7 +637,7 @@ def _classes(ch: _Channels) -> dict[int, _Class]:
 
 
 def _prune(stages: dict[str, Stage], classes: dict[int, _Class],
-           inputs: dict[str, Tensor]) -> set[int]:
+           inputs: dict[str, Tensor], merge: bool = True) -> set[int]:
     """Remove unread and constant classes to a fixed point; returns the removed roots.
 
     Works on the full-size tensors (columns of removed classes zeroed, constants folded into
@@ -660,6 +671,8 @@ def _prune(stages: dict[str, Stage], classes: dict[int, _Class],
             remove(root)
             changed = True
         if not changed:
+            if not merge:
+                return removed
             merged = _merge_carriers(stages, classes, stubborn, inputs, rows_left)
             if not merged:
                 return removed

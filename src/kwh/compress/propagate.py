@@ -18,10 +18,13 @@ the compressed model selects the inputs it keeps (kwh.modules.SelectInputs).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kwh.compress.precision import quantize
 from kwh.compress.stages import Stage
 from kwh.errors import ModelError
 
@@ -29,14 +32,36 @@ _F64 = torch.float64
 _TOL = 1e-9  # relative: what counts as "the same at every position" in float64
 
 
-def propagate(stages: list[Stage]) -> None:
-    """Remove dead and constant units between consecutive stages, in place, to a fixed point."""
+def propagate(stages: list[Stage], merge: bool = True) -> None:
+    """Remove dead and constant units between consecutive stages, in place, to a fixed point.
+
+    ``merge=False``: constants a padded Conv2d sees differently at the border stay instead of
+    merging into a carrier (merging scales a column, which would take it off its grid).
+    """
     blocks = [_block(p, c) for p, c in zip(stages, stages[1:])]
     changed = True
     while changed:
         changed = False
         for i in range(len(stages) - 1):
-            changed |= _boundary(stages[i], stages[i + 1], blocks[i])
+            changed |= _boundary(stages[i], stages[i + 1], blocks[i], merge)
+
+
+def snap_to_grid(stages: list[Stage], frac_bits: list[int]) -> list[Stage]:
+    """Copies of ``stages`` whose weights are quantized to their layers' fixed-point grids.
+
+    A weight that rounds to 0 is no longer kept, so a unit whose every weight rounds to 0
+    becomes a constant (or an unread input) of the quantized model; ``propagate(copies,
+    merge=False)`` then removes it as it removes units the posterior pruned, the constant
+    folded into the consumer's bias with the consumer's quantized weights: the quantized
+    model computes exactly what it did with those units. The stages given are not changed.
+    """
+    out = []
+    for s, t in zip(stages, frac_bits):
+        w = quantize(s.weight, t)
+        out.append(replace(s, weight=w, bias=s.bias.clone(), kept=s.kept & (w != 0),
+                           var=None if s.var is None else s.var.clone(), rows=s.rows.clone(),
+                           cols=s.cols.clone(), carriers=list(s.carriers)))
+    return out
 
 
 def drop_unread_inputs(first: Stage) -> Tensor | None:
@@ -73,13 +98,13 @@ def _col_groups(c: Stage, n: int) -> Tensor:
     return c.weight.reshape(c.weight.shape[0], n, -1)
 
 
-def _boundary(p: Stage, c: Stage, block: int) -> bool:
+def _boundary(p: Stage, c: Stage, block: int, merge: bool = True) -> bool:
     n = p.weight.shape[0]
     unused = (_col_groups(c, n) == 0).all(dim=2).all(dim=0)  # (n,) C reads nothing of r
     constant = (p.weight.reshape(n, -1) == 0).all(dim=1) & ~unused  # (n,)
     remove = unused.clone()
     if constant.any():
-        remove |= _fold_constants(p, c, block, constant)
+        remove |= _fold_constants(p, c, block, constant, merge)
     if not remove.any():
         return False
     if remove.all():  # a layer keeps at least one unit: a zero dummy that C ignores
@@ -102,7 +127,8 @@ def _zero_unit(p: Stage, c: Stage, block: int, r: int) -> None:
     c.kept[:, cols] = False
 
 
-def _fold_constants(p: Stage, c: Stage, block: int, constant: Tensor) -> Tensor:
+def _fold_constants(p: Stage, c: Stage, block: int, constant: Tensor,
+                    merge: bool = True) -> Tensor:
     """Fold constant units of P into C's bias; returns which of them can now be removed."""
     n = p.weight.shape[0]
     idx = constant.nonzero().flatten()
@@ -130,7 +156,7 @@ def _fold_constants(p: Stage, c: Stage, block: int, constant: Tensor) -> Tensor:
             folded[r] = True
         else:
             stubborn.append(r)
-    if len(stubborn) >= 2:
+    if merge and len(stubborn) >= 2:
         folded[_merge_carriers(p, c, v[0, stubborn], stubborn)] = True
     return folded
 

@@ -28,8 +28,14 @@ from kwh.compress.chain import (
 from kwh.compress.config import CompressConfig
 from kwh.compress.dag import build_graph, graph_summary, plan_graph
 from kwh.compress.metrics import evaluate
-from kwh.compress.precision import LayerPrecision, choose_precision, quantize, search_bits
-from kwh.compress.propagate import drop_unread_inputs, propagate
+from kwh.compress.precision import (
+    LayerPrecision,
+    choose_precision,
+    quantize,
+    search_bits,
+    with_frac_bits,
+)
+from kwh.compress.propagate import drop_unread_inputs, propagate, snap_to_grid
 from kwh.compress.stages import Stage, build_stages, plain_layer
 from kwh.compress.summary import Summary, summarize
 from kwh.compress.weights import compress_weights
@@ -116,15 +122,52 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
         keep_inputs = drop_unread_inputs(stages[0])
         if keep_inputs is not None:
             prefix.append(SelectInputs(keep_inputs))
+        prefix0 = prefix
         precisions = [choose_precision(s.name, s.weight, s.var, s.kept, config) for s in stages]
         guard = None
         if guard_data is not None and config.quantize and config.bits_search != "off":
             precisions, guard = _guard(lambda ps: assemble(prefix, stages, ps), stages,
                                        precisions, guard_data, config)
+        unquantized = stages
+        if config.quantize:
+            prefix, stages, precisions, rounded = _drop_rounded_units(prefix, stages, precisions,
+                                                                      keep_inputs)
         small = assemble(prefix, stages, precisions if config.quantize else None)
     summary = summarize(nodes, stages, precisions, small, input_shape, config)
+    if config.quantize and rounded:
+        summary["units_removed_by_rounding"] = rounded
     return _finish(small, summary, guard, prune_guard, eval_data,
-                   lambda: assemble(prefix, stages, None) if config.quantize else small)
+                   lambda: assemble(prefix0, unquantized, None) if config.quantize else small)
+
+
+def _drop_rounded_units(prefix: list[nn.Module], stages: list[Stage],
+                        precisions: list[LayerPrecision], keep_inputs: torch.Tensor | None
+                        ) -> tuple[list[nn.Module], list[Stage], list[LayerPrecision], dict]:
+    """The chain's stages on their fixed-point grids with the units rounding emptied removed.
+
+    A unit whose every kept weight rounds to 0 outputs a constant in the quantized model, and
+    an input no quantized weight reads adds nothing: kwh.compress.propagate removes both
+    exactly (constants folded with the consumer's quantized weights; no new carrier merging,
+    which would take a column off its grid), and the first layer's unread inputs are
+    dropped: the quantized model computes what it computed before, in fewer units and
+    weights. Returns
+    (prefix, stages, precisions with the magnitude bits of what is left, units removed per
+    layer)."""
+    snapped = snap_to_grid(stages, [p.frac_bits for p in precisions])
+    propagate(snapped, merge=False)
+    keep = drop_unread_inputs(snapped[0])
+    if keep is not None:
+        if keep_inputs is None:
+            prefix = [*prefix, SelectInputs(keep)]
+        else:  # the mask over the original inputs: drop the newly unread ones of those kept
+            full = keep_inputs.clone()
+            full[keep_inputs.nonzero().flatten()[~keep]] = False
+            prefix = [*prefix[:-1], SelectInputs(full)]
+    precisions = [with_frac_bits(s.weight, p, p.frac_bits, p.source)
+                  for s, p in zip(snapped, precisions)]
+    rounded = {s.name: int(s0.weight.shape[0] - s.weight.shape[0])
+               for s0, s in zip(stages, snapped) if s.weight.shape[0] < s0.weight.shape[0]}
+    return prefix, snapped, precisions, rounded
 
 
 def _compress_graph(model: nn.Module, example: torch.Tensor, input_shape: tuple[int, ...],
@@ -151,11 +194,30 @@ def _compress_graph(model: nn.Module, example: torch.Tensor, input_shape: tuple[
         if guard_data is not None and config.quantize and config.bits_search != "off":
             precisions, guard = _guard(lambda ps: build_graph(plan, ps), stages, precisions,
                                        guard_data, config)
+        unquantized = plan
+        rounded = {}
+        if config.quantize and not any(s.carriers for s in stages):
+            # the quantized model's plan: units rounding emptied are removed too (a plan that
+            # merged constants into carriers keeps its own: merging on the grid would need a
+            # second rounding)
+            snapped = plan_graph(model, example, config,
+                                 {n: p.frac_bits for n, p in zip(names, precisions)})
+            sizes = [(s.weight.shape[0], s.weight.shape[1]) for s in snapped.stages.values()]
+            if all(a <= b[0] and c <= b[1] for (a, c), b in
+                   zip(sizes, [tuple(s.weight.shape[:2]) for s in stages])):
+                plan = snapped
+                precisions = [with_frac_bits(s.weight, p, p.frac_bits, p.source)
+                              for s, p in zip(plan.stages.values(), precisions)]
+                rounded = {n: int(s0.weight.shape[0] - s.weight.shape[0])
+                           for (n, s), s0 in zip(plan.stages.items(), stages)
+                           if s.weight.shape[0] < s0.weight.shape[0]}
         small = build_graph(plan, precisions if config.quantize else None)
     small.kwh_input_shape = tuple(input_shape)
     summary = graph_summary(plan, precisions, small, input_shape, config)
+    if rounded:
+        summary["units_removed_by_rounding"] = rounded
     return _finish(small, summary, guard, prune_guard, eval_data,
-                   lambda: build_graph(plan, None) if config.quantize else small)
+                   lambda: build_graph(unquantized, None) if config.quantize else small)
 
 
 def _finish(small: nn.Module, summary: dict, guard: dict | None, prune_guard: dict | None,

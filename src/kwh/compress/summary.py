@@ -285,6 +285,8 @@ def format_summary(summary: dict) -> str:
             extra.append("BN folded")
         if d["carrier_units"]:
             extra.append(f"{d['carrier_units']} carrier")
+        if s.get("units_removed_by_rounding", {}).get(d["name"]):
+            extra.append(f"{s['units_removed_by_rounding'][d['name']]} rounded to 0, removed")
         note = f"  [{', '.join(extra)}]" if extra else ""
         lines.append(f"{d['name']:<{width}} {d['type']:<7} {shape:<24} {d['bits']:>4} "
                      f"{d['exp_bits']:>3} {d['frac_bits']:>3} {nz:>22} {macs:>22}{note}")
