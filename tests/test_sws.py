@@ -10,6 +10,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+import kwh.sws
 from kwh.errors import KwhError, ModelError
 from kwh.sws import MixturePrior, merge_components, mixture_weights, quantize_
 
@@ -275,3 +276,19 @@ def test_quantize_takes_the_most_responsible_component_not_the_nearest_mean():
     torch.testing.assert_close(q.codebook, torch.tensor([0.0, -0.4, 0.5], dtype=torch.float64))
     assert q.codes["0.weight"].flatten().tolist() == [0, 0, 0, 2, 2, 1, 1]
     assert q.density() == pytest.approx(4 / 7)
+
+
+def test_blocks_of_weights_give_the_same_value_and_gradients(monkeypatch):
+    """The fused pass over blocks (kwh.sws._CHUNK) against the closed forms, with blocks
+    smaller than a tensor and a last block that is partly filled."""
+    monkeypatch.setattr(kwh.sws, "_CHUNK", 5)
+    ws = [w.clone().requires_grad_(True) for w in _weights(seed=4)]
+    p = _prior(ws)
+    ref = _reference(p, ws)
+    value = p.neg_log_prob(ws)
+    assert value.item() == pytest.approx(ref["value"], rel=1e-12)
+    value.backward()
+    for w, d in zip(ws, ref["weights"]):
+        torch.testing.assert_close(w.grad, d, rtol=1e-10, atol=1e-10)
+    for name in PARAMS:
+        torch.testing.assert_close(getattr(p, name).grad, ref[name], rtol=1e-10, atol=1e-10)

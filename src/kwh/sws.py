@@ -92,6 +92,55 @@ def _log_normal(w: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor) -> tor
     return -0.5 * (_LOG_2PI + log_var + (w - mu) ** 2 * torch.exp(-log_var))  # (n, J)
 
 
+_CHUNK = 8192  # weights per block of the fused negative log density (fits a core's cache)
+
+
+class _MixtureNLL(torch.autograd.Function):
+    """-sum_i logsumexp_j a_ij, a_ij = log pi_j - (log 2 pi + log v_j) / 2 - (w_i - mu_j)^2 / 2 v_j,
+    and its gradients, in one pass over blocks of weights: no (n, J) tensor is kept for the
+    backward pass. With the responsibilities r_ij = softmax_j a_ij and z_ij = (w_i - mu_j)^2 / v_j:
+    d/dw_i = sum_j r_ij (w_i - mu_j) / v_j, d/dmu_j = -sum_i r_ij (w_i - mu_j) / v_j,
+    d/dlog v_j = sum_i r_ij (1 - z_ij) / 2, d/dlog pi_j = -sum_i r_ij."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor,
+                log_pi: torch.Tensor, chunk: int) -> torch.Tensor:
+        flat = w.detach().reshape(-1)
+        mu, log_var, log_pi = mu.detach(), log_var.detach(), log_pi.detach()
+        prec = torch.exp(-log_var)
+        const = log_pi - 0.5 * (_LOG_2PI + log_var)
+        grads = any(ctx.needs_input_grad[:4])
+        total = flat.new_zeros(())
+        if grads:
+            g_w = torch.empty_like(flat)
+            g_mu, g_lv, g_pi = (torch.zeros_like(mu) for _ in range(3))
+        for start in range(0, flat.numel(), chunk):
+            d = flat[start:start + chunk, None] - mu  # (c, J)
+            dp = d * prec
+            z = d.mul_(dp)  # (w - mu)^2 / v; d is not needed any more
+            a = torch.add(const, z, alpha=-0.5)
+            top = a.amax(dim=1, keepdim=True)
+            e = a.sub_(top).exp_()
+            norm = e.sum(dim=1, keepdim=True)
+            total -= (top + torch.log(norm)).sum()
+            if grads:
+                r = e.div_(norm)  # responsibilities
+                r_sum = r.sum(dim=0)
+                g_lv += 0.5 * (r_sum - (r * z).sum(dim=0))
+                g_pi -= r_sum
+                rd = r.mul_(dp)
+                g_w[start:start + chunk] = rd.sum(dim=1)
+                g_mu -= rd.sum(dim=0)
+        if grads:
+            ctx.save_for_backward(g_w.view_as(w), g_mu, g_lv, g_pi)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        g_w, g_mu, g_lv, g_pi = ctx.saved_tensors
+        return grad * g_w, grad * g_mu, grad * g_lv, grad * g_pi, None
+
+
 class MixturePrior(nn.Module):
     """Gaussian-mixture prior over weights, its parameters learned with them (module docstring).
 
@@ -158,8 +207,11 @@ class MixturePrior(nn.Module):
     def neg_log_prob(self, weights) -> torch.Tensor:
         """-log p(w) - log p(lambda): the weights' negative log density under the mixture,
         summed over every weight, minus the Gamma hyper-priors' log densities. ``weights``: a
-        model (its Linear and Conv weights), a tensor or tensors."""
-        nll = sum(-torch.logsumexp(self.log_joint(w), dim=1).sum() for w in _tensors(weights))
+        model (its Linear and Conv weights), a tensor or tensors. Computed with its gradients
+        in one pass over blocks of weights (memory: one gradient per weight, not per weight and
+        component)."""
+        log_pi, mu, log_var = self.mixture()
+        nll = sum(_MixtureNLL.apply(w, mu, log_var, log_pi, _CHUNK) for w in _tensors(weights))
         return nll - self.hyper_log_prob()
 
     def forward(self, weights) -> torch.Tensor:
