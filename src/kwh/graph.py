@@ -35,14 +35,14 @@ __all__ = ["trace", "chain", "ChainLink", "ChainError", "check_io", "check_calls
 
 _WEIGHTS_MODE_HINT = ("or compress only the weights with kwh.compress(model, mode='weights') "
                       "(masks and bits in place, the architecture unchanged)")
-_CHAIN_ONLY = ("this step needs a chain of layers (sigma-delta inference does; kwh.compress "
-               "prunes such a graph structurally)")
+_CHAIN_ONLY = ("not a chain of layers (kwh.compress and sigma-delta conversion then read the "
+               "graph itself)")
 
 
 class ChainError(ModelError):
     """The traced graph is not a chain of supported layers (a join, a branch, a function with
-    no module equivalent); the message names the construct. kwh.compress reads such a model
-    as a graph instead; sigma-delta inference needs a chain."""
+    no module equivalent); the message names the construct. kwh.compress and kwh.spike read
+    such a model as a graph instead (kwh.compress.dag, kwh.spike.plan.GraphPlan)."""
 
 
 # kwh's own layers: called as modules in a traced graph, never traced through (a

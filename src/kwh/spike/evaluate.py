@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from torch import Tensor, nn
 
 from .nets import DenseFrameNet, RoundingNet, SequenceNet, SigmaDeltaNet, ThresholdNet
-from .plan import Plan, build_plan
+from .plan import GraphPlan, Plan, build_plan
 from .result import SpikeRun
 from .scales import train_scales
 
@@ -70,7 +70,7 @@ def compare(model: nn.Module | Plan, sequences: Tensor, labels: Tensor | None = 
     The B sequences run in batches of ``batch_size`` through all four networks; after each
     batch ``progress(done, B)`` is called with the sequences done, when given.
     """
-    plan = model if isinstance(model, Plan) else build_plan(model)
+    plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
     nets: list[tuple[str, SequenceNet]] = [
         ("dense", DenseFrameNet(plan)),
         ("rounding", RoundingNet(plan, scales)),
@@ -95,7 +95,7 @@ def sweep_lambda(model: nn.Module | Plan, train_sequences: Tensor, eval_sequence
                  labels: Tensor | None, lambdas: Sequence[float], *,
                  batch_size: int | None = 256, **train_kw) -> list[SweepPoint]:
     """Train scales for every lambda and trace sigma-delta accuracy against additions."""
-    plan = model if isinstance(model, Plan) else build_plan(model)
+    plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
     dense = DenseFrameNet(plan).run(eval_sequences, batch_size)
     points = []
     for lam in lambdas:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .coders import Coder, DenseCoder, HerdCoder, RoundCoder, ThresholdCoder
 from .fanout import fanout_map, naive_macs
-from .plan import Plan, build_plan
+from .plan import GraphPlan, Plan, build_plan
 from .result import SpikeRun
 
 __all__ = ["SequenceNet", "DenseFrameNet", "RoundingNet", "SigmaDeltaNet", "ThresholdNet",
@@ -34,9 +34,9 @@ def per_layer(value: float | Sequence[float], n: int, what: str) -> list[float]:
 class SequenceNet:
     """A plan plus one coder per weight layer; ``run`` processes (T, B, *frame) at once."""
 
-    def __init__(self, model: nn.Module | Plan, coders: list[Coder],
+    def __init__(self, model: nn.Module | Plan | GraphPlan, coders: list[Coder],
                  dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, Plan) else build_plan(model)
+        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
         self.plan = plan.to(dtype)
         self.coders = coders
         self.dtype = dtype
@@ -81,8 +81,8 @@ class SequenceNet:
         sums: list[Tensor | None] = [None] * L
         outputs = []
         for t in range(T):
-            a = self.plan.pre(x[t])                              # (B, *in)
-            for l, (block, coder) in enumerate(zip(self.plan.blocks, self.coders)):
+            def layer(l: int, block, a: Tensor, t: int = t) -> Tensor:
+                coder = self.coders[l]
                 fan, fan_nz, naive = self._fanout(l, tuple(a.shape[1:]))
                 m, count = coder.encode(a)                      # (B, *in) each
                 ops[l, t] = (count * fan).flatten(1).sum(1)
@@ -92,11 +92,10 @@ class SequenceNet:
                 y = block.linear(m)                             # (B, *out), no bias
                 if coder.accumulates:                           # sigma: running sum
                     sums[l] = block.add_bias(y) if sums[l] is None else sums[l] + y
-                    y = sums[l]
-                else:
-                    y = block.add_bias(y)
-                a = block.post(y)
-            outputs.append(a)
+                    return sums[l]
+                return block.add_bias(y)
+
+            outputs.append(self.plan.frame(x[t], layer))        # (B, *out)
         return SpikeRun(torch.stack(outputs), ops, ops_nz, dense[0], dense[1], dense[2],
                         self.layer_names, self.coders[0].op_kind)
 
@@ -107,7 +106,7 @@ class DenseFrameNet(SequenceNet):
     """The original network evaluated densely on every frame (BatchNorm folded)."""
 
     def __init__(self, model: nn.Module | Plan, dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, Plan) else build_plan(model)
+        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
         super().__init__(plan, [DenseCoder() for _ in plan.blocks], dtype)
 
 
@@ -116,7 +115,7 @@ class RoundingNet(SequenceNet):
 
     def __init__(self, model: nn.Module | Plan, scales: float | Sequence[float],
                  dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, Plan) else build_plan(model)
+        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
         self.scales = per_layer(scales, len(plan.blocks), "scales")
         _check_positive(self.scales, "scales")
         super().__init__(plan, [RoundCoder(k) for k in self.scales], dtype)
@@ -127,7 +126,7 @@ class SigmaDeltaNet(SequenceNet):
 
     def __init__(self, model: nn.Module | Plan, scales: float | Sequence[float],
                  dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, Plan) else build_plan(model)
+        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
         self.scales = per_layer(scales, len(plan.blocks), "scales")
         _check_positive(self.scales, "scales")
         super().__init__(plan, [HerdCoder(k) for k in self.scales], dtype)
@@ -138,7 +137,7 @@ class ThresholdNet(SequenceNet):
 
     def __init__(self, model: nn.Module | Plan, threshold: float | Sequence[float],
                  dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, Plan) else build_plan(model)
+        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
         self.thresholds = per_layer(threshold, len(plan.blocks), "threshold")
         super().__init__(plan, [ThresholdCoder(th) for th in self.thresholds], dtype)
 

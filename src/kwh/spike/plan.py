@@ -1,7 +1,9 @@
 """Split a trained chain into blocks: weight layer (BatchNorm folded) + post-ops.
 
 The chain is an ``nn.Sequential``, or a model whose forward() traces into one
-(kwh.graph.chain, on example inputs); a graph that is not a chain is a ModelError.
+(kwh.graph.chain, on example inputs); a graph that is not a chain (a residual addition, a
+concatenation) becomes a ``GraphPlan``: its weight layers are the blocks, and the traced graph
+runs everything between them on reconstructed activations.
 
 Every Linear/Conv2d starts a block; the quantizer sits right before it, the layers after it
 (ReLU, pooling, flatten, dropout) act on reconstructed activations, as in O'Connor and Welling
@@ -14,17 +16,27 @@ input of each weight layer.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from kwh.errors import ModelError
+from kwh.graph import (
+    ChainError,
+    check_calls,
+    check_io,
+    example_input,
+    explicit_chain,
+    is_plain_sequential,
+    trace,
+)
 from kwh.graph import chain as graph_chain
-from kwh.graph import explicit_chain, is_plain_sequential
 from kwh.modules import SelectInputs
 
-__all__ = ["Block", "Plan", "build_plan", "reference_forward", "input_shapes", "SUPPORTED"]
+__all__ = ["Block", "Plan", "GraphPlan", "build_plan", "reference_forward", "input_shapes",
+           "SUPPORTED"]
 
 _WEIGHTED = (nn.Linear, nn.Conv2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -56,6 +68,11 @@ class Block:
         return z + self.bias.view(shape)
 
 
+# layer_fn(l, block, a) -> the block's reconstructed pre-activation (bias included) for its
+# input ``a``: what each network (dense, rounding, sigma-delta, ...) does at a weight layer.
+LayerFn = Callable[[int, Block, Tensor], Tensor]
+
+
 @dataclass
 class Plan:
     """Pre-ops on raw frames, then the blocks, in order."""
@@ -68,6 +85,13 @@ class Plan:
         blocks = [Block(b.layer.to(dtype), None if b.bias is None else b.bias.to(dtype),
                         b.post, b.name) for b in copy.deepcopy(self.blocks)]
         return Plan(copy.deepcopy(self.pre), blocks)
+
+    def frame(self, x: Tensor, layer_fn: LayerFn) -> Tensor:
+        """One frame through the network, ``layer_fn`` at every weight layer, in order."""
+        a = self.pre(x)
+        for l, b in enumerate(self.blocks):
+            a = b.post(layer_fn(l, b, a))
+        return a
 
 
 def _flatten(model: nn.Module, example: Tensor | None = None) -> list[tuple[str, nn.Module]]:
@@ -116,11 +140,20 @@ def _unsupported(name: str, m: nn.Module) -> ModelError:
                      f"supported layers: {', '.join(SUPPORTED)}")
 
 
-def build_plan(model: nn.Module, example_inputs: Tensor | None = None) -> Plan:
+def build_plan(model: nn.Module, example_inputs: Tensor | None = None) -> Plan | GraphPlan:
     """Validate ``model`` and split it into pre-ops and blocks (BatchNorm folded).
 
-    A model that is not a plain nn.Sequential is traced on ``example_inputs`` (a batch)."""
-    layers = _flatten(model, example_inputs)
+    A model that is not a plain nn.Sequential is traced on ``example_inputs`` (a batch; by
+    default a random one of the model's ``kwh_input_shape``, as a loaded .kwh file has). A
+    traced graph that is not a chain (residual additions, concatenations, branches) becomes
+    a GraphPlan: the same blocks, run by the graph."""
+    if example_inputs is None and not is_plain_sequential(model) \
+            and getattr(model, "kwh_input_shape", None) is not None:
+        example_inputs = example_input(model, tuple(model.kwh_input_shape))
+    try:
+        layers = _flatten(model, example_inputs)
+    except ChainError:
+        return build_graph_plan(model, example_inputs)
     pre: list[nn.Module] = []
     blocks: list[Block] = []
     i = 0
@@ -157,20 +190,119 @@ def build_plan(model: nn.Module, example_inputs: Tensor | None = None) -> Plan:
     return Plan(nn.Sequential(*pre).eval(), blocks)
 
 
-def reference_forward(plan: Plan, x: Tensor) -> Tensor:
+def _dense(l: int, b: Block, a: Tensor) -> Tensor:
+    return b.add_bias(b.linear(a))
+
+
+def reference_forward(plan: Plan | GraphPlan, x: Tensor) -> Tensor:
     """Dense forward pass through the plan (the original model, BN folded)."""
-    x = plan.pre(x)
-    for b in plan.blocks:
-        x = b.post(b.add_bias(b.linear(x)))
-    return x
+    return plan.frame(x, _dense)
 
 
-def input_shapes(plan: Plan, frame: Tensor) -> list[tuple[int, ...]]:
+def input_shapes(plan: Plan | GraphPlan, frame: Tensor) -> list[tuple[int, ...]]:
     """Input shape (without batch) of every weight layer for one frame (1, *frame)."""
-    shapes = []
+    shapes: list[tuple[int, ...]] = [()] * len(plan.blocks)
+
+    def record(l: int, b: Block, a: Tensor) -> Tensor:
+        shapes[l] = tuple(a.shape[1:])
+        return _dense(l, b, a)
+
     with torch.no_grad():
-        a = plan.pre(frame)
-        for b in plan.blocks:
-            shapes.append(tuple(a.shape[1:]))
-            a = b.post(b.add_bias(b.linear(a)))
+        plan.frame(frame, record)
     return shapes
+
+
+# ------------------------------------------------------------------------ graphs
+
+class GraphPlan:
+    """A traced model that is not a chain, as a sigma-delta network: its weight layers as
+    blocks (bias apart, a BatchNorm that only reads one of them folded in, no post-ops), run
+    by the traced graph itself. Every other operation (residual additions, concatenations,
+    activations, pooling, reshapes) acts on the reconstructed activations, as the post-ops of
+    a chain do; additions are linear, so they commute with the temporal difference and the
+    sigma-delta network still computes exactly what the rounding network computes.
+    """
+
+    def __init__(self, gm: fx.GraphModule, blocks: list[Block], targets: list[str],
+                 folded: set[str]):
+        self.gm, self.blocks, self.targets, self.folded = gm, blocks, targets, folded
+        self._index = {t: i for i, t in enumerate(targets)}
+
+    def to(self, dtype: torch.dtype) -> GraphPlan:
+        """A copy with every parameter and buffer cast to ``dtype``."""
+        blocks = [Block(b.layer.to(dtype), None if b.bias is None else b.bias.to(dtype),
+                        b.post, b.name) for b in copy.deepcopy(self.blocks)]
+        return GraphPlan(copy.deepcopy(self.gm).to(dtype), blocks, list(self.targets),
+                         set(self.folded))
+
+    def frame(self, x: Tensor, layer_fn: LayerFn) -> Tensor:
+        """One frame through the graph, ``layer_fn`` at every weight layer."""
+        plan = self
+
+        class Run(fx.Interpreter):
+            def call_module(self, target, args, kwargs):
+                if target in plan._index:
+                    l = plan._index[target]
+                    return layer_fn(l, plan.blocks[l], args[0])
+                if target in plan.folded:
+                    return args[0]
+                return super().call_module(target, args, kwargs)
+
+        return Run(self.gm).run(x)
+
+
+def build_graph_plan(model: nn.Module, example: Tensor | None) -> GraphPlan:
+    """The GraphPlan of ``model`` traced on ``example``; ModelError naming what it cannot run
+    (a layer with weights other than Linear/Conv2d/BatchNorm, a BatchNorm that does not only
+    read one weight layer's output, shared weights, several inputs or outputs)."""
+    if example is None:
+        raise ModelError(f"{type(model).__name__} is not a chain of layers, so sigma-delta "
+                         "conversion traces its graph on example inputs: pass "
+                         "example_inputs=x (a batch of inputs) to build_plan")
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        gm = trace(model)
+        with torch.no_grad():
+            ref = model(example)
+    finally:
+        for m, f in flags:
+            m.training = f
+    check_io(model, gm)
+    check_calls(gm)
+    modules = dict(gm.named_modules())
+    users = {n: list(n.users) for n in gm.graph.nodes}
+    blocks, targets, folded = [], [], set()
+    for n in gm.graph.nodes:
+        if n.op != "call_module":
+            continue
+        m = modules[n.target]
+        if isinstance(m, _WEIGHTED):
+            if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+                raise ModelError(f"layer {n.target}: padding_mode={m.padding_mode!r} is not "
+                                 "supported; only 'zeros'")
+            after = users[n]
+            bn = None
+            if len(after) == 1 and after[0].op == "call_module" and \
+                    isinstance(modules[after[0].target], _NORMS):
+                bn = modules[after[0].target]
+                folded.add(after[0].target)
+            layer, bias = _fold(m, bn)
+            blocks.append(Block(layer, bias, nn.Sequential(), f"{n.target}:{type(m).__name__}"))
+            targets.append(n.target)
+        elif isinstance(m, _NORMS):
+            if n.target not in folded:
+                raise ModelError(f"{type(m).__name__} {n.target!r} does not only read the output "
+                                 "of one Linear/Conv2d, so it cannot be folded into it; "
+                                 "sigma-delta conversion counts the work of weight layers only")
+        elif any(True for _ in m.parameters()):
+            raise _unsupported(n.target, m)
+    if not blocks:
+        raise ModelError("model has no Linear or Conv2d layer to convert")
+    plan = GraphPlan(gm, blocks, targets, folded)
+    with torch.no_grad():
+        got = reference_forward(plan, example)
+    if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-4, atol=1e-5):
+        raise ModelError(f"the sigma-delta plan of {type(model).__name__} does not reproduce "
+                         "the model on the example inputs")
+    return plan

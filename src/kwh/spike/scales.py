@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .fanout import fanout_map
 from .nets import per_layer
-from .plan import Plan, build_plan, input_shapes, reference_forward
+from .plan import GraphPlan, Plan, build_plan, input_shapes, reference_forward
 from .quantize import ste_round
 
 __all__ = ["train_scales", "relaxed_cost", "ERRORS"]
@@ -35,7 +35,8 @@ def _error(out: Tensor, ref: Tensor, kind: str) -> Tensor:
     return F.mse_loss(out, ref)
 
 
-def relaxed_cost(plan: Plan, x: Tensor, log_k: Tensor, fans: list[Tensor]) -> tuple[Tensor, Tensor]:
+def relaxed_cost(plan: Plan | GraphPlan, x: Tensor, log_k: Tensor,
+                 fans: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Rounding-network outputs (T, B, *out) and sigma-delta additions per frame (T, B).
 
     Forward values are exact (integer spike counts); gradients use ``round(v) ~ v`` for the
@@ -45,23 +46,24 @@ def relaxed_cost(plan: Plan, x: Tensor, log_k: Tensor, fans: list[Tensor]) -> tu
     prev_v: list[Tensor | float] = [0.0] * len(plan.blocks)
     prev_q: list[Tensor | float] = [0.0] * len(plan.blocks)
     for t in range(x.shape[0]):
-        a = plan.pre(x[t])                                    # (B, *in)
-        cost = x.new_zeros(x.shape[1])
-        for l, b in enumerate(plan.blocks):
+        cost = [x.new_zeros(x.shape[1])]
+
+        def layer(l: int, b, a: Tensor) -> Tensor:
             k = log_k[l].exp()
             v = k * a
             q = ste_round(v)                                  # round(k a_t), STE
             dv, dq = (v - prev_v[l]).abs(), (q - prev_q[l]).abs()
             spikes = dv + (dq - dv).detach()                  # |s_t| forward, |k da| backward
-            cost = cost + (spikes * fans[l]).flatten(1).sum(1)
+            cost[0] = cost[0] + (spikes * fans[l]).flatten(1).sum(1)
             prev_v[l], prev_q[l] = v, q
-            a = b.post(b.add_bias(b.linear(q / k)))
-        outs.append(a)
-        costs.append(cost)
+            return b.add_bias(b.linear(q / k))
+
+        outs.append(plan.frame(x[t], layer))
+        costs.append(cost[0])
     return torch.stack(outs), torch.stack(costs)
 
 
-def train_scales(model: nn.Module | Plan, sequences: Tensor, lam: float, *,
+def train_scales(model: nn.Module | Plan | GraphPlan, sequences: Tensor, lam: float, *,
                  init: float | Sequence[float] = 16.0, steps: int = 100, lr: float = 0.05,
                  batch_size: int = 16, error: str = "kl", seed: int = 0,
                  progress: Callable[[int, int], None] | None = None) -> list[float]:
@@ -71,7 +73,7 @@ def train_scales(model: nn.Module | Plan, sequences: Tensor, lam: float, *,
         raise ValueError(f"Unknown error {error!r}; choose one of: {', '.join(ERRORS)}")
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam!r}")
-    plan = (model if isinstance(model, Plan) else build_plan(model)).to(torch.float32)
+    plan = (model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)).to(torch.float32)
     for b in plan.blocks:
         b.layer.requires_grad_(False)
     x = sequences.to(torch.float32)
