@@ -47,10 +47,14 @@ SGLD_LR, PSGLD_LR = 1e-6, 4e-8
 #     means, the log-variances and the mixing logits: 5e-4, 1e-4, 3e-3, 3e-3 (the authors'
 #     tutorial; the paper names 5e-4 and 1e-4). lr None: the config's lr. Each follows the
 #     config's lr_decay over the phase, like every group of a Bayesian run.
+#   tau_end: None (tau constant), or the tau the phase ends at: tau moves geometrically from
+#     tau to tau_end over the phase (annealing tau, which the authors' tutorial suggests for
+#     better results: the prior pulls the weights onto their components ever harder).
 SWS_DEFAULTS = {"tau": TAU, "n_components": N_COMPONENTS, "zero_mix": ZERO_MIX,
                 "init_std": INIT_STD, "gamma_shape": GAMMA[0], "gamma_rate": GAMMA[1],
                 "zero_gamma_shape": ZERO_GAMMA[0], "zero_gamma_rate": ZERO_GAMMA[1],
-                "lr": 5e-4, "lr_means": 1e-4, "lr_log_vars": 3e-3, "lr_mix": 3e-3}
+                "lr": 5e-4, "lr_means": 1e-4, "lr_log_vars": 3e-3, "lr_mix": 3e-3,
+                "tau_end": None}
 DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that change how a run computes, so a resumed run must agree on them; the others
@@ -258,13 +262,14 @@ class TrainConfig:
                     raise KwhError(f"soft weight-sharing option n_components must be an "
                                    f"integer >= 2, got {v!r}")
                 continue
-            if v is None and name == "lr":
+            if v is None and name in ("lr", "tau_end"):
                 continue
             high = 1 if name == "zero_mix" else None
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
                 and v > 0 and (high is None or v < high)
             if not ok:
-                bound = "in (0, 1)" if high else "> 0" + (" (or None)" if name == "lr" else "")
+                bound = "in (0, 1)" if high else \
+                    "> 0" + (" (or None)" if name in ("lr", "tau_end") else "")
                 raise KwhError(f"soft weight-sharing option {name} must be a finite number "
                                f"{bound}, got {v!r}")
         if self.shrink_patience:

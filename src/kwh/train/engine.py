@@ -346,7 +346,6 @@ class _Trainer:
                    desc=f"epoch {e + 1}/{c.total_epochs} {self._phase(e)}", unit="step",
                    dynamic_ncols=True, mininterval=0.5)
         self.net.train()
-        tau = c.sws_settings()["tau"] if self.kind == SWS else 0.0
         with bar:
             for k in range(self.step, steps):
                 beta = self.sched.kl_weight(e, k) if self.kind not in (SGLD, SWS) else 0.0
@@ -362,7 +361,8 @@ class _Trainer:
                 if self.kind == BAYESIAN:
                     loss = free_energy(self.model, nll, self.n_data, beta)
                 elif self.kind == SWS:  # the prior term's gradient reaches every rank alike
-                    loss = nll + self.prior.loss(self.model, self.n_data, tau)
+                    loss = nll + self.prior.loss(self.model, self.n_data,
+                                                 self.sched.sws_tau(e, k))
                 else:
                     loss = nll
                 if self.fault is not None:

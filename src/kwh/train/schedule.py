@@ -38,6 +38,15 @@ class Schedule:
             return 1.0 - (epoch + step / self.steps_per_epoch) / c.pretrain_epochs
         return 1.0 - self.bayes_progress(epoch, step) / c.epochs  # linear to 0
 
+    def sws_tau(self, epoch: int, step: int) -> float:
+        """The soft weight-sharing prior's weight tau at (epoch, step): sws_options' tau, or,
+        with tau_end set, tau (tau_end / tau)^p at the fraction p of the phase done."""
+        o = self.config.sws_settings()
+        if o["tau_end"] is None:
+            return float(o["tau"])
+        p = min(max(self.bayes_progress(epoch, step) / self.config.epochs, 0.0), 1.0)
+        return float(o["tau"] * (o["tau_end"] / o["tau"]) ** p)
+
     def kl_weight(self, epoch: int, step: int) -> float:
         """beta of the free energy at (epoch, step); 0 during pretraining."""
         if self.phase(epoch) == PRETRAIN:
