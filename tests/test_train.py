@@ -621,7 +621,7 @@ def test_sws_settings_fill_in_the_paper_defaults():
         "tau": 5e-3, "n_components": 17, "zero_mix": 0.999, "init_std": 0.25,
         "gamma_shape": 250.0, "gamma_rate": 0.1, "zero_gamma_shape": 5000.0,
         "zero_gamma_rate": 2.0, "lr": 5e-4, "lr_means": 1e-4, "lr_log_vars": 3e-3,
-        "lr_mix": 3e-3, "tau_end": None}
+        "lr_mix": 3e-3, "tau_end": None, "tau_ramp_start": 0.0}
     assert TrainConfig(method="sws", lr=2e-3, sws_options={"lr": None}).sws_settings()["lr"] == 2e-3
 
 
@@ -637,4 +637,11 @@ def test_sws_tau_is_constant_or_annealed_geometrically_over_the_phase():
     assert s.sws_tau(5, 5) == pytest.approx(1e-3 * 100 ** (3.5 / 4))
     with pytest.raises(KwhError, match="option tau_end must be a finite number > 0 \\(or None\\)"):
         TrainConfig(method="sws", sws_options={"tau_end": -1.0})
+    late = Schedule(TrainConfig(method="sws", pretrain_epochs=0, epochs=4, sws_options={
+        "tau": 1e-3, "tau_end": 1e-1, "tau_ramp_start": 0.5}), steps_per_epoch=10)
+    assert late.sws_tau(1, 9) == pytest.approx(1e-3)  # constant for the first half
+    assert late.sws_tau(3, 0) == pytest.approx(1e-2)  # half way through the ramp
+    assert late.sws_tau(3, 9) == pytest.approx(1e-3 * 100 ** 0.95)
+    with pytest.raises(KwhError, match="tau_ramp_start must be a fraction of the phase"):
+        TrainConfig(method="sws", sws_options={"tau_ramp_start": 1.0})
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c

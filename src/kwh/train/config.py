@@ -49,12 +49,13 @@ SGLD_LR, PSGLD_LR = 1e-6, 4e-8
 #     config's lr_decay over the phase, like every group of a Bayesian run.
 #   tau_end: None (tau constant), or the tau the phase ends at: tau moves geometrically from
 #     tau to tau_end over the phase (annealing tau, which the authors' tutorial suggests for
-#     better results: the prior pulls the weights onto their components ever harder).
+#     better results: the prior pulls the weights onto their components ever harder), from
+#     the fraction tau_ramp_start of the phase on (0: from its start).
 SWS_DEFAULTS = {"tau": TAU, "n_components": N_COMPONENTS, "zero_mix": ZERO_MIX,
                 "init_std": INIT_STD, "gamma_shape": GAMMA[0], "gamma_rate": GAMMA[1],
                 "zero_gamma_shape": ZERO_GAMMA[0], "zero_gamma_rate": ZERO_GAMMA[1],
                 "lr": 5e-4, "lr_means": 1e-4, "lr_log_vars": 3e-3, "lr_mix": 3e-3,
-                "tau_end": None}
+                "tau_end": None, "tau_ramp_start": 0.0}
 DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that change how a run computes, so a resumed run must agree on them; the others
@@ -263,6 +264,11 @@ class TrainConfig:
                                    f"integer >= 2, got {v!r}")
                 continue
             if v is None and name in ("lr", "tau_end"):
+                continue
+            if name == "tau_ramp_start":
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                    raise KwhError(f"soft weight-sharing option tau_ramp_start must be a "
+                                   f"fraction of the phase in [0, 1), got {v!r}")
                 continue
             high = 1 if name == "zero_mix" else None
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \

@@ -40,11 +40,14 @@ class Schedule:
 
     def sws_tau(self, epoch: int, step: int) -> float:
         """The soft weight-sharing prior's weight tau at (epoch, step): sws_options' tau, or,
-        with tau_end set, tau (tau_end / tau)^p at the fraction p of the phase done."""
+        with tau_end set, tau (tau_end / tau)^p, p the fraction done of the ramp that starts
+        at the fraction tau_ramp_start of the phase and ends with it."""
         o = self.config.sws_settings()
         if o["tau_end"] is None:
             return float(o["tau"])
-        p = min(max(self.bayes_progress(epoch, step) / self.config.epochs, 0.0), 1.0)
+        done = self.bayes_progress(epoch, step) / self.config.epochs
+        start = o["tau_ramp_start"]
+        p = min(max((done - start) / (1.0 - start), 0.0), 1.0)
         return float(o["tau"] * (o["tau_end"] / o["tau"]) ** p)
 
     def kl_weight(self, epoch: int, step: int) -> float:
