@@ -89,7 +89,7 @@ def test_what_the_graph_plan_cannot_run_is_named():
         def forward(self, x):  # a BatchNorm of the input: nothing to fold it into
             return F.relu(self.c(self.bn(x))).mean((2, 3)) + x.mean((1, 2, 3))[:, None]
 
-    with pytest.raises(ModelError, match="'bn' does not only read the output of one"):
+    with pytest.raises(ModelError, match="'bn' is not the only reader of one"):
         build_plan(NormFirst().eval(), example_inputs=torch.randn(2, *SHAPE))
 
     class Conv1dBranch(nn.Module):
@@ -125,3 +125,36 @@ def test_a_compressed_resnet_file_runs_as_sigma_delta(tmp_path, data_root, capsy
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()
             if line.split() and line.split()[0] in ("rounding", "sigma-delta")}
     assert rows["sigma-delta"][:3] == rows["rounding"][:3]  # same accuracy, agreement, spikes
+
+
+class InPlaceBlock(nn.Module):
+    """A torchvision-style residual block: ``out += identity``, in-place ReLUs, a Dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3)
+        self.c2, self.b2 = nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3)
+        self.relu, self.drop = nn.ReLU(inplace=True), nn.Dropout(0.5)
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        out = self.relu(self.b1(self.c1(x)))
+        out = self.b2(self.c2(out))
+        out += x
+        out = F.relu(out, inplace=True)
+        return self.fc(self.drop(out.mean((2, 3))))
+
+
+def test_in_place_operations_and_train_mode_do_not_disturb_the_sigma_delta_state():
+    torch.manual_seed(0)
+    model = _trained_like(InPlaceBlock()).train()  # left in train mode: Dropout must not act
+    x = _frames(t=6)
+    plan = build_plan(model, example_inputs=x[0].float())
+    assert model.training  # the user's model keeps its mode
+    dense = DenseFrameNet(plan).run(x)
+    with torch.no_grad():
+        ref = model.eval().double()(x[2])
+    torch.testing.assert_close(dense.outputs[2], ref, rtol=1e-6, atol=1e-6)
+    model.float()
+    torch.testing.assert_close(SigmaDeltaNet(plan, 8.0).run(x).outputs,
+                               RoundingNet(plan, 8.0).run(x).outputs, rtol=0, atol=1e-9)

@@ -292,3 +292,12 @@ def test_blocks_of_weights_give_the_same_value_and_gradients(monkeypatch):
         torch.testing.assert_close(w.grad, d, rtol=1e-10, atol=1e-10)
     for name in PARAMS:
         torch.testing.assert_close(getattr(p, name).grad, ref[name], rtol=1e-10, atol=1e-10)
+
+
+def test_without_gradients_the_value_is_the_same():
+    ws = [w.clone().requires_grad_(True) for w in _weights(seed=6)]
+    p = _prior(ws)
+    with torch.no_grad():
+        quiet = p.neg_log_prob(ws)
+    assert quiet.item() == pytest.approx(_reference(p, ws)["value"], rel=1e-12)
+    assert not quiet.requires_grad

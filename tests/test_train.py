@@ -644,4 +644,7 @@ def test_sws_tau_is_constant_or_annealed_geometrically_over_the_phase():
     assert late.sws_tau(3, 9) == pytest.approx(1e-3 * 100 ** 0.95)
     with pytest.raises(KwhError, match="tau_ramp_start must be a fraction of the phase"):
         TrainConfig(method="sws", sws_options={"tau_ramp_start": 1.0})
+    with pytest.raises(KwhError, match="tau_ramp_start starts the annealing of tau: give "
+                                       "tau_end too"):
+        TrainConfig(method="sws", sws_options={"tau_ramp_start": 0.5})
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c

@@ -104,12 +104,12 @@ class _MixtureNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor,
-                log_pi: torch.Tensor, chunk: int) -> torch.Tensor:
+                log_pi: torch.Tensor, chunk: int, want_grads: bool) -> torch.Tensor:
         flat = w.detach().reshape(-1)
         mu, log_var, log_pi = mu.detach(), log_var.detach(), log_pi.detach()
         prec = torch.exp(-log_var)
         const = log_pi - 0.5 * (_LOG_2PI + log_var)
-        grads = any(ctx.needs_input_grad[:4])
+        grads = want_grads and any(ctx.needs_input_grad[:4])
         total = flat.new_zeros(())
         if grads:
             g_w = torch.empty_like(flat)
@@ -138,7 +138,7 @@ class _MixtureNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         g_w, g_mu, g_lv, g_pi = ctx.saved_tensors
-        return grad * g_w, grad * g_mu, grad * g_lv, grad * g_pi, None
+        return grad * g_w, grad * g_mu, grad * g_lv, grad * g_pi, None, None
 
 
 class MixturePrior(nn.Module):
@@ -211,7 +211,9 @@ class MixturePrior(nn.Module):
         in one pass over blocks of weights (memory: one gradient per weight, not per weight and
         component)."""
         log_pi, mu, log_var = self.mixture()
-        nll = sum(_MixtureNLL.apply(w, mu, log_var, log_pi, _CHUNK) for w in _tensors(weights))
+        grads = torch.is_grad_enabled()  # inside the Function's forward it always reads False
+        nll = sum(_MixtureNLL.apply(w, mu, log_var, log_pi, _CHUNK, grads)
+                  for w in _tensors(weights))
         return nll - self.hyper_log_prob()
 
     def forward(self, weights) -> torch.Tensor:
@@ -261,8 +263,9 @@ def merge_components(prior: MixturePrior, merge_kl: float = MERGE_KL
     """Merge components whose KL divergences (both ways) are below ``merge_kl``, transitively.
 
     Returns (groups of component indices, log pi, mu, sigma^2) of the merged mixture (float64
-    tensors, whatever the prior's dtype), the group of the zero component first: pi summed, mean and variance matched to the group's
-    first two moments; the zero group's mean stays exactly 0.
+    tensors, whatever the prior's dtype), the group of the zero component first: pi summed,
+    mean and variance matched to the group's first two moments; the zero group's mean stays
+    exactly 0.
     """
     if isinstance(merge_kl, bool) or not isinstance(merge_kl, (int, float)) \
             or not math.isfinite(merge_kl) or merge_kl < 0:

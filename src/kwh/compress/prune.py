@@ -128,13 +128,13 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
         if guard_data is not None and config.quantize and config.bits_search != "off":
             precisions, guard = _guard(lambda ps: assemble(prefix, stages, ps), stages,
                                        precisions, guard_data, config)
-        unquantized = stages
+        unquantized, rounded = stages, {}
         if config.quantize:
             prefix, stages, precisions, rounded = _drop_rounded_units(prefix, stages, precisions,
                                                                       keep_inputs)
         small = assemble(prefix, stages, precisions if config.quantize else None)
     summary = summarize(nodes, stages, precisions, small, input_shape, config)
-    if config.quantize and rounded:
+    if rounded:
         summary["units_removed_by_rounding"] = rounded
     return _finish(small, summary, guard, prune_guard, eval_data,
                    lambda: assemble(prefix0, unquantized, None) if config.quantize else small)
@@ -200,11 +200,15 @@ def _compress_graph(model: nn.Module, example: torch.Tensor, input_shape: tuple[
             # the quantized model's plan: units rounding emptied are removed too (a plan that
             # merged constants into carriers keeps its own: merging on the grid would need a
             # second rounding)
-            snapped = plan_graph(model, example, config,
-                                 {n: p.frac_bits for n, p in zip(names, precisions)})
-            sizes = [(s.weight.shape[0], s.weight.shape[1]) for s in snapped.stages.values()]
-            if all(a <= b[0] and c <= b[1] for (a, c), b in
-                   zip(sizes, [tuple(s.weight.shape[:2]) for s in stages])):
+            try:
+                snapped = plan_graph(model, example, config,
+                                     {n: p.frac_bits for n, p in zip(names, precisions)})
+            except ModelError:  # the clean-up is optional: the plan checked above stands
+                snapped = None
+            sizes = [] if snapped is None else \
+                [(s.weight.shape[0], s.weight.shape[1]) for s in snapped.stages.values()]
+            if snapped is not None and all(a <= b[0] and c <= b[1] for (a, c), b in
+                                           zip(sizes, [tuple(s.weight.shape[:2]) for s in stages])):
                 plan = snapped
                 precisions = [with_frac_bits(s.weight, p, p.frac_bits, p.source)
                               for s, p in zip(plan.stages.values(), precisions)]

@@ -68,7 +68,7 @@ class HerdCoder(Coder):
         if self.prev is None:
             self.prev, self.phi = torch.zeros_like(a), torch.zeros_like(a)
         s, self.phi = herd(self.phi, a - self.prev, self.k)  # s: integer spikes (B, *shape)
-        self.prev = a
+        self.prev = a.clone()  # the graph after the layer must not change what it read
         return s / self.k, s.abs()
 
 

@@ -92,7 +92,7 @@ class SequenceNet:
                 y = block.linear(m)                             # (B, *out), no bias
                 if coder.accumulates:                           # sigma: running sum
                     sums[l] = block.add_bias(y) if sums[l] is None else sums[l] + y
-                    return sums[l]
+                    return sums[l].clone()  # the running sum stays the layer's own
                 return block.add_bias(y)
 
             outputs.append(self.plan.frame(x[t], layer))        # (B, *out)

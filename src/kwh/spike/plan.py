@@ -16,6 +16,7 @@ input of each weight layer.
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -270,6 +271,7 @@ def build_graph_plan(model: nn.Module, example: Tensor | None) -> GraphPlan:
             m.training = f
     check_io(model, gm)
     check_calls(gm)
+    gm = _out_of_place(copy.deepcopy(gm).eval())  # its own modules, in eval mode
     modules = dict(gm.named_modules())
     users = {n: list(n.users) for n in gm.graph.nodes}
     blocks, targets, folded = [], [], set()
@@ -292,8 +294,8 @@ def build_graph_plan(model: nn.Module, example: Tensor | None) -> GraphPlan:
             targets.append(n.target)
         elif isinstance(m, _NORMS):
             if n.target not in folded:
-                raise ModelError(f"{type(m).__name__} {n.target!r} does not only read the output "
-                                 "of one Linear/Conv2d, so it cannot be folded into it; "
+                raise ModelError(f"{type(m).__name__} {n.target!r} is not the only reader of one "
+                                 "Linear/Conv2d's output, so it cannot be folded into it; "
                                  "sigma-delta conversion counts the work of weight layers only")
         elif any(True for _ in m.parameters()):
             raise _unsupported(n.target, m)
@@ -306,3 +308,25 @@ def build_graph_plan(model: nn.Module, example: Tensor | None) -> GraphPlan:
         raise ModelError(f"the sigma-delta plan of {type(model).__name__} does not reproduce "
                          "the model on the example inputs")
     return plan
+
+
+def _out_of_place(gm: fx.GraphModule) -> fx.GraphModule:
+    """The graph with every in-place operation made out-of-place (``x += y``, ``relu_``,
+    ``inplace=True``): the sigma-delta state (running sums, last inputs) is read by the
+    operations after each layer and must not be overwritten by them."""
+    for m in gm.modules():
+        if getattr(m, "inplace", False):
+            m.inplace = False
+    inplace_ops = {operator.iadd: operator.add, operator.isub: operator.sub,
+                   operator.imul: operator.mul, operator.itruediv: operator.truediv}
+    for n in gm.graph.nodes:
+        if n.op == "call_function":
+            if n.target in inplace_ops:
+                n.target = inplace_ops[n.target]
+            if n.kwargs.get("inplace"):
+                n.kwargs = {**n.kwargs, "inplace": False}
+        elif n.op == "call_method" and isinstance(n.target, str) and n.target.endswith("_") \
+                and not n.target.startswith("_") and hasattr(Tensor, n.target[:-1]):
+            n.target = n.target[:-1]
+    gm.recompile()
+    return gm

@@ -278,6 +278,9 @@ class TrainConfig:
                     "> 0" + (" (or None)" if name in ("lr", "tau_end") else "")
                 raise KwhError(f"soft weight-sharing option {name} must be a finite number "
                                f"{bound}, got {v!r}")
+        if o["tau_ramp_start"] and o["tau_end"] is None:
+            raise KwhError("soft weight-sharing option tau_ramp_start starts the annealing of "
+                           "tau: give tau_end too")
         if self.shrink_patience:
             raise KwhError("shrink_patience removes pruned groups of a Bayesian net; a soft "
                            "weight-sharing run (method='sws') trains a plain net: leave it 0")
