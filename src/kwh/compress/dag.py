@@ -213,8 +213,7 @@ def plan_graph(model: nn.Module, example: Tensor, config: CompressConfig,
     folded = _fold_norms(gm, modules, shapes, stages, config)
     if frac_bits is not None:
         for name, s in stages.items():
-            s.weight = quantize(s.weight, frac_bits[name])
-            s.kept = s.kept & (s.weight != 0)
+            s.snap_(frac_bits[name])
     ch = _walk(gm, modules, shapes, stages, folded)
     plan = GraphPlan(gm, stages, folded, {t: torch.ones(len(a), dtype=torch.bool)
                                           for t, a in ch.norms.items()}, ch.frozen_layers)

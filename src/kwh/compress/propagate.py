@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kwh.compress.precision import quantize
 from kwh.compress.stages import Stage
 from kwh.errors import ModelError
 
@@ -57,10 +56,10 @@ def snap_to_grid(stages: list[Stage], frac_bits: list[int]) -> list[Stage]:
     """
     out = []
     for s, t in zip(stages, frac_bits):
-        w = quantize(s.weight, t)
-        out.append(replace(s, weight=w, bias=s.bias.clone(), kept=s.kept & (w != 0),
-                           var=None if s.var is None else s.var.clone(), rows=s.rows.clone(),
-                           cols=s.cols.clone(), carriers=list(s.carriers)))
+        c = replace(s, bias=s.bias.clone(), var=None if s.var is None else s.var.clone(),
+                    rows=s.rows.clone(), cols=s.cols.clone(), carriers=list(s.carriers))
+        c.snap_(t)  # new weight and kept tensors: the originals stay as they are
+        out.append(c)
     return out
 
 

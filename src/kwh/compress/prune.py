@@ -163,11 +163,18 @@ def _drop_rounded_units(prefix: list[nn.Module], stages: list[Stage],
             full = keep_inputs.clone()
             full[keep_inputs.nonzero().flatten()[~keep]] = False
             prefix = [*prefix[:-1], SelectInputs(full)]
+    return (prefix, snapped, *_after_rounding(stages, snapped, precisions))
+
+
+def _after_rounding(before: list[Stage], after: list[Stage], precisions: list[LayerPrecision]
+                    ) -> tuple[list[LayerPrecision], dict[str, int]]:
+    """The precisions with the magnitude bits of the weights left, and the units rounding
+    removed per layer (only layers that lost some)."""
     precisions = [with_frac_bits(s.weight, p, p.frac_bits, p.source)
-                  for s, p in zip(snapped, precisions)]
+                  for s, p in zip(after, precisions)]
     rounded = {s.name: int(s0.weight.shape[0] - s.weight.shape[0])
-               for s0, s in zip(stages, snapped) if s.weight.shape[0] < s0.weight.shape[0]}
-    return prefix, snapped, precisions, rounded
+               for s0, s in zip(before, after) if s.weight.shape[0] < s0.weight.shape[0]}
+    return precisions, rounded
 
 
 def _compress_graph(model: nn.Module, example: torch.Tensor, input_shape: tuple[int, ...],
@@ -205,16 +212,13 @@ def _compress_graph(model: nn.Module, example: torch.Tensor, input_shape: tuple[
                                      {n: p.frac_bits for n, p in zip(names, precisions)})
             except ModelError:  # the clean-up is optional: the plan checked above stands
                 snapped = None
-            sizes = [] if snapped is None else \
-                [(s.weight.shape[0], s.weight.shape[1]) for s in snapped.stages.values()]
-            if snapped is not None and all(a <= b[0] and c <= b[1] for (a, c), b in
-                                           zip(sizes, [tuple(s.weight.shape[:2]) for s in stages])):
+            if snapped is not None and all(  # never larger than the checked plan
+                    s.weight.shape[0] <= s0.weight.shape[0] and
+                    s.weight.shape[1] <= s0.weight.shape[1]
+                    for s, s0 in zip(snapped.stages.values(), stages)):
                 plan = snapped
-                precisions = [with_frac_bits(s.weight, p, p.frac_bits, p.source)
-                              for s, p in zip(plan.stages.values(), precisions)]
-                rounded = {n: int(s0.weight.shape[0] - s.weight.shape[0])
-                           for (n, s), s0 in zip(plan.stages.items(), stages)
-                           if s.weight.shape[0] < s0.weight.shape[0]}
+                precisions, rounded = _after_rounding(stages, list(plan.stages.values()),
+                                                      precisions)
         small = build_graph(plan, precisions if config.quantize else None)
     small.kwh_input_shape = tuple(input_shape)
     summary = graph_summary(plan, precisions, small, input_shape, config)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from kwh.bayes import BayesLayer
 from kwh.compress.chain import DROPOUT, NORMS, Node
 from kwh.compress.config import CompressConfig
-from kwh.compress.precision import LayerPrecision
+from kwh.compress.precision import LayerPrecision, quantize
 
 _F64 = torch.float64
 
@@ -66,6 +66,12 @@ class Stage:
     def conv_args(self) -> dict:
         m = self.module
         return dict(stride=m.stride, padding=m.padding, dilation=m.dilation)
+
+    def snap_(self, frac_bits: int) -> None:
+        """Put the weights on the fixed-point grid of ``frac_bits`` (in place); a weight that
+        rounds to 0 is no longer kept."""
+        self.weight = quantize(self.weight, frac_bits)
+        self.kept = self.kept & (self.weight != 0)
 
     def select_rows(self, keep: Tensor) -> None:
         """Keep only the output units where ``keep`` (bool, (O,)) is True."""

@@ -330,6 +330,6 @@ def format_summary(summary: dict) -> str:
             val = (f": validation error {_pct(ft['validation_error_before'])} -> "
                    f"{_pct(ft['validation_error_after'])} ({ft['validation_examples']:,} examples)")
         n = ft["epochs"]
-        lines.append(f"fine-tuned    {n} epoch{'s' if n != 1 else ''} at lr {ft['lr']:g} on the fixed-point "
-                     f"grids, pruned weights held at zero{val}")
+        lines.append(f"fine-tuned    {n} epoch{'s' if n != 1 else ''} at lr {ft['lr']:g} on the "
+                     f"fixed-point grids, pruned weights held at zero{val}")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from torch import Tensor, nn
 
 from .nets import DenseFrameNet, RoundingNet, SequenceNet, SigmaDeltaNet, ThresholdNet
-from .plan import GraphPlan, Plan, build_plan
+from .plan import GraphPlan, Plan, as_plan
 from .result import SpikeRun
 from .scales import train_scales
 
@@ -61,7 +61,7 @@ def summarize(name: str, run: SpikeRun, dense: SpikeRun, labels: Tensor | None) 
                run.mean_per_frame(), run.steady_state(nonzero=True), run.dense_per_frame())
 
 
-def compare(model: nn.Module | Plan, sequences: Tensor, labels: Tensor | None = None, *,
+def compare(model: nn.Module | Plan | GraphPlan, sequences: Tensor, labels: Tensor | None = None, *,
             scales: float | Sequence[float] = 16.0, threshold: float | Sequence[float] = 0.05,
             batch_size: int | None = 256,
             progress: Callable[[int, int], None] | None = None) -> list[Row]:
@@ -70,7 +70,7 @@ def compare(model: nn.Module | Plan, sequences: Tensor, labels: Tensor | None = 
     The B sequences run in batches of ``batch_size`` through all four networks; after each
     batch ``progress(done, B)`` is called with the sequences done, when given.
     """
-    plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
+    plan = as_plan(model)
     nets: list[tuple[str, SequenceNet]] = [
         ("dense", DenseFrameNet(plan)),
         ("rounding", RoundingNet(plan, scales)),
@@ -91,11 +91,11 @@ def compare(model: nn.Module | Plan, sequences: Tensor, labels: Tensor | None = 
     return [summarize(name, run, runs[0], labels) for (name, _), run in zip(nets, runs)]
 
 
-def sweep_lambda(model: nn.Module | Plan, train_sequences: Tensor, eval_sequences: Tensor,
-                 labels: Tensor | None, lambdas: Sequence[float], *,
+def sweep_lambda(model: nn.Module | Plan | GraphPlan, train_sequences: Tensor,
+                 eval_sequences: Tensor, labels: Tensor | None, lambdas: Sequence[float], *,
                  batch_size: int | None = 256, **train_kw) -> list[SweepPoint]:
     """Train scales for every lambda and trace sigma-delta accuracy against additions."""
-    plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
+    plan = as_plan(model)
     dense = DenseFrameNet(plan).run(eval_sequences, batch_size)
     points = []
     for lam in lambdas:

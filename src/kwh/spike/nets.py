@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .coders import Coder, DenseCoder, HerdCoder, RoundCoder, ThresholdCoder
 from .fanout import fanout_map, naive_macs
-from .plan import GraphPlan, Plan, build_plan
+from .plan import GraphPlan, Plan, as_plan
 from .result import SpikeRun
 
 __all__ = ["SequenceNet", "DenseFrameNet", "RoundingNet", "SigmaDeltaNet", "ThresholdNet",
@@ -36,7 +36,7 @@ class SequenceNet:
 
     def __init__(self, model: nn.Module | Plan | GraphPlan, coders: list[Coder],
                  dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
+        plan = as_plan(model)
         self.plan = plan.to(dtype)
         self.coders = coders
         self.dtype = dtype
@@ -106,7 +106,7 @@ class DenseFrameNet(SequenceNet):
     """The original network evaluated densely on every frame (BatchNorm folded)."""
 
     def __init__(self, model: nn.Module | Plan, dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
+        plan = as_plan(model)
         super().__init__(plan, [DenseCoder() for _ in plan.blocks], dtype)
 
 
@@ -115,7 +115,7 @@ class RoundingNet(SequenceNet):
 
     def __init__(self, model: nn.Module | Plan, scales: float | Sequence[float],
                  dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
+        plan = as_plan(model)
         self.scales = per_layer(scales, len(plan.blocks), "scales")
         _check_positive(self.scales, "scales")
         super().__init__(plan, [RoundCoder(k) for k in self.scales], dtype)
@@ -126,7 +126,7 @@ class SigmaDeltaNet(SequenceNet):
 
     def __init__(self, model: nn.Module | Plan, scales: float | Sequence[float],
                  dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
+        plan = as_plan(model)
         self.scales = per_layer(scales, len(plan.blocks), "scales")
         _check_positive(self.scales, "scales")
         super().__init__(plan, [HerdCoder(k) for k in self.scales], dtype)
@@ -137,7 +137,7 @@ class ThresholdNet(SequenceNet):
 
     def __init__(self, model: nn.Module | Plan, threshold: float | Sequence[float],
                  dtype: torch.dtype = torch.float64) -> None:
-        plan = model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
+        plan = as_plan(model)
         self.thresholds = per_layer(threshold, len(plan.blocks), "threshold")
         super().__init__(plan, [ThresholdCoder(th) for th in self.thresholds], dtype)
 

@@ -36,8 +36,8 @@ from kwh.graph import (
 from kwh.graph import chain as graph_chain
 from kwh.modules import SelectInputs
 
-__all__ = ["Block", "Plan", "GraphPlan", "build_plan", "reference_forward", "input_shapes",
-           "SUPPORTED"]
+__all__ = ["Block", "Plan", "GraphPlan", "as_plan", "build_plan", "reference_forward",
+           "input_shapes", "SUPPORTED"]
 
 _WEIGHTED = (nn.Linear, nn.Conv2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -191,6 +191,11 @@ def build_plan(model: nn.Module, example_inputs: Tensor | None = None) -> Plan |
     return Plan(nn.Sequential(*pre).eval(), blocks)
 
 
+def as_plan(model: nn.Module | Plan | GraphPlan) -> Plan | GraphPlan:
+    """``model`` if it is already a plan, else build_plan(model)."""
+    return model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)
+
+
 def _dense(l: int, b: Block, a: Tensor) -> Tensor:
     return b.add_bias(b.linear(a))
 
@@ -238,18 +243,24 @@ class GraphPlan:
 
     def frame(self, x: Tensor, layer_fn: LayerFn) -> Tensor:
         """One frame through the graph, ``layer_fn`` at every weight layer."""
-        plan = self
+        return _GraphRun(self, layer_fn).run(x)
 
-        class Run(fx.Interpreter):
-            def call_module(self, target, args, kwargs):
-                if target in plan._index:
-                    l = plan._index[target]
-                    return layer_fn(l, plan.blocks[l], args[0])
-                if target in plan.folded:
-                    return args[0]
-                return super().call_module(target, args, kwargs)
 
-        return Run(self.gm).run(x)
+class _GraphRun(fx.Interpreter):
+    """Runs a GraphPlan's graph: ``layer_fn`` at its blocks, folded BatchNorms skipped."""
+
+    def __init__(self, plan: GraphPlan, layer_fn: LayerFn):
+        super().__init__(plan.gm)
+        self.plan, self.layer_fn = plan, layer_fn
+
+    def call_module(self, target, args, kwargs):
+        plan = self.plan
+        if target in plan._index:
+            l = plan._index[target]
+            return self.layer_fn(l, plan.blocks[l], args[0])
+        if target in plan.folded:
+            return args[0]
+        return super().call_module(target, args, kwargs)
 
 
 def build_graph_plan(model: nn.Module, example: Tensor | None) -> GraphPlan:

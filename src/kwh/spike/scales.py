@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .fanout import fanout_map
 from .nets import per_layer
-from .plan import GraphPlan, Plan, build_plan, input_shapes, reference_forward
+from .plan import GraphPlan, Plan, as_plan, input_shapes, reference_forward
 from .quantize import ste_round
 
 __all__ = ["train_scales", "relaxed_cost", "ERRORS"]
@@ -73,7 +73,7 @@ def train_scales(model: nn.Module | Plan | GraphPlan, sequences: Tensor, lam: fl
         raise ValueError(f"Unknown error {error!r}; choose one of: {', '.join(ERRORS)}")
     if lam < 0:
         raise ValueError(f"lambda must be >= 0, got {lam!r}")
-    plan = (model if isinstance(model, (Plan, GraphPlan)) else build_plan(model)).to(torch.float32)
+    plan = as_plan(model).to(torch.float32)
     for b in plan.blocks:
         b.layer.requires_grad_(False)
     x = sequences.to(torch.float32)
