@@ -620,12 +620,14 @@ def test_files_of_versions_1_and_2_still_load():
     assert torch.equal(chain[0].bias, torch.tensor([0.5, -0.25]))
     assert (chain[0].kwh_bits, chain[0].kwh_frac_bits) == (5, 2)
     assert chain.kwh_input_shape == (3,) and not hasattr(chain, "kwh_input_normalization")
-    assert codec.encode(chain) == V1  # and a chain is still written byte for byte as before
+    again = codec.decode(codec.encode(chain))  # written again: its biases now as fixed-point
+    assert len(codec.encode(chain)) <= len(V1) and torch.equal(again[0].bias, chain[0].bias)
     state = codec.decode(V2, model=Tiny())
     assert torch.equal(state.fc.weight, torch.tensor([[1.0, 0, -1], [2, 1, 0]]) / 2)
     assert torch.equal(state.fc.bias, torch.tensor([1.0, 2.0]))
     assert (state.fc.kwh_bits, state.fc.kwh_frac_bits) == (3, 1)
-    assert codec.encode(state) == V2
+    again = codec.decode(codec.encode(state), model=Tiny())
+    assert len(codec.encode(state)) <= len(V2) and torch.equal(again.fc.bias, state.fc.bias)
 
 
 # ------------------------------------------------------------------ input normalization

@@ -15,9 +15,16 @@ from kwh.app.finetune import finetune
 from kwh.compress import CompressConfig
 from kwh.compress.finetune import (FixedPoint, attach_fixed_point_, detach_fixed_point_,
                                    quantized_layers, recount)
+from kwh.compress.floats import grid_of
 from kwh.errors import KwhError, ModelError
 from kwh.format import file_report
 from kwh.train import TrainData
+
+
+def bias_on_grid(b: torch.Tensor, bits: int) -> bool:
+    """Whether ``b`` lies on its kwh.compress.floats grid of ``bits`` magnitude bits."""
+    frac = grid_of(b, bits)
+    return frac is None or _on_grid(b, bits + 1, frac)
 
 
 def _on_grid(w: torch.Tensor, bits: int, frac: int) -> bool:
@@ -113,6 +120,10 @@ def test_finetune_trains_on_the_grids_and_the_file_follows(tmp_path):
         assert bool((m.weight[m0.weight == 0] == 0).all())
         moved |= not torch.equal(m.weight, m0.weight)
     assert moved
+    bits = small.kwh_summary["float_grids"]["bits"]  # the biases trained, then went back on grids
+    for _, m in quantized_layers(tuned):
+        assert bias_on_grid(m.bias, bits) and not torch.equal(m.bias, dict(
+            quantized_layers(small))[_].bias)
     s = tuned.kwh_summary
     ft = s["finetune"]
     assert ft["epochs"] == 2 and ft["examples"] == 500 and ft["validation_examples"] == 100

@@ -22,6 +22,7 @@ from torch import nn
 from kwh.app.verb import measure_payload
 from kwh.compress.finetune import (attach_fixed_point_, detach_fixed_point_, quantized_layers,
                                    recount)
+from kwh.compress.floats import snap_floats_
 from kwh.format.io import atomic_write_bytes
 from kwh.compress.metrics import evaluate
 from kwh.data import batch_loader
@@ -105,6 +106,9 @@ def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.P
                          threads=threads, device=device)
     tuned = run_training(config, resume=True, progress=progress, model=work, data=data).model
     tuned = detach_fixed_point_(tuned.cpu().eval())
+    floats = (small.kwh_summary.get("float_grids") or {}).get("bits")
+    if floats is not None:  # the biases and norms trained in float32: back onto their grids
+        snap_floats_(tuned, floats)
     summary = copy.deepcopy(small.kwh_summary)
     tuned.kwh_summary = summary
     recount(tuned)
@@ -118,6 +122,7 @@ def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.P
         "validation_error_before": before,
         "validation_error_after": None if val is None else evaluate(tuned, val)["error"],
         "how": "weights trained on their fixed-point grids (straight-through rounding), pruned "
-               "weights held at zero, biases float32 (kwh.compress.finetune)",
+               "weights held at zero; biases and norms trained in float32, then put back on "
+               "grids of the summary's float_grids bits (kwh.compress.floats)",
     }
     return tuned

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 MAX_TOTAL_BITS = 25
 MAX_FRAC_BITS = 23  # clip of t_ij (Louizos et al. 2017, sec. 4: 23 mantissa bits of a float32)
 MIN_TOTAL_BITS = 2  # one sign bit and at least one magnitude bit
+FLOAT_BITS = 12  # magnitude bits of the largest value of each bias / norm / embedding tensor
 BITS_SEARCHES = ("fit", "raise", "off")
 PRUNE_SEARCHES = ("off", "fit")
 
@@ -43,6 +44,14 @@ class CompressConfig:
                  data; "off" (default) keeps the posterior's thresholds.
     prune_tolerance: the error pruning past the posterior's thresholds may cost on the guard
                  data, in percentage points.
+    float_bits:  with ``quantize``, every other float parameter of the compressed model
+                 (biases, norm weights and biases, embeddings) goes on its own fixed-point
+                 grid, its largest magnitude taking this many magnitude bits (relative error
+                 <= 2^-float_bits of the tensor's scale), and the file stores it in
+                 1 + float_bits bits per value (kwh.compress.floats); with guard data, more bits
+                 (16, 20, then float32) while it costs more than ``bits_tolerance``. None
+                 keeps them float32. Structured mode only: mode="weights" leaves the model's
+                 other tensors as they are.
     """
 
     threshold: float | None = None
@@ -57,6 +66,7 @@ class CompressConfig:
     bits_tolerance: float = 0.05
     prune_search: str = "off"
     prune_tolerance: float = 0.1
+    float_bits: int | None = FLOAT_BITS
     version: int = 1
 
     def __post_init__(self):
@@ -72,6 +82,10 @@ class CompressConfig:
                 raise ValueError(f"input_shape={self.input_shape!r} is invalid; give one "
                                  "example's shape as positive integers, e.g. (1, 28, 28)")
             self.input_shape = shape
+        if self.float_bits is not None and (isinstance(self.float_bits, bool) or not isinstance(
+                self.float_bits, int) or not 1 <= self.float_bits <= 24):
+            raise ValueError(f"float_bits={self.float_bits!r} is invalid; give magnitude bits in "
+                             "1..24, or None to keep biases and norms float32")
         if self.bits_search not in BITS_SEARCHES:
             raise ValueError(f"Unknown bits_search {self.bits_search!r}; choose one of: "
                              f"{', '.join(BITS_SEARCHES)}")

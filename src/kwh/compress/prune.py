@@ -27,6 +27,7 @@ from kwh.compress.chain import (
 )
 from kwh.compress.config import CompressConfig
 from kwh.compress.dag import build_graph, graph_summary, plan_graph
+from kwh.compress.floats import snap_floats_guarded_
 from kwh.compress.metrics import evaluate
 from kwh.compress.precision import (
     LayerPrecision,
@@ -136,7 +137,7 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
     summary = summarize(nodes, stages, precisions, small, input_shape, config)
     if rounded:
         summary["units_removed_by_rounding"] = rounded
-    return _finish(small, summary, guard, prune_guard, eval_data,
+    return _finish(small, summary, guard, prune_guard, eval_data, guard_data, config,
                    lambda: assemble(prefix0, unquantized, None) if config.quantize else small)
 
 
@@ -224,13 +225,20 @@ def _compress_graph(model: nn.Module, example: torch.Tensor, input_shape: tuple[
     summary = graph_summary(plan, precisions, small, input_shape, config)
     if rounded:
         summary["units_removed_by_rounding"] = rounded
-    return _finish(small, summary, guard, prune_guard, eval_data,
+    return _finish(small, summary, guard, prune_guard, eval_data, guard_data, config,
                    lambda: build_graph(unquantized, None) if config.quantize else small)
 
 
 def _finish(small: nn.Module, summary: dict, guard: dict | None, prune_guard: dict | None,
-            eval_data: Iterable | None, unquantized: Callable[[], nn.Module]) -> nn.Module:
-    """``small`` with its summary: the guards' reports, the errors on ``eval_data``."""
+            eval_data: Iterable | None, guard_data: Iterable | None, config: CompressConfig,
+            unquantized: Callable[[], nn.Module]) -> nn.Module:
+    """``small`` with its other float tensors on grids (config.float_bits) and its summary:
+    the guards' reports, the errors on ``eval_data``."""
+    if config.quantize and config.float_bits is not None:
+        error = None if guard_data is None else (
+            lambda: evaluate(small, guard_data)["error"])
+        summary["float_grids"] = snap_floats_guarded_(small, config.float_bits, error,
+                                                      config.bits_tolerance)
     if guard is not None:
         summary["bits_guard"] = guard
     if prune_guard is not None:

@@ -36,7 +36,7 @@ class Summary(dict):
 
 
 PAYLOAD_SOURCE = ("kwh.codec payload_bytes: the entropy-coded tensor sections of the .kwh file "
-                  "(packed weights, sparse indices, float32 biases)")
+                  "(packed weights, sparse indices, biases)")
 NOT_QUANTIZED = "not measured: weights not quantized (quantize=False)"
 NOT_MEASURED = ("not measured: the .kwh payload is measured by the codec (kwh.compress(model) "
                 "adds it; kwh.compress.compress does not)")
@@ -265,11 +265,14 @@ def format_summary(summary: dict) -> str:
     s = summary
     priors = ", ".join(s["priors"]) or "none (plain layers)"
     width = max([12] + [len(d["name"]) for d in s["layers"]])  # module paths of a graph
+    fg = s.get("float_grids") or {}
+    floats = ("biases float32" if fg.get("bits") is None else
+              f"biases and norms: {1 + fg['bits']} bits, on grids (kwh.compress.floats)")
     lines = [
         f"input {tuple(s['input_shape'])}, {s['num_classes']} outputs, prior: {priors}",
         f"architecture  {s['architecture_original']}  ->  {s['architecture']}"
         "   (conv: kept filters, fc: kept input units)",
-        f"bits          {s['bits']}   total bits per weight, per layer (biases float32)"
+        f"bits          {s['bits']}   total bits per weight, per layer ({floats})"
         + ("" if s["quantized"] else "   [not applied: weights left float32]"),
         "",
         f"{'layer':<{width}} {'type':<7} {'weight shape':<24} {'bits':>4} {'e':>3} {'t':>3} "
@@ -316,6 +319,12 @@ def format_summary(summary: dict) -> str:
                      f"{_pct(g['error_unquantized'])} unquantized, "
                      f"{_pct(g['error_posterior_bits'])} at the posterior's bits, "
                      f"{_pct(g['error_chosen_bits'])} at these; fraction bits changed: {changes}")
+    if fg.get("error_before") is not None:
+        after = ("kept float32: " + ", ".join(f"{b} bits" for b in fg["tried"]) +
+                 " cost more" if fg["bits"] is None else f"{_pct(fg['error_after'])} at "
+                 f"{fg['bits']} magnitude bits")
+        lines.append(f"float guard   biases and norms, <= {fg['tolerance_pp']:g} points on the "
+                     f"held-out examples: error {_pct(fg['error_before'])} before, {after}")
     ev = s.get("eval")
     if ev:
         lines.append(f"test error    {_pct(ev['error_before_quantization'])} before quantization, "

@@ -223,7 +223,7 @@ def _check_section(value: Any, layer: _Layer, slots: list[fm.TensorSlot], where:
                               "raises it)")
         meta = ft.check_meta(meta, slot.name, slot.shape,
                              slot.quantizable and _fixed(layer.quant),
-                             f"{where}.tensors[{j}]")
+                             f"{where}.tensors[{j}]", plain=ft.FLOAT_ENCODINGS)
         meta["raw_bytes"] = ft.raw_size(meta, layer.quant[0] if _fixed(layer.quant) else None)
         layer.tensors.append(meta)
     layer.codec, layer.raw_bytes, layer.stored_bytes, layer.crc32 = _check_sizes(
@@ -414,7 +414,8 @@ def _owner(name: str) -> str:
 
 def _check_state_tensor(meta: Any, where: str, used: int, max_elements: int) -> dict:
     """Check one named tensor of a state-layout section; its raw size is added to it."""
-    fs.fields(meta, where, ["name", "shape", "encoding", "quant"], ["nnz", "entries", "index_bits"])
+    fs.fields(meta, where, ["name", "shape", "encoding", "quant"],
+              ["nnz", "entries", "index_bits", "bits", "frac_bits"])
     name = _check_name(meta["name"], f"{where}.name")
     shape = _check_shape(meta["shape"], f"{where}.shape")
     if used + math.prod(shape) > max_elements:  # refused before any allocation
@@ -428,7 +429,7 @@ def _check_state_tensor(meta: Any, where: str, used: int, max_elements: int) -> 
                           f"{name[:60]!r} of rank {len(shape)}")
     rest = {k: v for k, v in meta.items() if k != "quant"}
     checked = ft.check_meta(rest, name, shape, _fixed(quant), where,
-                            plain=("float32",) if quant is not None else ft.PLAIN_ENCODINGS)
+                            plain=ft.FLOAT_ENCODINGS if quant is not None else ft.PLAIN_ENCODINGS)
     checked["quant"] = quant
     checked["raw_bytes"] = ft.raw_size(checked, quant[0] if _fixed(quant) else None)
     return checked
@@ -1243,9 +1244,12 @@ def file_report(path: str | os.PathLike) -> dict:
 
 
 def _tensor_row(meta: dict, values: torch.Tensor) -> dict:
-    return {"name": meta["name"], "shape": list(meta["shape"]), "encoding": meta["encoding"],
-            "elements": values.numel(), "nonzero": int(torch.count_nonzero(values)),
-            "raw_bytes": meta["raw_bytes"]}
+    row = {"name": meta["name"], "shape": list(meta["shape"]), "encoding": meta["encoding"],
+           "elements": values.numel(), "nonzero": int(torch.count_nonzero(values)),
+           "raw_bytes": meta["raw_bytes"]}
+    if meta["encoding"] == "fixed":  # a float tensor stored exactly on a fixed-point grid
+        row["bits"], row["frac_bits"] = meta["bits"], meta["frac_bits"]
+    return row
 
 
 def _chain_report(plan: _Plan | _GraphPlan, modules: list[nn.Module | None]) -> list[dict]:
@@ -1269,8 +1273,9 @@ def _state_report(plan: _StatePlan, decoded: list) -> list[dict]:
         for meta in sec.tensors:
             _, tensor, q = next(values)
             row = _tensor_row(meta, tensor)
-            row["bits"] = q[0] if q else (64 if meta["encoding"] == "int64" else 32)
-            row["frac_bits"] = q[1] if q else None
+            if "bits" not in row:
+                row["bits"] = q[0] if q else (64 if meta["encoding"] == "int64" else 32)
+                row["frac_bits"] = q[1] if q else None
             rows.append(row)
             quant = quant or q
         sections.append({"module": _owner(sec.tensors[0]["name"]), "codec": sec.codec,

@@ -11,7 +11,10 @@ integers are stored in whichever of three layouts is smallest before entropy cod
   0), each covering 2**k positions. k (1..16) is chosen to minimise the size.
 
 Plain tensors are little-endian IEEE ``float32``, or ``int64`` for the integer and boolean
-tensors of the state layout (e.g. BatchNorm's ``num_batches_tracked``).
+tensors of the state layout (e.g. BatchNorm's ``num_batches_tracked``). A float tensor whose
+every value is exactly q * 2**-t with q of at most 25 bits (biases and norms that
+``kwh.compress`` put on a grid, zeros, small integers) is stored losslessly as ``fixed``: its
+``bits``-bit integers, dense, with ``bits`` and ``frac_bits`` in its description.
 
 Every blob is packed by ``kwh.format.bitpack`` and starts on a byte boundary.
 """
@@ -27,12 +30,13 @@ from kwh.errors import FormatError, ModelError
 from kwh.format import bitpack
 from kwh.format import schema as fs
 
-__all__ = ["QUANT_ENCODINGS", "PLAIN_ENCODINGS", "INT_DTYPES", "MAX_BITS", "MAX_FRAC_BITS",
+__all__ = ["QUANT_ENCODINGS", "PLAIN_ENCODINGS", "FLOAT_ENCODINGS", "exact_grid", "INT_DTYPES", "MAX_BITS", "MAX_FRAC_BITS",
            "MAX_INDEX_BITS", "raw_size", "encode_float", "encode_int", "quantize_exact",
            "encode_quantized", "check_meta", "decode"]
 
 QUANT_ENCODINGS = ("dense", "bitmap", "rindex")
-PLAIN_ENCODINGS = ("float32", "int64")
+PLAIN_ENCODINGS = ("float32", "fixed", "int64")
+FLOAT_ENCODINGS = ("float32", "fixed")  # the encodings of a float tensor that is not quantized
 INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 MAX_BITS = 25        # a float32 holds every integer of up to 24 magnitude bits exactly
 MAX_FRAC_BITS = 64   # q * 2**-t stays an exact, normal float32 for any t up to here
@@ -45,6 +49,8 @@ def raw_size(meta: dict, bits: int | None) -> int:
     enc = meta["encoding"]
     if enc == "float32":
         return 4 * n
+    if enc == "fixed":
+        return bitpack.packed_size(n, meta["bits"])
     if enc == "int64":
         return 8 * n
     if enc == "dense":
@@ -57,13 +63,49 @@ def raw_size(meta: dict, bits: int | None) -> int:
 
 # ------------------------------------------------------------------ encoding (save)
 
+def exact_grid(values: np.ndarray) -> tuple[int, int] | None:
+    """(bits, frac_bits) of the smallest fixed-point form that holds every float32 value
+    exactly (q * 2**-frac_bits, q a ``bits``-bit two's-complement integer, frac_bits >= 0), or
+    None when there is none within MAX_BITS and MAX_FRAC_BITS or a value is -0.0 (whose sign
+    an integer cannot keep)."""
+    v = np.asarray(values, dtype=np.float32).reshape(-1)
+    if v.size == 0:
+        return 1, 0
+    nz = v[v != 0]
+    if (np.signbit(v) & (v == 0)).any():
+        return None
+    if nz.size == 0:
+        return 1, 0
+    mant, exp = np.frexp(nz.astype(np.float64))  # nz = mant * 2**exp, 0.5 <= |mant| < 1
+    ints = np.abs(mant * 2.0**24).astype(np.int64)  # the 24 significant bits, exactly
+    low = (ints & -ints).astype(np.float64)  # lowest set bit of each
+    need = 24 - exp.astype(np.int64) - np.log2(low).astype(np.int64)
+    frac_bits = max(0, int(need.max()))
+    if frac_bits > MAX_FRAC_BITS:
+        return None
+    scaled = nz.astype(np.float64) * 2.0**frac_bits  # exact integers
+    hi, lo = max(float(scaled.max()), 0.0), min(float(scaled.min()), 0.0)
+    for bits in range(1, MAX_BITS + 1):
+        low, high = bitpack.int_range(bits)
+        if low <= lo and hi <= high:
+            return bits, frac_bits
+    return None
+
+
 def encode_float(name: str, tensor: torch.Tensor, where: str) -> tuple[dict, bytes]:
-    """A tensor as little-endian IEEE float32."""
+    """A float tensor in its smallest exact form: ``fixed`` integers when every value lies on
+    one fixed-point grid of at most MAX_BITS bits, else little-endian IEEE float32."""
     values = tensor.detach().to("cpu", torch.float32).contiguous().numpy().reshape(-1)
     if not np.isfinite(values).all():
         raise ModelError(f"{where}: {name} holds NaN or infinite values; a .kwh file stores "
                          "finite numbers only")
     meta = {"name": name, "shape": list(tensor.shape), "encoding": "float32"}
+    grid = exact_grid(values)
+    if grid is not None and bitpack.packed_size(values.size, grid[0]) < 4 * values.size:
+        bits, frac_bits = grid
+        q = np.round(values.astype(np.float64) * 2.0**frac_bits).astype(np.int64)
+        meta.update(encoding="fixed", bits=bits, frac_bits=frac_bits)
+        return meta, bitpack.pack_uint(bitpack.to_twos(q, bits), bits)
     return meta, values.astype("<f4").tobytes()
 
 
@@ -147,7 +189,8 @@ def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
     ``plain``: the encodings allowed for a tensor that is not quantized (the chain layout
     stores only float32; the state layout adds int64).
     """
-    fs.fields(meta, where, ["name", "shape", "encoding"], ["nnz", "entries", "index_bits"])
+    fs.fields(meta, where, ["name", "shape", "encoding"],
+              ["nnz", "entries", "index_bits", "bits", "frac_bits"])
     if meta["name"] != name:
         raise FormatError(f"{where}.name={str(meta['name'])[:40]!r}; expected {name!r}")
     if meta["shape"] != list(shape) or any(type(d) is not int for d in meta["shape"]):
@@ -156,10 +199,13 @@ def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
     encodings = QUANT_ENCODINGS if quantized else plain
     enc = fs.get_choice(meta, "encoding", where, encodings)
     extra = {"dense": [], "float32": [], "int64": [], "bitmap": ["nnz"],
-             "rindex": ["nnz", "entries", "index_bits"]}[enc]
+             "rindex": ["nnz", "entries", "index_bits"], "fixed": ["bits", "frac_bits"]}[enc]
     fs.fields(meta, where, ["name", "shape", "encoding", *extra])
     n = math.prod(shape)
     out = {"name": name, "shape": tuple(shape), "encoding": enc}
+    if enc == "fixed":
+        out["bits"] = fs.get_int(meta, "bits", where, 1, MAX_BITS)
+        out["frac_bits"] = fs.get_int(meta, "frac_bits", where, 0, MAX_FRAC_BITS)
     if enc in ("bitmap", "rindex"):
         out["nnz"] = fs.get_int(meta, "nnz", where, 0, n)
     if enc == "rindex":
@@ -183,6 +229,10 @@ def decode(meta: dict, blob: memoryview, quant: tuple[int, int] | None,
             values = np.frombuffer(blob, dtype="<f4").astype(np.float32)
             if not np.isfinite(values).all():
                 raise FormatError(f"{where}: {meta['name']} holds NaN or infinite values")
+        elif meta["encoding"] == "fixed":
+            n = math.prod(meta["shape"])
+            q = bitpack.from_twos(bitpack.unpack_uint(blob, n, meta["bits"]), meta["bits"])
+            values = q.astype(np.float32) * np.float32(2.0 ** -meta["frac_bits"])
         else:
             bits, frac_bits = quant
             q = _decode_ints(meta, blob, bits, where)
