@@ -327,3 +327,23 @@ def test_cli_fine_tuning_options_are_checked_before_any_work(tmp_path, capsys):
                  "--out", str(out)])
     assert code == 2
     assert "give --finetune-epochs" in capsys.readouterr().err
+
+
+def test_cli_float_bits(tiny_run, tmp_path, data_root, capsys):
+    from kwh.cli.main import main
+
+    for bits, want in (("8", 8), ("0", None)):
+        out = tmp_path / f"m{bits}.kwh"
+        assert main(["compress", "--checkpoint", str(tiny_run), "--data-dir", str(data_root),
+                     "--float-bits", bits, "--out", str(out), "--no-progress"]) == 0
+        grids = kwh.load(out).kwh_summary.get("float_grids")
+        assert (grids or {}).get("bits") == want
+        encodings = {t["encoding"] for sec in file_report(out)["sections"] for t in sec["tensors"]
+                     if t["name"] == "bias"}
+        assert encodings == ({"fixed"} if want else {"float32"})
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--checkpoint", str(tiny_run), "--float-bits", "30",
+              "--out", str(tmp_path / "x.kwh")])
+    assert e.value.code == 2
+    assert "--float-bits" in capsys.readouterr().err

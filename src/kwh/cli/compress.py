@@ -16,7 +16,7 @@ __all__ = ["register", "run"]
 def register(subparsers) -> None:
     """Add the ``compress`` subcommand."""
     from kwh.cli.train import add_training_arguments
-    from kwh.compress.config import MAX_TOTAL_BITS, MIN_TOTAL_BITS
+    from kwh.compress.config import FLOAT_BITS, MAX_TOTAL_BITS, MIN_TOTAL_BITS
 
     p = subparsers.add_parser(
         "compress", help="train with a sparsity prior and compress to a .kwh file",
@@ -41,6 +41,10 @@ def register(subparsers) -> None:
     p.add_argument("--bits-tolerance", type=number, default=0.05, metavar="POINTS",
                    help="error (percentage points) quantization may cost on the validation "
                         "split (default: %(default)s)")
+    p.add_argument("--float-bits", type=int_in(0, 24), default=FLOAT_BITS, metavar="BITS",
+                   help="magnitude bits of the biases and norms, each tensor on its own "
+                        "fixed-point grid (guarded like the weights' bits); 0 keeps them float32 "
+                        "(default: %(default)s)")
     p.add_argument("--finetune-epochs", type=int_in(0, 10000), default=0, metavar="N",
                    help="after compressing, train the kept weights N epochs on their fixed-point "
                         "grids, pruned weights held at zero: same architecture, bits and "
@@ -84,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     loader = batch_loader(test, args.test_batch_size)
     config = CompressConfig(threshold=args.threshold, max_bits=args.max_bits,
                             input_shape=tuple(test.tensors[0].shape[1:]),
-                            bits_search=args.bits_search, bits_tolerance=args.bits_tolerance)
+                            bits_search=args.bits_search, bits_tolerance=args.bits_tolerance,
+                            float_bits=args.float_bits or None)
     guard = None
     tdata = None
     if args.bits_search != "off" or args.finetune_epochs:
