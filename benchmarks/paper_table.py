@@ -399,13 +399,13 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
     md += ["## Published (Louizos, Ullrich, Welling 2017, Table 1)", "", table.paper_markdown(a.net), "",
            "Rates: pruning = |W| / pruned dense weights (structured) or 1 / (2 density) (unstructured CSR);",
            "fast pred. = 32 |W| / bits of the stored weights; max compr. (file payload) = 32 |W| / bits",
-           "of the entropy-coded tensor sections of the method's real file (weights, indices, float32",
-           "biases; the .kwh codec's payload_bytes as kwh_summary counts it; for Deep Compression its",
+           "of the entropy-coded tensor sections of the method's real file (weights, indices, biases:",
+           "13-bit grids in .kwh files since kwh.compress.floats, float32 before and in the baselines' files; the .kwh codec's payload_bytes as kwh_summary counts it; for Deep Compression its",
            "Huffman file's codebooks, tables, streams and biases);",
            "max compr. (Huffman CSR) = the same over the Huffman-coded relative-index CSR streams with",
            "codebooks and code tables of a real file (8-bit gaps conv, 5-bit fc), weights only.",
            "File bytes: the whole real file (.kwh for kwh, dense and Torch-Pruning rows; the",
-           "relative-index Huffman file for Deep Compression), headers and float32 biases included.",
+           "relative-index Huffman file for Deep Compression), headers and biases included.",
            "Deep Compression: 8-bit k-means codebooks for conv, 5-bit for fc, centroids not fine-tuned.",
            *([f"kwh rows '+ fine-tune': the row above it fine-tuned {a.finetune_epochs} epochs at lr "
               f"{a.finetune_lr:g} (Adam, decayed linearly to 0) on the training split, the weights on "

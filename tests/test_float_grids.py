@@ -190,3 +190,52 @@ def test_a_graph_keeps_its_layernorm_and_embedding_on_grids(tmp_path):
     assert torch.equal(kwh.load(tmp_path / "v.kwh")(x), small(x))
     with torch.no_grad():
         assert math.isfinite(float(small(x).sum()))
+
+
+def test_stored_bits_follows_the_codec():
+    from kwh.fixedpoint import stored_bits
+    on_grid = torch.arange(-32, 32, dtype=torch.float32) / 8  # 6 bits (-32..31), t = 3
+    assert stored_bits(on_grid) == 64 * 6
+    meta, blob = ft.encode_float("b", on_grid, "t")
+    assert 8 * len(blob) == stored_bits(on_grid)
+    assert stored_bits(torch.tensor([0.1, 1e-5, 0.035])) == 3 * 32  # off every small grid
+    assert stored_bits(torch.tensor([0.1])) == 32  # 25 bits: not smaller than float32 in bytes
+    assert stored_bits(None) == 0
+    with pytest.raises(ValueError, match="float32"):
+        ft.exact_grid(np.array([0.1]))  # float64: refused, not described after rounding
+
+
+def test_the_energy_model_prices_biases_and_norms_as_stored():
+    from kwh.energy import count_model, estimate_energy
+    from kwh.fixedpoint import stored_bits
+    from kwh.models import vit_tiny
+    torch.manual_seed(0)
+    vit = vit_tiny()
+    kwh.bayesify_(vit, prior="group-horseshoe")
+    x = torch.randn(2, 1, 28, 28)
+    on, off = (kwh.compress(vit, example_inputs=x, float_bits=b) for b in (12, None))
+    blocks_on, blocks_off = count_model(on, (1, 28, 28)), count_model(off, (1, 28, 28))
+    named = dict(on.named_modules())
+    for c in blocks_on:
+        if c.weight_bits is not None:
+            assert c.param_bits >= stored_bits(getattr(named.get(c.name), "bias", None))
+    assert sum(c.param_bits for c in blocks_on) < 0.5 * sum(c.param_bits for c in blocks_off)
+    assert sum(c.param_bits for c in blocks_off) <= 32 * sum(  # fresh norms (1, 0) are exact
+        c.n_bias + c.n_extra_params for c in blocks_off if c.weight_bits is not None)
+    e_on, e_off = estimate_energy(on, (1, 28, 28)), estimate_energy(off, (1, 28, 28))
+    assert e_on.total_j < e_off.total_j
+
+
+def test_a_quantized_weight_shared_with_a_plain_module_is_never_snapped():
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight  # the plain module comes first in module order
+    with torch.no_grad():
+        first.weight.copy_(torch.round(torch.randn(4, 4) * 2**20) / 2**20)
+    second.kwh_bits, second.kwh_frac_bits = 25, 20
+    marked = nn.Linear(4, 4)
+    marked.kwh_bits, marked.kwh_frac_bits = 32, None  # kept float32 on purpose
+    model = nn.Sequential(first, second, marked)
+    before = [first.weight.detach().clone(), marked.weight.detach().clone()]
+    grids = floats.snap_floats_(model, 2)
+    assert "0.weight" not in grids and "2.weight" not in grids
+    assert torch.equal(first.weight, before[0]) and torch.equal(marked.weight, before[1])

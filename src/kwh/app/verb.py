@@ -53,7 +53,8 @@ def measure_payload(small: nn.Module) -> nn.Module:
         rates["max_compression_source"] = (
             "kwh.codec payload_bytes of the state-layout .kwh file: the entropy-coded tensor "
             "sections of the whole state_dict (the Bayesian layers' packed weights and sparse "
-            "indices, and every other tensor as float32 or int64: biases, BatchNorm parameters "
+            "indices, and every other tensor in its smallest exact form, float32, fixed-point "
+            "or int64: biases, BatchNorm parameters "
             "and statistics, layers left uncompressed), against 32 bits for each of "
             "weights_original, the weights of the Bayesian layers only")
         return small

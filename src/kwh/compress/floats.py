@@ -29,16 +29,17 @@ _MAX_FRAC = 64  # the .kwh codec's largest fraction bits
 
 def float_parameters(model: nn.Module) -> list[tuple[str, Tensor]]:
     """(name, parameter) of every floating-point parameter of ``model`` that is not the weight
-    of a quantized layer (``kwh_frac_bits`` set), each tensor once."""
-    out, seen = [], set()
+    of a layer kwh.compress marked (``kwh_bits`` set: quantized, or kept float32 on purpose),
+    each tensor once, also when modules share it."""
+    marked = {id(m.weight) for m in model.modules()
+              if getattr(m, "kwh_bits", None) is not None and isinstance(
+                  getattr(m, "weight", None), Tensor)}
+    out, seen = [], set(marked)
     for path, m in model.named_modules():
-        quantized = getattr(m, "kwh_frac_bits", None) is not None
         for name, p in m.named_parameters(recurse=False):
             if id(p) in seen or not p.is_floating_point():
                 continue
             seen.add(id(p))
-            if quantized and name == "weight":
-                continue
             out.append((f"{path}.{name}" if path else name, p))
     return out
 
@@ -50,7 +51,7 @@ def grid_of(t: Tensor, bits: int) -> int | None:
     top = float(t.detach().abs().max()) if t.numel() else 0.0
     if top == 0.0 or not math.isfinite(top):
         return None
-    frac = bits - 1 - math.floor(math.log2(top))
+    frac = bits - math.frexp(top)[1]  # top = m 2^e, 0.5 <= m < 1: 2^(e-1) <= top < 2^e
     if frac > _MAX_FRAC:
         return None
     return max(0, frac)
@@ -81,7 +82,9 @@ def snap_floats_guarded_(model: nn.Module, bits: int, error: Callable[[], float]
     data, a fraction) when given: while snapping costs more than ``tolerance_pp`` points, the
     originals come back and more bits are tried (16, 20); if none fits, the tensors stay as
     they were (float32 in the file). Returns the report for the summary: the bits used (None:
-    unchanged), and with ``error`` the errors before and after."""
+    unchanged), and with ``error`` the errors before and after. ``error()`` before snapping is
+    measured on the model as it is (its weights already quantized), so the tolerance is spent
+    on the float tensors alone, on top of what the weights' bits guard allowed."""
     saved = {name: p.detach().clone() for name, p in float_parameters(model)}
     before = error() if error is not None else None
     tries = [bits] + [b for b in _BACKOFF if b > bits]

@@ -7,7 +7,8 @@ original weight count over the pruned dense architecture's (group priors) or 1 /
 (CSR with a 32-bit value and a 32-bit index per weight: unstructured, starred in the paper);
 fast prediction is 32 |W| / sum_l |W_l| (1 + e + t_l); maximum compression is 32 |W| over the
 bits of the real entropy-coded payload, as the .kwh codec writes it (weights, indices and
-float32 biases: a little more than the paper, which counts weights only). The payload is
+biases, on their grids (kwh.compress.floats) or float32: a little more than the paper, which
+counts weights only). ``bias_bytes`` is the biases' size as float32, for reference. The payload is
 measured by the codec, a layer above this package: ``summarize`` leaves it out and
 ``add_payload`` puts it in (kwh.compress(model) does both).
 """

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from kwh.bayes import BayesConv2d, BayesLayer, BayesLinear
 from kwh.binary import BinaryConv2d, BinaryLayer
 from kwh.errors import ModelError
+from kwh.fixedpoint import stored_bits
 from kwh.graph import calls as graph_calls
 from kwh.graph import example_input, explicit_chain
 from kwh.modules import PositionEmbedding, SelectInputs, SelfAttention
@@ -106,6 +107,8 @@ class LayerCounts:
     #                                 (their operations are in act_mults and norm_adds)
     n_extra_params: int = 0         # other stored numbers read with the weights (LayerNorm's
     #                                 scale and shift, a position embedding)
+    param_bits: int = 0             # bits of the bias and extra params as a .kwh file stores
+    #                                 them (kwh.fixedpoint.stored_bits: 32 each unless on a grid)
     fused: list[str] = field(default_factory=list)  # names of the ops fused into this block
     weight_bits: int | None = None  # kwh_bits of a kwh-compressed layer, else None (plain)
     frac_bits: int | None = None    # kwh_frac_bits; None on a kwh layer: weights left float32
@@ -188,7 +191,7 @@ def _weight_counts(name: str, m: nn.Module, in_shape: tuple[int, ...],
         fan_in=max(fan_in, 1), rows=rows,
         bias_adds=math.prod(out_shape) if b is not None else 0,
         n_bias=0 if b is None else b.numel(), weight_bits=bits,
-        frac_bits=getattr(m, "kwh_frac_bits", None))
+        frac_bits=getattr(m, "kwh_frac_bits", None), param_bits=stored_bits(b))
     return _binary_counts(c, m) if isinstance(m, BinaryLayer) else c
 
 
@@ -275,6 +278,7 @@ class _Cost:
     norm_adds: int = 0
     functions: dict[str, int] = field(default_factory=dict)
     n_extra_params: int = 0
+    param_bits: int = 0  # stored bits of those extra params (kwh.fixedpoint.stored_bits)
     folded_bias: int = 0  # a BatchNorm's channels: folded into a bias-free layer, a bias
 
     def evaluate(self, name: str, n: int) -> _Cost:
@@ -310,12 +314,13 @@ def _layer_norm_cost(m: nn.LayerNorm, ins: tuple) -> _Cost:
     n = math.prod(m.normalized_shape)
     rows = math.prod(ins) // n
     mults, adds = 2 * n + 2, 3 * n - 1
-    params = 0
+    params, bits = 0, 0
     if getattr(m, "weight", None) is not None:
-        mults, params = mults + n, params + m.weight.numel()
+        mults, params, bits = mults + n, params + m.weight.numel(), bits + stored_bits(m.weight)
     if getattr(m, "bias", None) is not None:
-        adds, params = adds + n, params + m.bias.numel()
-    c = _Cost(act_mults=rows * mults, norm_adds=rows * adds, n_extra_params=params)
+        adds, params, bits = adds + n, params + m.bias.numel(), bits + stored_bits(m.bias)
+    c = _Cost(act_mults=rows * mults, norm_adds=rows * adds, n_extra_params=params,
+              param_bits=bits)
     return c.evaluate("rsqrt", rows)
 
 
@@ -341,7 +346,8 @@ def _module_cost(label: str, m: nn.Module, ins: tuple, outs: tuple) -> _Cost:
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return _Cost(pool_adds=max(0, math.prod(ins) - math.prod(outs)))  # one scale per output
     if isinstance(m, PositionEmbedding):  # x + table: one addition per element; the table is
-        return _Cost(elementwise_adds=math.prod(outs), n_extra_params=m.weight.numel())  # read
+        return _Cost(elementwise_adds=math.prod(outs), n_extra_params=m.weight.numel(),  # read
+                     param_bits=stored_bits(m.weight))
     if isinstance(m, nn.Softmax):
         return _softmax_cost(label, m, ins)
     if isinstance(m, nn.LayerNorm):
@@ -388,8 +394,10 @@ def _fuse(blocks: list[LayerCounts], outs: tuple, kind: str | None, cost: _Cost 
     for f, k in cost.functions.items():
         blk.functions[f] = blk.functions.get(f, 0) + k
     blk.n_extra_params += cost.n_extra_params
+    blk.param_bits += cost.param_bits
     if cost.folded_bias and blk.n_bias == 0:  # BatchNorm folded into a bias-free layer
         blk.n_bias, blk.bias_adds = cost.folded_bias, math.prod(blk.layer_out_shape)
+        blk.param_bits += 32 * cost.folded_bias
     blk.extra_in_elems += extra
     blk.out_shape = outs
     if kind is not None:

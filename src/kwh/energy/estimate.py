@@ -72,12 +72,15 @@ def weight_storage_bits(c: LayerCounts, ar: Arith, fmt: str) -> int:
     Plain layers: dense. kwh layers: "dense" packs every weight of the (pruned) layer at w
     bits; "sparse" is CSR, per nonzero w bits plus a column index of ceil(log2 cols) bits,
     plus (rows + 1) row pointers of ceil(log2(nnz + 1)) bits; "auto" takes the smaller.
-    Biases: float32 in kwh files (kwh.compress leaves them unquantized), float_bits otherwise;
-    so are XNOR-Net's per-channel scales of binary layers and the other stored numbers fused
-    into the block (LayerNorm's scale and shift, a position embedding).
+    Biases and the other stored numbers fused into the block (LayerNorm's scale and shift, a
+    position embedding) of kwh layers: as the .kwh file stores them (``param_bits``: on their
+    fixed-point grids since kwh.compress.floats, 32 bits each otherwise), XNOR-Net's
+    per-channel scales of binary layers 32 bits each; plain layers: float_bits each.
     """
-    bias = (c.n_bias + c.n_scales + c.n_extra_params) * \
-        (32 if c.weight_bits is not None else ar.w_bits)
+    if c.weight_bits is not None:
+        bias = c.param_bits + 32 * c.n_scales
+    else:
+        bias = (c.n_bias + c.n_scales + c.n_extra_params) * ar.w_bits
     dense = c.n_weights * ar.w_bits
     if not ar.sparse or fmt == "dense":
         return dense + bias

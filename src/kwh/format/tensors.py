@@ -27,19 +27,18 @@ import numpy as np
 import torch
 
 from kwh.errors import FormatError, ModelError
+from kwh.fixedpoint import MAX_BITS, MAX_FRAC_BITS, exact_grid
 from kwh.format import bitpack
 from kwh.format import schema as fs
 
-__all__ = ["QUANT_ENCODINGS", "PLAIN_ENCODINGS", "FLOAT_ENCODINGS", "exact_grid", "INT_DTYPES", "MAX_BITS", "MAX_FRAC_BITS",
-           "MAX_INDEX_BITS", "raw_size", "encode_float", "encode_int", "quantize_exact",
-           "encode_quantized", "check_meta", "decode"]
+__all__ = ["QUANT_ENCODINGS", "PLAIN_ENCODINGS", "FLOAT_ENCODINGS", "INT_DTYPES", "MAX_BITS",
+           "MAX_FRAC_BITS", "MAX_INDEX_BITS", "exact_grid", "raw_size", "encode_float",
+           "encode_int", "quantize_exact", "encode_quantized", "check_meta", "decode"]
 
 QUANT_ENCODINGS = ("dense", "bitmap", "rindex")
 PLAIN_ENCODINGS = ("float32", "fixed", "int64")
 FLOAT_ENCODINGS = ("float32", "fixed")  # the encodings of a float tensor that is not quantized
 INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-MAX_BITS = 25        # a float32 holds every integer of up to 24 magnitude bits exactly
-MAX_FRAC_BITS = 64   # q * 2**-t stays an exact, normal float32 for any t up to here
 MAX_INDEX_BITS = 16
 
 
@@ -62,35 +61,6 @@ def raw_size(meta: dict, bits: int | None) -> int:
 
 
 # ------------------------------------------------------------------ encoding (save)
-
-def exact_grid(values: np.ndarray) -> tuple[int, int] | None:
-    """(bits, frac_bits) of the smallest fixed-point form that holds every float32 value
-    exactly (q * 2**-frac_bits, q a ``bits``-bit two's-complement integer, frac_bits >= 0), or
-    None when there is none within MAX_BITS and MAX_FRAC_BITS or a value is -0.0 (whose sign
-    an integer cannot keep)."""
-    v = np.asarray(values, dtype=np.float32).reshape(-1)
-    if v.size == 0:
-        return 1, 0
-    nz = v[v != 0]
-    if (np.signbit(v) & (v == 0)).any():
-        return None
-    if nz.size == 0:
-        return 1, 0
-    mant, exp = np.frexp(nz.astype(np.float64))  # nz = mant * 2**exp, 0.5 <= |mant| < 1
-    ints = np.abs(mant * 2.0**24).astype(np.int64)  # the 24 significant bits, exactly
-    low = (ints & -ints).astype(np.float64)  # lowest set bit of each
-    need = 24 - exp.astype(np.int64) - np.log2(low).astype(np.int64)
-    frac_bits = max(0, int(need.max()))
-    if frac_bits > MAX_FRAC_BITS:
-        return None
-    scaled = nz.astype(np.float64) * 2.0**frac_bits  # exact integers
-    hi, lo = max(float(scaled.max()), 0.0), min(float(scaled.min()), 0.0)
-    for bits in range(1, MAX_BITS + 1):
-        low, high = bitpack.int_range(bits)
-        if low <= lo and hi <= high:
-            return bits, frac_bits
-    return None
-
 
 def encode_float(name: str, tensor: torch.Tensor, where: str) -> tuple[dict, bytes]:
     """A float tensor in its smallest exact form: ``fixed`` integers when every value lies on
@@ -187,7 +157,7 @@ def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
     """Check one tensor description against the tensor its layer must carry.
 
     ``plain``: the encodings allowed for a tensor that is not quantized (the chain layout
-    stores only float32; the state layout adds int64).
+    allows float32 and fixed; the state layout adds int64).
     """
     fs.fields(meta, where, ["name", "shape", "encoding"],
               ["nnz", "entries", "index_bits", "bits", "frac_bits"])

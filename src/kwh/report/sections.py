@@ -180,7 +180,8 @@ def bits(summary: dict | None) -> Section:
         rows.append([label, d["bits"], d["bits"] - 1, t, e, f"2^-{t} = {2.0 ** -t:.3g}",
                      f"2^{e} = {2.0 ** e:.3g}", d.get("bits_source", "")])
     body = (f"<p>Bits per weight {escape(summary.get('bits', ''))}, chosen from the posterior "
-            "variance (Louizos et al. 2017, sec. 4); biases stay float32.</p>"
+            "variance (Louizos et al. 2017, sec. 4); biases and norms go on their own "
+            "fixed-point grids (kwh.compress.floats) or stay float32.</p>"
             + img(uri, "total bits per layer")
             + table(["layer", "total bits", "magnitude bits m", "fraction bits t",
                      "e = m - t", "step", "every |w| below", "from"], rows)
