@@ -19,8 +19,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 KWH = SRC / "kwh"
 
 # What a core package may import from kwh, besides itself: the shared leaves (errors, modules,
-# metrics, the reference models, soft weight-sharing's prior), and the core packages below it.
-LEAVES = ("kwh.errors", "kwh.modules", "kwh.metrics", "kwh.models", "kwh.sws")
+# metrics, the reference models, soft weight-sharing's prior, the exact fixed-point rule), and
+# the core packages below it.
+LEAVES = ("kwh.errors", "kwh.modules", "kwh.metrics", "kwh.models", "kwh.sws", "kwh.fixedpoint")
 ALLOWED = {
     "bayes": LEAVES,
     "compress": (*LEAVES, "kwh.graph", "kwh.bayes"),
@@ -112,6 +113,13 @@ def test_the_sws_leaf_imports_only_torch_math_and_kwh_errors():
     roots = {n.split(".")[0] for n in found if not n.startswith("kwh")}
     assert {n for n in found if n.startswith("kwh")} == {"kwh.errors"}, found
     assert roots <= {"__future__", "math", "collections", "dataclasses", "torch"}, roots
+
+
+def test_the_fixedpoint_leaf_imports_only_numpy_and_torch():
+    path = KWH / "fixedpoint.py"
+    found = {name for _, name in imports(ast.parse(path.read_text(encoding="utf-8")), "kwh")}
+    assert not {n for n in found if n.startswith("kwh")}, found
+    assert {n.split(".")[0] for n in found} <= {"__future__", "numpy", "torch"}, found
 
 
 def test_the_contract_sees_every_kind_of_import():
