@@ -105,15 +105,6 @@ def test_config_round_trips_and_names_differences():
         TrainConfig.from_dict({"colour": "red"})
 
 
-def test_the_kl_warm_up_ends_by_default_at_the_end_from_scratch_and_at_a_fifth_after_pretraining():
-    scratch, pretrained = TrainConfig(epochs=10), TrainConfig(pretrain_epochs=2, epochs=10)
-    assert scratch.kl_warmup_end == 1.0 and pretrained.kl_warmup_end == 0.2
-    assert TrainConfig(epochs=10, kl_warmup_end=0.3).kl_warmup_end == 0.3  # given: kept
-    assert Schedule(scratch, 4).kl_weight(5, 0) == pytest.approx(0.5)  # half-way up the ramp
-    assert TrainConfig.from_dict(scratch.to_dict()).kl_warmup_end == 1.0  # stored as a number
-    assert Schedule(pretrained, 4).kl_weight(4, 0) == pytest.approx(1.0)  # 2 of the 10 epochs
-
-
 def test_schedule_lr_decays_linearly_and_kl_warms_up():
     s = Schedule(TrainConfig(pretrain_epochs=2, epochs=10, kl_warmup_start=0.2,
                              kl_warmup_end=0.5), steps_per_epoch=4)

@@ -35,11 +35,6 @@ SGLD_DEFAULTS = {"lr": None, "prior_std": 1.0, "temperature": 1.0, "precondition
                  "alpha": 0.99, "eps": 1e-5, "burn_in_epochs": 1, "thin_steps": 100,
                  "max_samples": 50}
 SGLD_LR, PSGLD_LR = 1e-6, 4e-8
-# The KL weight reaches 1 at this fraction of the Bayesian epochs (TrainConfig.kl_warmup_end):
-# after plain pretraining, and from scratch (see TrainConfig).
-KL_WARMUP_END = 0.2
-KL_WARMUP_SCRATCH = 1.0
-
 # Soft weight-sharing settings (TrainConfig.sws_options; kwh.sws, Ullrich, Meeds and Welling
 # 2017): the phase minimises mean NLL + tau * (-log p(w) - log p(lambda)) / N with Adam, the
 # network's parameters and the mixture's three kinds of parameters in four groups.
@@ -82,13 +77,9 @@ class TrainConfig:
     end, and the Bayesian epochs start again from ``lr`` and decay every group's lr linearly
     to 0 at the end, log-scale parameters at ``lr * variance_lr_mult`` (None: each prior's own). The KL weight is 0 until ``kl_warmup_start`` and rises
     linearly to 1 at ``kl_warmup_end``, both fractions of the Bayesian epochs (Sparse VD's
-    5 -> 20 of 200 epochs, REFERENCES sec. 1, is 0.025 -> 0.1). Defaults 0 -> 0.2 after
-    plain pretraining: with the lr decaying linearly, a KL-free first quarter would waste 44%
-    of all the lr a short run has to move the posterior scales. From scratch
-    (``pretrain_epochs=0``) the default end is 1.0, the KL weight ramped over the whole run as
-    the authors' Sparse VD notebook ramps it: LeNet-300-100, 15 epochs, 1.80 % at 100x kept
-    weights x bits against 2.25 % at 136x with 0.2; after 20 plain epochs 0.2 keeps its
-    place (1.81 % at 125x, 1.0: 1.65 % at 81x) (benchmarks/results/ablations/README.md).
+    5 -> 20 of 200 epochs, REFERENCES sec. 1, is 0.025 -> 0.1). Defaults 0 -> 0.2: with the
+    lr decaying linearly, a KL-free first quarter would waste 44% of all the lr a short run
+    has to move the posterior scales.
 
     ``method="sgld"`` keeps the network plain after pretraining and samples its weights'
     posterior with kwh.bayes.SGLD at a constant step for ``epochs`` epochs (settings:
@@ -116,7 +107,7 @@ class TrainConfig:
     variance_lr_mult: float | None = None  # None: each prior's own (kwh.bayes.param_groups)
     lr_decay: str = "linear"
     kl_warmup_start: float = 0.0
-    kl_warmup_end: float | None = None  # None: KL_WARMUP_END, or 1.0 from scratch
+    kl_warmup_end: float = 0.2
     seed: int = 0
     shrink_patience: int = 0  # remove groups dead this many epochs in a row; 0: never
     validation: int | None = None  # held out of the training examples; None: one twelfth
@@ -190,8 +181,6 @@ class TrainConfig:
             self._positive("variance_lr_mult")
         if not (isinstance(self.lr_backoff, (int, float)) and 0 < self.lr_backoff < 1):
             raise KwhError(f"lr_backoff must lie in (0, 1), got {self.lr_backoff!r}")
-        if self.kl_warmup_end is None:
-            self.kl_warmup_end = KL_WARMUP_SCRATCH if self.pretrain_epochs == 0 else KL_WARMUP_END
         s, e = self.kl_warmup_start, self.kl_warmup_end
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (s, e)) \
                 or not 0 <= s <= e <= 1:
