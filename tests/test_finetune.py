@@ -121,9 +121,9 @@ def test_finetune_trains_on_the_grids_and_the_file_follows(tmp_path):
         moved |= not torch.equal(m.weight, m0.weight)
     assert moved
     bits = small.kwh_summary["float_grids"]["bits"]  # the biases trained, then went back on grids
-    for _, m in quantized_layers(tuned):
-        assert bias_on_grid(m.bias, bits) and not torch.equal(m.bias, dict(
-            quantized_layers(small))[_].bias)
+    start = dict(quantized_layers(small))
+    for name, m in quantized_layers(tuned):
+        assert bias_on_grid(m.bias, bits) and not torch.equal(m.bias, start[name].bias)
     s = tuned.kwh_summary
     ft = s["finetune"]
     assert ft["epochs"] == 2 and ft["examples"] == 500 and ft["validation_examples"] == 100

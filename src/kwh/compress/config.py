@@ -82,10 +82,8 @@ class CompressConfig:
                 raise ValueError(f"input_shape={self.input_shape!r} is invalid; give one "
                                  "example's shape as positive integers, e.g. (1, 28, 28)")
             self.input_shape = shape
-        if self.float_bits is not None and (isinstance(self.float_bits, bool) or not isinstance(
-                self.float_bits, int) or not 1 <= self.float_bits <= 24):
-            raise ValueError(f"float_bits={self.float_bits!r} is invalid; give magnitude bits in "
-                             "1..24, or None to keep biases and norms float32")
+        if self.float_bits is not None:
+            check_float_bits(self.float_bits)
         if self.bits_search not in BITS_SEARCHES:
             raise ValueError(f"Unknown bits_search {self.bits_search!r}; choose one of: "
                              f"{', '.join(BITS_SEARCHES)}")
@@ -117,6 +115,13 @@ class CompressConfig:
     def threshold_for(self, name: str) -> float | None:
         """The threshold override of one layer (None: the layer's own)."""
         return self.thresholds.get(name, self.threshold)
+
+
+def check_float_bits(bits) -> None:
+    """ValueError unless ``bits`` is a valid CompressConfig.float_bits (an int in 1..24)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 24:
+        raise ValueError(f"float_bits={bits!r} is invalid; give magnitude bits in 1..24, or None "
+                         "to keep biases and norms float32")
 
 
 def _check_bits(what: str, n) -> None:

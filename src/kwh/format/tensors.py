@@ -199,13 +199,13 @@ def decode(meta: dict, blob: memoryview, quant: tuple[int, int] | None,
             values = np.frombuffer(blob, dtype="<f4").astype(np.float32)
             if not np.isfinite(values).all():
                 raise FormatError(f"{where}: {meta['name']} holds NaN or infinite values")
-        elif meta["encoding"] == "fixed":
-            n = math.prod(meta["shape"])
-            q = bitpack.from_twos(bitpack.unpack_uint(blob, n, meta["bits"]), meta["bits"])
-            values = q.astype(np.float32) * np.float32(2.0 ** -meta["frac_bits"])
         else:
-            bits, frac_bits = quant
-            q = _decode_ints(meta, blob, bits, where)
+            if meta["encoding"] == "fixed":  # its own grid, its integers dense
+                bits, frac_bits = meta["bits"], meta["frac_bits"]
+                q = _decode_ints({**meta, "encoding": "dense"}, blob, bits, where)
+            else:
+                bits, frac_bits = quant
+                q = _decode_ints(meta, blob, bits, where)
             values = q.astype(np.float32) * np.float32(2.0**-frac_bits)  # exact: a power of 2
     except ValueError as err:
         if isinstance(err, FormatError):
