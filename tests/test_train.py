@@ -120,6 +120,33 @@ def test_schedule_lr_decays_linearly_and_kl_warms_up():
     assert Schedule(TrainConfig(kl_warmup_start=0, kl_warmup_end=0), 4).kl_weight(0, 0) == 1.0
 
 
+def test_a_run_from_scratch_records_the_whole_run_warm_up(tmp_path, data_root):
+    res = run_training(tiny(tmp_path, data_root, pretrain_epochs=0, epochs=1, limit_train=200),
+                       progress=False)
+    assert res.config.kl_warmup_end == 1.0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["kl_warmup_end"] == 1.0  # resolved before it is saved: resuming compares it
+    again = run_training(tiny(tmp_path, data_root, pretrain_epochs=0, epochs=1, limit_train=200),
+                         resume=True, progress=False)  # the same default resumes, not refused
+    assert again.config.kl_warmup_end == 1.0
+
+
+def test_kl_warmup_default_depends_on_the_start():
+    scratch, pre = TrainConfig(epochs=10), TrainConfig(pretrain_epochs=2, epochs=10)
+    assert scratch.kl_warmup_end is None and pre.kl_warmup_end is None
+    assert scratch.resolved().kl_warmup_end == 1.0  # a fresh initialisation: the whole run
+    assert pre.resolved().kl_warmup_end == 0.2  # trained weights: the first fifth
+    assert scratch.resolved(trained_start=True).kl_warmup_end == 0.2  # a given dense start
+    assert pre.resolved(trained_start=False).kl_warmup_end == 1.0
+    assert TrainConfig(kl_warmup_start=0.3).resolved(True).kl_warmup_end == 0.3  # never below
+    given = TrainConfig(kl_warmup_end=0.5)
+    assert given.resolved() is given and given.resolved(True).kl_warmup_end == 0.5
+    # the schedule of an unresolved config follows the same rule: 1 from scratch at the end
+    s = Schedule(scratch, steps_per_epoch=4)
+    assert s.kl_weight(4, 2) == pytest.approx(4.5 / 10) and s.kl_weight(9, 3) < 1.0
+    assert Schedule(pre, 4).kl_weight(4, 0) == 1.0  # 2 Bayesian epochs = 0.2 of 10
+
+
 # ------------------------------------------------------------------ a run, its log and checkpoint
 
 
@@ -269,6 +296,7 @@ def test_run_training_takes_a_users_model_data_and_dense_start(tmp_path, data_ro
     res = run_training(cfg, progress=False, model=start, data=data)
     log = read_log(tmp_path / "run")
     assert [r["epoch"] for r in log] == [1, 2] and all("val_error" in r for r in log)
+    assert res.config.kl_warmup_end == 0.2  # a given model is a trained start, recorded so
     assert log[-1]["global_step"] == 10  # 500 examples, batch 100: N is the given train set
     assert isinstance(res.model.fc, BayesLayer) and isinstance(res.model, _TwoLayer)
     # the checkpoint restores through the user's model (its structure; weights from the file)

@@ -122,7 +122,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-warmup", nargs=2, type=fraction, metavar=("START", "END"),
                    default=[d["kl_warmup_start"].default, d["kl_warmup_end"].default],
                    help="KL weight 0 until START, 1 from END, fractions of the Bayesian epochs "
-                   "(default: %(default)s)")
+                   "(default: 0 1 from scratch, 0 0.2 after --pretrain-epochs: the ramp that "
+                   "won each case in the LeNet-300-100 ablations)")
     p.add_argument("--seed", type=int_at_least(0), default=d["seed"].default,
                    help="random seed (default: %(default)s)")
     p.add_argument("--shrink-patience", type=int_at_least(0), default=0, metavar="EPOCHS",

@@ -107,7 +107,8 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
 
     ``model``: a plain nn.Module to train instead of the config's reference net (its weights
     are the start: pretrained ones make a dense start, with ``pretrain_epochs=0``; resuming
-    needs the same model again). ``data``: a TrainData (train, validation, test) instead of
+    needs the same model again; it counts as trained weights for the KL warm-up's default,
+    see TrainConfig.resolved, so give ``kl_warmup_end`` for a freshly initialised one). ``data``: a TrainData (train, validation, test) instead of
     the config's data set. Under torchrun (RANK and WORLD_SIZE set) each process trains its
     shard with DistributedDataParallel; rank 0 evaluates, logs and writes checkpoints.
     ``fault`` is a test hook: when it returns True for a global step, that step's loss
@@ -120,6 +121,8 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     if data is None and config.data == CUSTOM:
         raise KwhError("this run's data are 'custom': pass them as run_training(config, "
                        "data=TrainData(train, validation, test))")
+    # the KL warm-up's default depends on the start: a given model counts as trained weights
+    config = config.resolved(trained_start=config.pretrain_epochs > 0 or model is not None)
     with _runtime(config) as ctx:
         return _Trainer(config, ctx, progress, fault, model, data).run(resume)
 

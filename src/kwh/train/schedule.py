@@ -54,6 +54,6 @@ class Schedule:
         """beta of the free energy at (epoch, step); 0 during pretraining."""
         if self.phase(epoch) == PRETRAIN:
             return 0.0
-        c = self.config
+        c = self.config.resolved()
         warm = KLWarmup(c.kl_warmup_start * c.epochs, c.kl_warmup_end * c.epochs)
         return float(warm(self.bayes_progress(epoch, step)))
