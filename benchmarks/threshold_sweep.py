@@ -10,11 +10,15 @@ its real .kwh payload counted, and its error measured on the validation split an
 set. ``--match-val-error E`` picks, among the thresholds, the most compressed model whose
 validation error is at most E percent (e.g. Deep Compression's validation error in the same
 table): the rate "at equal error", chosen on held-out training data, never on the test set.
+``--only GLOB`` sweeps the threshold of the matching layers only (fnmatch on qualified layer
+names, e.g. ``'*.attn.out'`` for the attention heads of kwh.models.vit), the others keeping
+their posterior's threshold.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import platform
 import subprocess
@@ -32,12 +36,20 @@ from kwh.data import batch_loader
 
 
 def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune_epochs: int = 0,
-          finetune_lr: float = 1e-3, runs: Path | None = None) -> tuple[list[dict], dict]:
+          finetune_lr: float = 1e-3, runs: Path | None = None,
+          only: str | None = None) -> tuple[list[dict], dict]:
     """One row per threshold: errors (validation, test, before quantization), rates, bytes;
-    with ``finetune_epochs``, the same of the fine-tuned model under "finetuned"."""
+    with ``finetune_epochs``, the same of the fine-tuned model under "finetuned". ``only``: a
+    glob of layer names whose threshold is swept; the others keep the posterior's."""
     loaded = load_model(run)
     if loaded.kind != "checkpoint":
         raise SystemExit(f"{run}: not a `kwh train` run folder or checkpoint")
+    swept = None
+    if only is not None:
+        swept = [n for n, m in loaded.model.named_modules()
+                 if hasattr(m, "prior") and fnmatch.fnmatchcase(n, only)]
+        if not swept:
+            raise SystemExit(f"--only {only!r} matches no Bayesian layer of {run}")
     cfg = json.loads((Path(loaded.path).parent / "config.json").read_text())
     tdata, _ = load_data(cfg["data"], cfg.get("data_dir"), cfg.get("limit_train"),
                          cfg.get("limit_test"), cfg.get("validation"))
@@ -46,7 +58,8 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
     val, test = batch_loader(tdata.validation, 1000), batch_loader(tdata.test, 1000)
     rows = []
     for t in thresholds:
-        small = kwh.compress(loaded.model, CompressConfig(input_shape=tdata.input_shape, threshold=t),
+        by_layer = dict(threshold=t) if swept is None else dict(thresholds=dict.fromkeys(swept, t))
+        small = kwh.compress(loaded.model, CompressConfig(input_shape=tdata.input_shape, **by_layer),
                              eval_data=test, guard_data=val)
         s = small.kwh_summary
         nbytes = None
@@ -103,6 +116,9 @@ def main(argv=None) -> int:
                    help="also fine-tune each model this many epochs on its fixed-point grids "
                         "(kwh.app.finetune) and choose among the fine-tuned ones")
     p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--only", default=None, metavar="GLOB",
+                   help="sweep only the layers whose names match GLOB (e.g. '*.attn.out'); the "
+                        "others keep their posterior's threshold")
     a = p.parse_args(argv)
     if a.finetune_epochs < 0 or not 0 < a.finetune_lr < float("inf"):
         p.error("--finetune-epochs must be >= 0 and --finetune-lr positive")
@@ -111,7 +127,7 @@ def main(argv=None) -> int:
     files = Path(f"{out}_files")
     files.mkdir(parents=True, exist_ok=True)
     rows, cfg = sweep(a.run, sorted(a.thresholds), files, a.finetune_epochs, a.finetune_lr,
-                      Path(f"{out}_runs"))
+                      Path(f"{out}_runs"), a.only)
     ft = "finetuned" if a.finetune_epochs else None
     chosen = None if a.match_val_error is None else pick(rows, a.match_val_error, ft)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -123,6 +139,8 @@ def main(argv=None) -> int:
           f"{platform.machine()}, torch {torch.__version__}, {a.threads} thread(s). Each row: "
           "kwh.compress at that log-alpha threshold, bits guarded on the run's validation "
           "split, rate from the real .kwh payload (32 |W| / payload bits)." +
+          (f" The threshold is that of the layers matching `{a.only}` only; the others keep "
+           "their posterior's." if a.only else "") +
           (f" Fine-tuned: {a.finetune_epochs} epochs at lr {a.finetune_lr:g} (Adam, decayed "
            "linearly to 0) on the run's training split, weights on their fixed-point grids, "
            "pruned weights held at zero (kwh.app.finetune); same architecture and bits."

@@ -205,6 +205,21 @@ def test_threshold_sweep_fine_tunes_each_threshold(tiny_run, tmp_path, data_root
     assert "fine-tuned" in (tmp_path / "sweep.md").read_text()
 
 
+def test_threshold_sweep_only_moves_the_matching_layers(tiny_run, tmp_path):
+    """--only GLOB: the swept threshold reaches the matching layers alone; the others keep
+    their posterior's threshold, so their kept weights do not change along the sweep."""
+    from benchmarks import threshold_sweep
+
+    with pytest.raises(SystemExit, match="matches no Bayesian layer"):
+        threshold_sweep.sweep(str(tiny_run), [3.0], only="*.attn.out")
+    rows, _ = threshold_sweep.sweep(str(tiny_run), [-2.0, 3.0], only="5")  # the last Linear
+    full, _ = threshold_sweep.sweep(str(tiny_run), [-2.0])  # every layer at -2
+    first = [int(r["architecture"].split("-")[0]) for r in rows]
+    assert first[0] == first[1]  # fc1's inputs: untouched by the last layer's threshold
+    assert rows[0]["nonzero_pct"] <= rows[1]["nonzero_pct"]
+    assert full[0]["nonzero_pct"] < rows[0]["nonzero_pct"]  # -2 everywhere prunes more
+
+
 def test_finetune_a_weights_mode_compression(tmp_path):
     """mode="weights" keeps the user's architecture: fine-tuning works on it too, the summary's
     counts follow, and the state-layout file loads into the user's class."""
