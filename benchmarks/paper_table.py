@@ -28,7 +28,7 @@ from benchmarks.baselines.common import (INPUT_SHAPES, Clock, check_net_data, co
                                          weighted_layers)
 from benchmarks.baselines.kwh_rows import compress_and_save, log_alphas, train_bayes
 import kwh
-from kwh.app.finetune import finetune
+from kwh.app.finetune import finetune, finetune_codebook
 from kwh.data import batch_loader
 from kwh.sws import mixture_weights, quantize_
 
@@ -91,6 +91,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sws-option", action="append", type=_sws_option, default=[],
                    metavar="KEY=VALUE", help="soft weight-sharing row: a kwh.train sws_options "
                    "setting (e.g. tau=5e-3, init_std=0.25); repeatable")
+    p.add_argument("--sws-finetune-epochs", type=int, default=0,
+                   help="soft weight-sharing: also a row of the quantized model whose codebook "
+                        "values (and biases) train this many epochs, every weight held to its "
+                        "code (kwh.app.finetune.finetune_codebook; 0: none)")
+    p.add_argument("--sws-finetune-lr", type=float, default=1e-4)
     p.add_argument("--repeats", type=int, help="timed passes per throughput median (overrides)")
     p.add_argument("--bench-batch", type=int, default=1000, help="images per timed pass")
     a = p.parse_args(argv)
@@ -105,6 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--shrink-patience must be >= 0, got {a.shrink_patience}")
     if a.finetune_epochs < 0 or not 0 < a.finetune_lr < float("inf"):
         p.error("--finetune-epochs must be >= 0 and --finetune-lr positive")
+    if a.sws_finetune_epochs < 0 or not 0 < a.sws_finetune_lr < float("inf"):
+        p.error("--sws-finetune-epochs must be >= 0 and --sws-finetune-lr positive")
     if a.variance_lr_mult is not None and not a.variance_lr_mult > 0:
         p.error(f"--variance-lr-mult must be positive, got {a.variance_lr_mult}")
     a.cfg = cfg
@@ -260,22 +267,37 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
         sws = res.model.eval().cpu()
         trained_err = 100 * test_error(sws, data)
         q = quantize_(sws, res.prior.cpu())
-        swf = deep_compression.write_file(files / f"seed{seed}_soft_weight_sharing.sphf",
-                                          sws_layers(sws, q))
-        bits = [q.index_bits] * len(weighted_layers(sws))
-        r = {**base, "method": SWS_LABEL, **measure(sws, data, w_orig, x_bench, reps),
-             "bits": "-".join(map(str, bits)),
-             **table.rates(sws, w_orig, bits, False, swf["payload_bytes"] + swf["bias_bytes"]),
-             "max_compression_huffman": 32 * w_orig / (8 * swf["payload_bytes"]),
-             "file_bytes": swf["file_bytes"], "wall_s": clock(),
-             "epochs": f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} sws",
-             "error_before_quantization_pct": trained_err, "codebook": q.codebook.tolist(),
-             "components_merged": q.merged, "val_error_pct": 100 * _val_error(sws, tdata)}
-        rows.append(r)
-        log(f"seed {seed}: soft weight-sharing: error {r['error_pct']:.2f}% (before quantizing "
-            f"{trained_err:.2f}%), {len(q.codebook) - 1} nonzero values, nonzero "
-            f"{r['nonzero_pct']:.2f}%, max compression {r['max_compression_huffman']:.1f}x "
-            f"(Huffman)")
+        epochs = f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} sws"
+
+        def sws_row(model, q, label: str, stem: str, epochs: str, extra: dict) -> dict:
+            swf = deep_compression.write_file(files / f"seed{seed}_{stem}.sphf",
+                                              sws_layers(model, q))
+            bits = [q.index_bits] * len(weighted_layers(model))
+            r = {**base, "method": label, **measure(model, data, w_orig, x_bench, reps),
+                 "bits": "-".join(map(str, bits)),
+                 **table.rates(model, w_orig, bits, False, swf["payload_bytes"] + swf["bias_bytes"]),
+                 "max_compression_huffman": 32 * w_orig / (8 * swf["payload_bytes"]),
+                 "file_bytes": swf["file_bytes"], "wall_s": clock(), "epochs": epochs,
+                 "error_before_quantization_pct": trained_err, "codebook": q.codebook.tolist(),
+                 "components_merged": q.merged, "val_error_pct": 100 * _val_error(model, tdata),
+                 **extra}
+            rows.append(r)
+            log(f"seed {seed}: {label}: error {r['error_pct']:.2f}% (before quantizing "
+                f"{trained_err:.2f}%), {len(q.codebook) - 1} nonzero values, nonzero "
+                f"{r['nonzero_pct']:.2f}%, max compression {r['max_compression_huffman']:.1f}x "
+                f"(Huffman)")
+            return r
+
+        plain = sws_row(sws, q, SWS_LABEL, "soft_weight_sharing", epochs, {})
+        if a.sws_finetune_epochs:
+            tuned, q2 = finetune_codebook(sws, q, tdata, a.sws_finetune_epochs,
+                                          runs / "soft_weight_sharing-codebook",
+                                          lr=a.sws_finetune_lr, seed=seed, device=a.device,
+                                          threads=a.threads)
+            sws_row(tuned, q2, SWS_LABEL + " + codebook fine-tune",
+                    "soft_weight_sharing_codebook",
+                    f"{epochs} + {a.sws_finetune_epochs} codebook (lr {a.sws_finetune_lr:g})",
+                    {"error_after_quantization_pct": plain["error_pct"]})
 
     if "torch-pruning" in methods:
         clock = Clock()
@@ -416,6 +438,11 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
            "unless set), then kwh.sws.quantize_ (components merged below KL 0.01, each weight to its",
            "most responsible component's mean); the Deep Compression file with the merged means as",
            "codebook and the component indices as symbols; bits = the index width of that codebook.",
+           *([f"Soft weight-sharing '+ codebook fine-tune': the quantized model's codebook values and "
+              f"biases trained {a.sws_finetune_epochs} epochs at lr {a.sws_finetune_lr:g} (Adam, decayed "
+              "linearly to 0), every weight held to its code, zeros at zero: the same codes and "
+              "sparsity (kwh.app.finetune.finetune_codebook, Deep Compression's centroid "
+              "fine-tuning)."] if a.sws_finetune_epochs else []),
            "Published (Ullrich, Meeds, Welling 2017): LeNet-300-100 64x at 1.94%, LeNet-5-Caffe",
            "162x at 0.97% error.",
            f"Throughput: batch {a.bench_batch}, median of {cfg['repeats']} repeats, torch threads as in Machine.", ""]

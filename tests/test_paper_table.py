@@ -110,6 +110,30 @@ def test_lenet300_mnist_quick_subset(tmp_path, data_root):
     assert float(dc["pruning"]) == pytest.approx(1 / (2 * 0.08), rel=1e-3)
 
 
+def test_sws_codebook_fine_tune_row_keeps_the_codes(tmp_path, data_root):
+    """--sws-finetune-epochs: a second soft weight-sharing row whose codebook values trained;
+    the same weights are zero, every weight is a value of the new codebook."""
+    out = tmp_path / "out"
+    args = ["--net", "lenet300", "--data", "mnist", "--budget", "quick", "--data-dir", str(data_root),
+            "--out", str(out), "--epochs", "1", "--pretrain-epochs", "1", "--limit-train", "500",
+            "--limit-test", "200", "--methods", "soft-weight-sharing", "--sws-finetune-epochs", "1",
+            "--repeats", "1", "--bench-batch", "100", *SWS_QUICK]
+    assert paper_table.main(args) == 0
+    rows = json.loads((out / "paper_table_lenet300_mnist_selected.json").read_text())["rows"]
+    plain, tuned = (next(r for r in rows if r["method"].endswith(end))
+                    for end in ("Huffman)", "codebook fine-tune"))
+    assert tuned["nonzero_pct"] == plain["nonzero_pct"]
+    assert tuned["error_after_quantization_pct"] == plain["error_pct"]
+    assert len(tuned["codebook"]) == len(plain["codebook"]) and tuned["codebook"][0] == 0.0
+    assert tuned["codebook"] != plain["codebook"]  # the values trained
+    files = out / "paper_table_lenet300_mnist_files"
+    a, b = (sparse_file.read(files / f"seed0_{stem}.sphf")
+            for stem in ("soft_weight_sharing", "soft_weight_sharing_codebook"))
+    for name in a:
+        assert np.array_equal(a[name]["weight"] == 0, b[name]["weight"] == 0)
+        assert set(np.unique(b[name]["weight"])) <= set(np.float32(tuned["codebook"]))
+
+
 def test_huffman_is_optimal_and_decodes():
     # CLRS's example: frequencies 45, 13, 12, 16, 9, 5 -> an optimal code costs 224 bits
     sym = np.repeat(np.arange(6), [45, 13, 12, 16, 9, 5])

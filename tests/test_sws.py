@@ -301,3 +301,69 @@ def test_without_gradients_the_value_is_the_same():
         quiet = p.neg_log_prob(ws)
     assert quiet.item() == pytest.approx(_reference(p, ws)["value"], rel=1e-12)
     assert not quiet.requires_grad
+
+
+# ------------------------------------------------------------------ the shared codebook, trained
+
+
+def test_shared_codebook_ties_weights_to_codes_and_sums_their_gradients():
+    """share_codebook_: every weight is codebook[code] in the forward pass; a value's gradient
+    is the sum of its weights' gradients (the oracle: the same loss on the unshared model);
+    zeros stay zero; the state holds the codebook once; unshare_codebook_ gives back plain
+    weights at the trained values with the same codes."""
+    from safetensors.torch import save
+
+    from kwh.sws import share_codebook_, unshare_codebook_
+
+    model, p = _clustered_model()
+    q = quantize_(model, p, merge_kl=0)
+    x = torch.randn(7, model[0].in_features, generator=torch.Generator().manual_seed(3))
+    plain = [w.detach().clone().requires_grad_(True) for _, w in mixture_weights(model)]
+    ref = torch.func.functional_call(
+        model, {"0.weight": plain[0], "2.weight": plain[1]}, (x,)).pow(2).sum()
+    ref.backward()
+    expect = torch.zeros(len(q.codebook) - 1)
+    for (name, _), w in zip(mixture_weights(model), plain):
+        codes = q.codes[name].reshape(-1)
+        expect.index_add_(0, codes[codes > 0] - 1, w.grad.reshape(-1)[codes > 0])
+    out = share_codebook_(model, q)
+    assert out is model
+    with pytest.raises(KwhError, match="already shares a codebook"):
+        share_codebook_(model, q)
+    books = [n for n, _ in model.named_parameters() if n.endswith("book.values")]
+    assert len(books) == 1  # held once
+    book = model.get_submodule(books[0][:-len(".values")])
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    assert sum(k.endswith("book.values") for k in state) == 1
+    save(state)  # safetensors refuses tensors that share memory: the codebook is held once
+    loss = model(x).pow(2).sum()
+    torch.testing.assert_close(loss, ref.detach())
+    loss.backward()
+    torch.testing.assert_close(book.values.grad, expect)
+    with torch.no_grad():
+        book.values.add_(0.125)  # a "trained" codebook
+    q2 = unshare_codebook_(model)
+    assert not any(n.endswith("book.values") for n, _ in model.named_parameters())
+    torch.testing.assert_close(q2.codebook, torch.cat([torch.zeros(1), q.codebook[1:] + 0.125]))
+    for name, w in mixture_weights(model):
+        assert isinstance(w, nn.Parameter)
+        assert torch.equal(q2.codes[name], q.codes[name])
+        assert torch.equal(w.detach(), q2.codebook[q.codes[name]])  # zeros stay exactly 0
+    assert q2.components == q.components and q2.merged == q.merged
+    with pytest.raises(KwhError, match="shares no codebook"):
+        unshare_codebook_(model)
+
+
+def test_shared_codebook_refuses_codes_of_another_model():
+    from kwh.sws import share_codebook_
+
+    model, p = _clustered_model()
+    q = quantize_(model, p, merge_kl=0)
+    with pytest.raises(KwhError, match="what kwh.sws.quantize_ returned"):
+        share_codebook_(model, {"0.weight": None})
+    other = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(KwhError, match="do not match the model's weights"):
+        share_codebook_(other, q)
+    bad = kwh.sws.Quantized({k: v + 100 for k, v in q.codes.items()}, q.codebook)
+    with pytest.raises(KwhError, match="codes do not fit the weight"):
+        share_codebook_(model, bad)

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from kwh.errors import KwhError, ModelError
 
 __all__ = ["MixturePrior", "quantize_", "Quantized", "mixture_weights", "merge_components",
+           "share_codebook_", "unshare_codebook_",
            "N_COMPONENTS", "ZERO_MIX", "INIT_STD", "GAMMA", "ZERO_GAMMA", "TAU", "MERGE_KL"]
 
 N_COMPONENTS = 17  # the zero component and 16 learned ones (paper sec. 6)
@@ -335,3 +337,97 @@ def quantize_(model: nn.Module, prior: MixturePrior, merge_kl: float = MERGE_KL)
         codes[name] = c
     return Quantized(codes, codebook.to(named[0][1].dtype),
                      [groups[0]] + [groups[k] for k in used], prior.n_components - len(groups))
+
+
+# ------------------------------------------------------------------ shared codebook, trainable
+
+
+class _Codebook(nn.Module):
+    """The nonzero values of a quantized model's codebook, one trainable parameter."""
+
+    def __init__(self, values: torch.Tensor):
+        super().__init__()
+        self.values = nn.Parameter(values.detach().clone())
+
+    def table(self) -> torch.Tensor:
+        """(K,) the whole codebook: 0 for code 0 (pruned, fixed), then the values."""
+        return torch.cat([self.values.new_zeros(1), self.values])
+
+
+class _Shared(nn.Module):
+    """Parametrization: the weight is codebook[codes]. The first layer's parametrization owns
+    the codebook (a submodule); the others hold it in a list, outside the module tree, so the
+    model's parameters and state hold it once, and no container's forward() meets it."""
+
+    def __init__(self, codes: torch.Tensor, book: _Codebook, owner: bool):
+        super().__init__()
+        self.register_buffer("codes", codes.detach().clone().to(torch.int64))
+        if owner:
+            self.book = book
+        self._book = [book]
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return self._book[0].table().to(original.dtype)[self.codes]
+
+
+def _shared_layers(model: nn.Module) -> list[tuple[str, nn.Module, _Shared]]:
+    out = []
+    for name, m in model.named_modules():
+        if parametrize.is_parametrized(m, "weight"):
+            for p in m.parametrizations.weight:
+                if isinstance(p, _Shared):
+                    out.append((name, m, p))
+    return out
+
+
+def share_codebook_(model: nn.Module, quantized: Quantized) -> nn.Module:
+    """Make the weights of a model :func:`quantize_` quantized share its codebook as trainable
+    values, in place: each weight the prior covers becomes ``codebook[code]`` (a
+    torch.nn.utils.parametrize parametrization; code 0 stays exactly 0), and the nonzero values
+    one parameter (of the first layer's parametrization), whose gradient is the sum of the
+    gradients of the weights sharing each value: Deep Compression's centroid fine-tuning (Han
+    et al. 2016) on the mixture's means. Train the model as usual (the biases stay free), then
+    :func:`unshare_codebook_`. Returns ``model``."""
+    if not isinstance(quantized, Quantized):
+        raise KwhError(f"quantized must be what kwh.sws.quantize_ returned, got "
+                       f"{type(quantized).__name__}")
+    if _shared_layers(model):
+        raise KwhError("this model already shares a codebook (share_codebook_ was applied); "
+                       "unshare_codebook_ it first")
+    named = mixture_weights(model)
+    differ = sorted({n for n, _ in named} ^ set(quantized.codes))
+    if differ:
+        raise KwhError(f"the quantized codes do not match the model's weights (differ on: "
+                       f"{', '.join(differ[:4])}); share the codebook of this model's own "
+                       "quantize_")
+    k = len(quantized.codebook)
+    for name, w in named:
+        c = quantized.codes[name]
+        if tuple(c.shape) != tuple(w.shape) or \
+                (c.numel() and (int(c.min()) < 0 or int(c.max()) >= k)):
+            raise KwhError(f"{name}: its codes do not fit the weight ({tuple(c.shape)} codes "
+                           f"for {tuple(w.shape)}, codebook of {k})")
+    modules = dict(model.named_modules())
+    first = named[0][1]
+    book = _Codebook(quantized.codebook[1:].to(first.dtype).to(first.device))
+    book.components, book.merged = list(quantized.components), quantized.merged
+    for i, (name, w) in enumerate(named):
+        layer = modules[name[:-len(".weight")] if name != "weight" else ""]
+        parametrize.register_parametrization(
+            layer, "weight", _Shared(quantized.codes[name].to(w.device), book, owner=i == 0))
+    return model
+
+
+@torch.no_grad()
+def unshare_codebook_(model: nn.Module) -> Quantized:
+    """Undo :func:`share_codebook_` in place: every shared weight becomes a plain parameter
+    holding its (trained) codebook value. Returns the codes and the trained codebook."""
+    shared = _shared_layers(model)
+    if not shared:
+        raise KwhError("this model shares no codebook (share_codebook_ was not applied)")
+    book = shared[0][2]._book[0]
+    codes = {}
+    for name, m, p in shared:
+        codes[f"{name}.weight" if name else "weight"] = p.codes.cpu()
+        parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return Quantized(codes, book.table().detach().cpu(), list(book.components), book.merged)

@@ -5,6 +5,10 @@ grids with the pruned weights held at zero (kwh.compress.finetune), as a plain r
 kwh.train (Adam, lr decayed linearly to 0, a checkpoint every epoch, resumable), then leave the
 run exactly on the grids; the summary's counts and the codec's payload are measured again and
 ``summary["finetune"]`` records the run and the validation error before and after.
+
+``finetune_codebook(model, quantized, data, epochs)``: the same for a model soft weight-sharing
+quantized (kwh.sws.quantize_): the codebook's values train, each weight held to its code
+(kwh.sws.share_codebook_), the biases free; codes, and so the sparsity, do not change.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from kwh.format.io import atomic_write_bytes
 from kwh.compress.metrics import evaluate
 from kwh.data import batch_loader
 from kwh.errors import KwhError
+from kwh.sws import Quantized, share_codebook_, unshare_codebook_
 from kwh.train import TrainConfig, TrainData, checkpoint_path, run_training
 from kwh.train.config import CUSTOM
 
-__all__ = ["finetune"]
+__all__ = ["finetune", "finetune_codebook"]
 
 START = "finetune_start.json"  # in the run folder: what the run starts from and its settings
 
@@ -72,6 +77,44 @@ def _claim(out_dir: Path, record: dict) -> None:
     atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
 
 
+def _check_run(epochs, lr) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise KwhError(f"epochs={epochs!r} is invalid; fine-tune for a positive whole number "
+                       "of epochs")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise KwhError(f"lr={lr!r} is invalid; give a positive, finite learning rate")
+
+
+def finetune_codebook(model: nn.Module, quantized: Quantized, data: TrainData, epochs: int,
+                      out_dir: str | os.PathLike, *, lr: float = 1e-4, batch_size: int = 100,
+                      seed: int = 0, threads: int | None = None, device: str = "cpu",
+                      progress: bool = False) -> tuple[nn.Module, Quantized]:
+    """A copy of ``model`` (quantized by kwh.sws.quantize_ into ``quantized``) whose shared
+    values are fine-tuned, and its codes with the trained codebook.
+
+    ``epochs`` plain epochs of kwh.train on ``data.train`` at ``lr`` (Adam, decayed linearly to
+    0; the run in ``out_dir``, resumed when it is there): the nonzero codebook values and the
+    biases train, every weight held to its code (the gradient of a value sums those of its
+    weights), zeros stay zero. ``model`` is not changed.
+    """
+    _check_run(epochs, lr)
+    if not isinstance(quantized, Quantized):
+        raise KwhError(f"quantized must be what kwh.sws.quantize_ returned, got "
+                       f"{type(quantized).__name__}")
+    start = copy.deepcopy(model).cpu()
+    settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+                "what": "codebook"}
+    _claim(Path(out_dir), _start_record(start, data, settings))
+    work = share_codebook_(start, quantized)
+    config = TrainConfig(model=CUSTOM, data=CUSTOM, pretrain_epochs=epochs, epochs=0, lr=lr,
+                         batch_size=batch_size, seed=seed, out_dir=os.fspath(out_dir),
+                         validation=0 if data.validation is None else len(data.validation),
+                         threads=threads, device=device)
+    tuned = run_training(config, resume=True, progress=progress, model=work, data=data).model
+    tuned = tuned.cpu().eval()
+    return tuned, unshare_codebook_(tuned)
+
+
 def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.PathLike, *,
              lr: float = 1e-4, batch_size: int = 100, seed: int = 0, threads: int | None = None,
              device: str = "cpu", progress: bool = False, eval_data=None) -> nn.Module:
@@ -86,11 +129,7 @@ def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.P
     after fine-tuning goes beside it as ``eval["error_after_finetune"]``: measured on
     ``eval_data`` (batches of (x, y)), else None (the summary then says it was not measured).
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise KwhError(f"epochs={epochs!r} is invalid; fine-tune for a positive whole number "
-                       "of epochs")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise KwhError(f"lr={lr!r} is invalid; give a positive, finite learning rate")
+    _check_run(epochs, lr)
     if getattr(small, "kwh_summary", None) is None:
         raise KwhError("finetune takes the model kwh.compress returned (it has a kwh_summary); "
                        "compress the trained model first")
