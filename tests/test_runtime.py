@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -227,6 +228,15 @@ def test_onnxruntime_float32_module_equals_torch(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(session(x), model(x), atol=TOL, rtol=0)
     assert session.weight_bytes() >= weight_bytes(model)  # + the Reshape's shape constant
+    # the timers' native call: the same logits from session.run on the converted input
+    native = session.call_for(x)()
+    assert isinstance(native, list) and isinstance(native[0], np.ndarray)
+    np.testing.assert_array_equal(native[0], session(x).numpy())
+    calls = []
+    session.call_for = lambda inp: (calls.append(inp.shape), lambda: None)[1]
+    from kwh.runtime.bench import measure
+    m = measure(session, x[:1], x, repeats=2, warmup=1)
+    assert calls == [(1, *x.shape[1:]), tuple(x.shape)] and m.latency_ms >= 0
 
 
 def test_runtime_imports_no_layer_above_it():

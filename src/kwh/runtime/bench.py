@@ -38,7 +38,9 @@ def measure(model: nn.Module, one: Tensor, batch: Tensor, *, repeats: int = 30, 
     """Time ``model(one)`` (one: (1, ...)) and ``model_batch(batch)`` (default: model).
 
     Each is warmed up ``warmup`` times, then the median of ``repeats`` runs is kept; no
-    autograd. progress(done, total) counts runs of both.
+    autograd. progress(done, total) counts runs of both. A model with a ``call_for(x)`` method
+    (kwh.runtime.OrtModule) is timed through the callable it returns: its runtime's own call on
+    an input converted beforehand, as a deployment calls it.
     """
     big = model if model_batch is None else model_batch
     per = warmup + repeats
@@ -48,9 +50,13 @@ def measure(model: nn.Module, one: Tensor, batch: Tensor, *, repeats: int = 30, 
             return None
         return lambda done, _total: progress(offset + done, 2 * per)
 
+    def call(m: nn.Module, x: Tensor):
+        native = getattr(m, "call_for", None)
+        return native(x) if callable(native) else (lambda: m(x))
+
     with torch.inference_mode():
-        lat = median_ms(lambda: model(one), repeats, warmup, shifted(0))
-        thr = median_ms(lambda: big(batch), repeats, warmup, shifted(per))
+        lat = median_ms(call(model, one), repeats, warmup, shifted(0))
+        thr = median_ms(call(big, batch), repeats, warmup, shifted(per))
     return Measurement(lat, int(batch.shape[0]), thr, repeats, warmup)
 
 

@@ -281,7 +281,8 @@ def format_bench(result: BenchResult) -> str:
     lines += [
         "",
         f"x: speed-up over the dense original on the same runtime (median of {c.repeats} runs "
-        f"after {c.warmup} warm-up); MACs /: macs_original / macs from the summary (nonzero "
+        f"after {c.warmup} warm-up; onnxruntime rows time session.run on a numpy input, "
+        "without forward()'s torch conversions); MACs /: macs_original / macs from the summary (nonzero "
         "MACs for sparse); bytes /: the original's float32 bytes / the weight bytes this "
         "variant holds (int8 weights, CSR values and indices, ONNX initializers)",
         f"summary: {s.get('architecture_original')} -> {s.get('architecture')}, bits "

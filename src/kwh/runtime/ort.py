@@ -56,6 +56,15 @@ class OrtModule(nn.Module):
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {self.input_name: arr})[0])
 
+    def call_for(self, x: Tensor):
+        """A zero-argument callable running the session on ``x`` as a deployment does: the
+        numpy input converted once, ``session.run`` with its feed, numpy out. The timers use
+        it, so that onnxruntime's latency does not include the conversions between torch
+        tensors and numpy arrays that forward() adds."""
+        feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
+        run = self.session.run
+        return lambda: run(None, feed)
+
     def weight_bytes(self) -> int:
         """Bytes of the graph's initializers (weights, biases, scales, zero points)."""
         return self._weight_bytes
