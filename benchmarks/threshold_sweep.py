@@ -30,6 +30,7 @@ import torch
 import kwh
 from benchmarks.baselines.common import load_data
 from kwh.app import load_model
+from kwh.bayes import BayesLayer
 from kwh.app.finetune import finetune
 from kwh.compress import CompressConfig, evaluate
 from kwh.data import batch_loader
@@ -47,7 +48,7 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
     swept = None
     if only is not None:
         swept = [n for n, m in loaded.model.named_modules()
-                 if hasattr(m, "prior") and fnmatch.fnmatchcase(n, only)]
+                 if isinstance(m, BayesLayer) and fnmatch.fnmatchcase(n, only)]
         if not swept:
             raise SystemExit(f"--only {only!r} matches no Bayesian layer of {run}")
     cfg = json.loads((Path(loaded.path).parent / "config.json").read_text())

@@ -332,6 +332,8 @@ def test_shared_codebook_ties_weights_to_codes_and_sums_their_gradients():
         share_codebook_(model, q)
     books = [n for n, _ in model.named_parameters() if n.endswith("book.values")]
     assert len(books) == 1  # held once
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == sorted([books[0], "0.bias", "2.bias"])  # the originals are frozen
     book = model.get_submodule(books[0][:-len(".values")])
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     assert sum(k.endswith("book.values") for k in state) == 1
@@ -346,7 +348,7 @@ def test_shared_codebook_ties_weights_to_codes_and_sums_their_gradients():
     assert not any(n.endswith("book.values") for n, _ in model.named_parameters())
     torch.testing.assert_close(q2.codebook, torch.cat([torch.zeros(1), q.codebook[1:] + 0.125]))
     for name, w in mixture_weights(model):
-        assert isinstance(w, nn.Parameter)
+        assert isinstance(w, nn.Parameter) and w.requires_grad
         assert torch.equal(q2.codes[name], q.codes[name])
         assert torch.equal(w.detach(), q2.codebook[q.codes[name]])  # zeros stay exactly 0
     assert q2.components == q.components and q2.merged == q.merged

@@ -129,6 +129,19 @@ def test_a_run_from_scratch_records_the_whole_run_warm_up(tmp_path, data_root):
     again = run_training(tiny(tmp_path, data_root, pretrain_epochs=0, epochs=1, limit_train=200),
                          resume=True, progress=False)  # the same default resumes, not refused
     assert again.config.kl_warmup_end == 1.0
+    # a run saved with the old from-scratch default (0.2) is refused with the way out
+    run_training(tiny(tmp_path, data_root, "old", pretrain_epochs=0, epochs=1, limit_train=200,
+                      kl_warmup_end=0.2), progress=False)
+    with pytest.raises(KwhError, match=r"kl_warmup_end: 0\.2 != 1\.0.*--kl-warmup 0 0\.2"):
+        run_training(tiny(tmp_path, data_root, "old", pretrain_epochs=0, epochs=1,
+                          limit_train=200), resume=True, progress=False)
+
+
+def test_kl_warm_up_is_not_compared_between_runs_without_a_kl_term():
+    a = TrainConfig(method="sws", kl_warmup_end=0.2)
+    assert a.differences(TrainConfig(method="sws", kl_warmup_end=1.0)) == []
+    assert TrainConfig(kl_warmup_end=0.2).differences(TrainConfig(kl_warmup_end=1.0)) == [
+        "kl_warmup_end: 0.2 != 1.0"]
 
 
 def test_kl_warmup_default_depends_on_the_start():

@@ -415,6 +415,9 @@ def share_codebook_(model: nn.Module, quantized: Quantized) -> nn.Module:
         layer = modules[name[:-len(".weight")] if name != "weight" else ""]
         parametrize.register_parametrization(
             layer, "weight", _Shared(quantized.codes[name].to(w.device), book, owner=i == 0))
+        # the stored original weight takes no part in the forward pass: frozen, so that
+        # optimizers and DistributedDataParallel see only parameters that get gradients
+        layer.parametrizations.weight.original.requires_grad_(False)
     return model
 
 
@@ -430,4 +433,5 @@ def unshare_codebook_(model: nn.Module) -> Quantized:
     for name, m, p in shared:
         codes[f"{name}.weight" if name else "weight"] = p.codes.cpu()
         parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        m.weight.requires_grad_(True)  # the frozen original's tensor, a plain weight again
     return Quantized(codes, book.table().detach().cpu(), list(book.components), book.merged)

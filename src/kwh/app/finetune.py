@@ -8,7 +8,8 @@ run exactly on the grids; the summary's counts and the codec's payload are measu
 
 ``finetune_codebook(model, quantized, data, epochs)``: the same for a model soft weight-sharing
 quantized (kwh.sws.quantize_): the codebook's values train, each weight held to its code
-(kwh.sws.share_codebook_), the biases free; codes, and so the sparsity, do not change.
+(kwh.sws.share_codebook_), every other parameter (biases, norms) free; codes, and so the
+sparsity, do not change.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def finetune_codebook(model: nn.Module, quantized: Quantized, data: TrainData, e
     values are fine-tuned, and its codes with the trained codebook.
 
     ``epochs`` plain epochs of kwh.train on ``data.train`` at ``lr`` (Adam, decayed linearly to
-    0; the run in ``out_dir``, resumed when it is there): the nonzero codebook values and the
-    biases train, every weight held to its code (the gradient of a value sums those of its
+    0; the run in ``out_dir``, resumed when it is there): the nonzero codebook values and every
+    parameter that is not a shared weight (biases, norms) train, every weight held to its code (the gradient of a value sums those of its
     weights), zeros stay zero. ``model`` is not changed.
     """
     _check_run(epochs, lr)

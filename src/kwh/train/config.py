@@ -360,10 +360,13 @@ class TrainConfig:
         return cls(**d)
 
     def differences(self, other: TrainConfig) -> list[str]:
-        """Fields that affect training and differ between two configs, as 'name: a != b'."""
+        """Fields that affect training and differ between two configs, as 'name: a != b'.
+        The KL warm-up is compared only where both are Bayesian runs (the other methods'
+        losses have no KL term)."""
         out = []
+        kl_free = self.method != "bayes" and other.method != "bayes"
         for f in fields(self):
-            if f.name in RUNTIME_FIELDS:
+            if f.name in RUNTIME_FIELDS or (kl_free and f.name.startswith("kl_warmup")):
                 continue
             a, b = getattr(self, f.name), getattr(other, f.name)
             if a != b:

@@ -310,8 +310,13 @@ class _Trainer:
                 raise FormatError(f"{self.ckpt}: malformed config ({e})") from None
             diffs = saved.differences(self.c)
             if diffs:
+                hint = ""
+                if any(d.startswith("kl_warmup_end") for d in diffs):
+                    hint = (" (kl_warmup_end's default depends on the start: 1.0 from a fresh "
+                            "initialisation, 0.2 from trained weights; a run saved with 0.2 "
+                            "from scratch resumes with --kl-warmup 0 0.2)")
                 raise KwhError(f"cannot resume {self.ckpt}: settings differ from the run that "
-                               f"wrote it ({'; '.join(diffs)}); use the same settings or "
+                               f"wrote it ({'; '.join(diffs)}){hint}; use the same settings or "
                                f"another --out-dir")
             self._apply(tensors, meta, str(self.ckpt))
             log.info("resuming %s at epoch %d step %d", self.ckpt, self.epoch + 1, self.step)
