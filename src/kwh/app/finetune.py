@@ -95,8 +95,9 @@ def finetune_codebook(model: nn.Module, quantized: Quantized, data: TrainData, e
 
     ``epochs`` plain epochs of kwh.train on ``data.train`` at ``lr`` (Adam, decayed linearly to
     0; the run in ``out_dir``, resumed when it is there): the nonzero codebook values and every
-    parameter that is not a shared weight (biases, norms) train, every weight held to its code (the gradient of a value sums those of its
-    weights), zeros stay zero. ``model`` is not changed.
+    parameter that is not a shared weight (biases, norms) train, every weight held to its code
+    (the gradient of a value sums those of its weights), zeros stay zero. ``model`` is not
+    changed.
     """
     _check_run(epochs, lr)
     if not isinstance(quantized, Quantized):

@@ -108,9 +108,10 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     ``model``: a plain nn.Module to train instead of the config's reference net (its weights
     are the start: pretrained ones make a dense start, with ``pretrain_epochs=0``; resuming
     needs the same model again; it counts as trained weights for the KL warm-up's default,
-    see TrainConfig.resolved, so give ``kl_warmup_end`` for a freshly initialised one). ``data``: a TrainData (train, validation, test) instead of
-    the config's data set. Under torchrun (RANK and WORLD_SIZE set) each process trains its
-    shard with DistributedDataParallel; rank 0 evaluates, logs and writes checkpoints.
+    see TrainConfig.resolved, so give ``kl_warmup_end`` for a freshly initialised one).
+    ``data``: a TrainData (train, validation, test) instead of the config's data set. Under
+    torchrun (RANK and WORLD_SIZE set) each process trains its shard with
+    DistributedDataParallel; rank 0 evaluates, logs and writes checkpoints.
     ``fault`` is a test hook: when it returns True for a global step, that step's loss
     becomes NaN.
     """

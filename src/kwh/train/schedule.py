@@ -17,6 +17,9 @@ class Schedule:
     config: TrainConfig
     steps_per_epoch: int
 
+    def __post_init__(self):  # the KL warm-up's default decided once, not at every step
+        object.__setattr__(self, "config", self.config.resolved())
+
     def phase(self, epoch: int) -> str:
         return PRETRAIN if epoch < self.config.pretrain_epochs else BAYES
 
@@ -54,6 +57,6 @@ class Schedule:
         """beta of the free energy at (epoch, step); 0 during pretraining."""
         if self.phase(epoch) == PRETRAIN:
             return 0.0
-        c = self.config.resolved()
+        c = self.config
         warm = KLWarmup(c.kl_warmup_start * c.epochs, c.kl_warmup_end * c.epochs)
         return float(warm(self.bayes_progress(epoch, step)))
