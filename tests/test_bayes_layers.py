@@ -164,6 +164,35 @@ def test_prior_options_are_checked():
     assert all(m.prior.config.tau0 == 1e-3 for _, m in bayes_layers(model))
 
 
+@pytest.mark.parametrize("prior", ["group-nj", "group-horseshoe"])
+def test_max_weight_var_caps_the_variance_the_layer_uses(prior):
+    """The cap holds in the forward pass and in the KL: a log-variance above log(cap) acts as
+    the cap itself (the reference code's clip after each step gives the same values) and gets
+    no gradient; below the cap nothing changes."""
+    with pytest.raises(ValueError, match="max_weight_var"):
+        prior_config(prior, max_weight_var=0.0)
+    torch.manual_seed(0)
+    w = torch.randn(5, 7) * 0.1
+    capped = BayesLinear(7, 5, prior=prior_config(prior, max_weight_var=0.04), weight=w,
+                         bias_init=torch.zeros(5))
+    free = BayesLinear(7, 5, prior=prior_config(prior), weight=w, bias_init=torch.zeros(5))
+    free.load_state_dict(capped.state_dict())
+    with torch.no_grad():
+        for m in (capped, free):
+            m.prior.weight_log_var[:, :3] = 1.0          # above log 0.04 = -3.22
+            m.prior.weight_log_var[:, 3:] = -5.0         # below it
+    _, s2 = capped.prior.conditional()
+    assert torch.allclose(s2[:, :3], torch.full((5, 3), 0.04))
+    assert torch.equal(s2[:, 3:], free.prior.conditional()[1][:, 3:])
+    # KL of the weights equals the free prior's with the log-variances set at the cap
+    with torch.no_grad():
+        free.prior.weight_log_var[:, :3] = math.log(0.04)
+    assert torch.allclose(capped.prior.kl_weights(), free.prior.kl_weights())
+    capped.prior.kl_weights().backward()
+    g = capped.prior.weight_log_var.grad
+    assert torch.all(g[:, :3] == 0) and torch.all(g[:, 3:] != 0)
+
+
 @pytest.mark.parametrize("prior", PRIORS)
 def test_no_nan_at_extreme_parameters(prior):
     """Log of zero, huge or tiny variances: forward, KL and gradients stay finite (clamps)."""

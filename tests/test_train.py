@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -152,12 +153,48 @@ def test_kl_warmup_default_depends_on_the_start():
     assert scratch.resolved(trained_start=True).kl_warmup_end == 0.2  # a given dense start
     assert pre.resolved(trained_start=False).kl_warmup_end == 1.0
     assert TrainConfig(kl_warmup_start=0.3).resolved(True).kl_warmup_end == 0.3  # never below
-    given = TrainConfig(kl_warmup_end=0.5)
+    given = TrainConfig(kl_warmup_end=0.5, prior_options={"init_scale": "rms"}, lr_decay="linear")
     assert given.resolved() is given and given.resolved(True).kl_warmup_end == 0.5
     # the schedule of an unresolved config follows the same rule: 1 from scratch at the end
     s = Schedule(scratch, steps_per_epoch=4)
     assert s.kl_weight(4, 2) == pytest.approx(4.5 / 10) and s.kl_weight(9, 3) < 1.0
     assert Schedule(pre, 4).kl_weight(4, 0) == 1.0  # 2 Bayesian epochs = 0.2 of 10
+
+
+def test_group_prior_defaults_depend_on_the_start():
+    """z starts at 1 from a fresh initialisation, at each group's weight RMS from trained
+    weights; group-NJ from scratch also takes SCRATCH_SETTINGS (constant lr, 3x log-scale
+    step, w~'s variance capped); whatever the config gives is kept, and Sparse VD (no z)
+    gets none of it."""
+    nj = TrainConfig(prior="group-nj", epochs=10).resolved()
+    assert nj.prior_options == {"init_scale": "one", "max_weight_var": 0.04}
+    assert (nj.lr_decay, nj.variance_lr_mult) == ("constant", 3.0)
+    nj_trained = TrainConfig(prior="group-nj", epochs=10).resolved(trained_start=True)
+    assert nj_trained.prior_options == {"init_scale": "rms"}
+    assert (nj_trained.lr_decay, nj_trained.variance_lr_mult) == ("linear", None)
+    hs = TrainConfig(prior="group-horseshoe", epochs=10)
+    assert hs.resolved().prior_options == {"init_scale": "one"}
+    assert (hs.resolved().lr_decay, hs.resolved().variance_lr_mult) == ("linear", None)
+    assert TrainConfig(prior="group-horseshoe", pretrain_epochs=2).resolved().prior_options == {
+        "init_scale": "rms"}
+    given = TrainConfig(prior="group-nj", prior_options={"init_scale": "rms", "threshold": -2.0},
+                        lr_decay="linear", variance_lr_mult=1.0)
+    r = given.resolved(trained_start=False)
+    assert r.prior_options == {"init_scale": "rms", "threshold": -2.0, "max_weight_var": 0.04}
+    assert (r.lr_decay, r.variance_lr_mult) == ("linear", 1.0)
+    lu = TrainConfig(prior="log-uniform").resolved()
+    assert lu.prior_options == {} and (lu.lr_decay, lu.variance_lr_mult) == ("linear", None)
+    sws = TrainConfig(method="sws", prior="group-nj").resolved()
+    assert sws.prior_options == {} and sws.lr_decay == "linear"
+
+
+def test_prior_options_compare_as_the_configs_they_make():
+    """An option left out equals its default (runs saved before an option existed resume);
+    a real difference is reported."""
+    a = TrainConfig(prior="group-nj", kl_warmup_end=0.2)
+    assert a.differences(replace(a, prior_options={"init_scale": "rms"})) == []
+    assert a.differences(replace(a, prior_options={"init_scale": "one"})) == [
+        "prior_options: {} != {'init_scale': 'one'}"]
 
 
 # ------------------------------------------------------------------ a run, its log and checkpoint

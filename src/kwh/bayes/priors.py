@@ -80,6 +80,13 @@ class LogUniformConfig:
 INIT_SCALES = ("one", "rms")
 
 
+def _check_max_weight_var(value) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                  and 0 < value < math.exp(_LOGVAR_MAX)):
+        raise ValueError(f"max_weight_var must be None or a variance in (0, {math.exp(_LOGVAR_MAX):.1f}), "
+                         f"got {value!r} (the reference code caps fc1 at 0.04)")
+
+
 def _check_init_scale(value: str) -> None:
     if value not in INIT_SCALES:
         raise ValueError(f"Unknown init_scale {value!r}; choose one of: {', '.join(INIT_SCALES)} "
@@ -94,10 +101,12 @@ class GroupNJConfig:
     threshold: float = -3.0  # prune group when log alpha_z >= -3 (reference tutorial)
     init_log_var: float = -9.0
     init_scale: str = "rms"  # where z starts: 1 (reference) or each group's weight RMS
+    max_weight_var: float | None = None  # cap on the variance of w~ (reference: 0.04 on fc1)
     name: ClassVar[str] = "group-nj"
 
     def __post_init__(self):
         _check_init_scale(self.init_scale)
+        _check_max_weight_var(self.max_weight_var)
 
 
 @dataclass(frozen=True)
@@ -108,10 +117,12 @@ class GroupHorseshoeConfig:
     threshold: float = -1.0  # prune group when log(Var z / E[z]^2) >= threshold (see GroupHorseshoe)
     init_log_var: float = -9.0
     init_scale: str = "rms"  # where z starts: 1 or each group's weight RMS
+    max_weight_var: float | None = None  # cap on the variance of w~
     name: ClassVar[str] = "group-horseshoe"
 
     def __post_init__(self):
         _check_init_scale(self.init_scale)
+        _check_max_weight_var(self.max_weight_var)
         if not self.tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {self.tau0}")
 
@@ -318,12 +329,20 @@ class _GroupPrior(Prior):
             ez, _ = self.scale_moments()
             self.weight_mu.div_(self.expand(ez))
 
+    def _weight_log_var(self) -> Tensor:
+        """log s2 of w~ as used: clamped, and capped at log(max_weight_var) when set (the
+        reference code clips fc1's weight variances at 0.04 after every step; a cap in the
+        forward pass gives the same values, and no gradient pushes past it)."""
+        lv = _logvar(self.weight_log_var)
+        cap = self.config.max_weight_var
+        return lv if cap is None else lv.clamp(max=math.log(cap))
+
     def conditional(self) -> tuple[Tensor, Tensor]:
-        return self.weight_mu, _logvar(self.weight_log_var).exp()
+        return self.weight_mu, self._weight_log_var().exp()
 
     def kl_weights(self) -> Tensor:
         """KL(N(z mu, z^2 s2) || N(0, z^2)) summed: independent of z (Louizos et al. 2017, eq. 9)."""
-        return kl_std_normal(self.weight_mu, _logvar(self.weight_log_var)).sum()
+        return kl_std_normal(self.weight_mu, self._weight_log_var()).sum()
 
 
 class GroupNJ(_GroupPrior):

@@ -14,15 +14,16 @@ __all__ = ["register", "run", "config_from_args"]
 
 
 
-def _prior_option(text: str) -> tuple[str, float]:
-    key, sep, value = text.partition("=")
-    try:
-        if not sep or not key:
-            raise ValueError
-        return key.strip(), float(value)
-    except ValueError:
+def _prior_option(text: str) -> tuple[str, float | str]:
+    """KEY=NUMBER, or KEY=WORD for the options that take a word (init_scale=one)."""
+    key, sep, value = (t.strip() for t in text.partition("="))
+    if not sep or not key or not value:
         raise argparse.ArgumentTypeError(
-            f"expected KEY=NUMBER (e.g. tau0=1e-5 or threshold=-1), got {text!r}") from None
+            f"expected KEY=VALUE (e.g. tau0=1e-5, threshold=-1 or init_scale=one), got {text!r}")
+    try:
+        return key, float(value)
+    except ValueError:
+        return key, value
 
 
 def _typed_option(text: str, booleans: bool, examples: str) -> tuple[str, object]:
@@ -100,8 +101,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    f"network's; none: --lr), lr_means=1e-4, lr_log_vars=3e-3, lr_mix=3e-3; "
                    f"repeatable")
     p.add_argument("--prior-option", action="append", type=_prior_option, default=[],
-                   metavar="KEY=VALUE", help="prior setting, e.g. tau0=1e-5 or threshold=-1; "
-                   "repeatable")
+                   metavar="KEY=VALUE", help="prior setting, e.g. tau0=1e-5, threshold=-1, "
+                   "max_weight_var=0.04 or init_scale=one (where a group prior's z starts: 1; "
+                   "rms: each group's weight RMS; default: one from scratch, rms from trained "
+                   "weights); repeatable")
     p.add_argument("--epochs", type=int_at_least(0), default=d["epochs"].default,
                    help="Bayesian epochs (default: %(default)s); 0 with --pretrain-epochs N "
                         "trains a plain (dense) net only")
@@ -115,10 +118,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variance-lr-mult", type=positive_float,
                    default=d["variance_lr_mult"].default,
                    help="lr multiplier of the posterior's log-scale parameters (log-variances, "
-                        "the horseshoe's locations); default: the prior's own, 1 for "
-                        "log-uniform, 10 for the group priors")
+                        "the horseshoe's locations); default: the prior's own (1 for "
+                        "log-uniform and group-nj, 10 for group-horseshoe), 3 for group-nj "
+                        "from scratch")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=d["lr_decay"].default,
-                   help="lr schedule over the Bayesian epochs (default: %(default)s)")
+                   help="lr schedule: linear decays each phase's lr to 0 at its end (default; "
+                        "constant for group-nj from scratch)")
     p.add_argument("--kl-warmup", nargs=2, type=fraction, metavar=("START", "END"),
                    default=[d["kl_warmup_start"].default, d["kl_warmup_end"].default],
                    help="KL weight 0 until START, 1 from END, fractions of the Bayesian epochs "

@@ -316,6 +316,12 @@ class _Trainer:
                     hint = (" (kl_warmup_end's default depends on the start: 1.0 from a fresh "
                             "initialisation, 0.2 from trained weights; a run saved with 0.2 "
                             "from scratch resumes with --kl-warmup 0 0.2)")
+                if any(d.startswith(("prior_options", "lr_decay", "variance_lr_mult"))
+                       for d in diffs):
+                    hint += (" (the defaults of a group prior depend on the start, see "
+                             "TrainConfig.resolved: a run saved before they did resumes with its "
+                             "own settings given, e.g. --lr-decay linear --prior-option "
+                             "init_scale=rms)")
                 raise KwhError(f"cannot resume {self.ckpt}: settings differ from the run that "
                                f"wrote it ({'; '.join(diffs)}){hint}; use the same settings or "
                                f"another --out-dir")
