@@ -1,5 +1,6 @@
 """The free-energy hammer: Bayesian layers, sparsity priors, the objective."""
 
+from kwh.bayes.batchnorm import recalibrate_batchnorm
 from kwh.bayes.convert import ConversionReport, bayesify_
 from kwh.bayes.layers import BayesConv2d, BayesLayer, BayesLinear, bayes_layers, sampling
 from kwh.bayes.objective import KLWarmup, free_energy, kl_divergence
@@ -27,5 +28,5 @@ __all__ = [
     "LogUniform", "LogUniformConfig", "GroupNJ", "GroupNJConfig",
     "GroupHorseshoe", "GroupHorseshoeConfig",
     "predict", "Prediction", "evaluate_uncertainty",
-    "SGLD", "SampleStore",
+    "SGLD", "SampleStore", "recalibrate_batchnorm",
 ]

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from kwh.compress.summary import format_file_line
     from kwh.data import batch_loader, get_dataset, input_normalization
 
+    from kwh.bayes.batchnorm import batchnorm_layers, recalibrate_batchnorm
     from kwh.train.data import load_train_data
+    from kwh.train.engine import BN_CALIBRATION
 
     if args.out is not None:
         check_destination(args.out)  # a missing folder fails now, not after the training
@@ -92,10 +94,16 @@ def run(args: argparse.Namespace) -> int:
                             float_bits=args.float_bits or None)
     guard = None
     tdata = None
-    if args.bits_search != "off" or args.finetune_epochs:
+    has_bn = bool(batchnorm_layers(model))
+    if args.bits_search != "off" or args.finetune_epochs or has_bn:
         from dataclasses import replace
 
         tdata = load_train_data(replace(tconfig, data_dir=data_dir))
+    if has_bn:  # the statistics of the network eval mode runs (kwh.train's do the same)
+        x = tdata.train.tensors[0][:BN_CALIBRATION]
+        n = recalibrate_batchnorm(model.cpu(), (x[i:i + 500] for i in range(0, len(x), 500)))
+        print(f"kwh: BatchNorm statistics of {n} layers re-estimated on {len(x):,} training "
+              "images with the posterior means (kwh.bayes.recalibrate_batchnorm)", file=sys.stderr)
     if args.bits_search != "off":
         val = tdata.validation
         if val is None:
