@@ -1,7 +1,7 @@
 """Test and validation error of a Bayesian run's checkpoint with the BatchNorm statistics it
 holds and with them re-estimated for the deterministic network (kwh.bayes.recalibrate_batchnorm).
 
-    python -m benchmarks.bn_recalibration RUN_DIR [--images 2000] [--model resnet20 --width 8]
+    python -m benchmarks.bn_recalibration RUN_DIR [--model resnet20 --width 8]
 """
 
 from __future__ import annotations
@@ -10,25 +10,18 @@ import argparse
 
 import torch
 
-from kwh.bayes import recalibrate_batchnorm
 from kwh.train import load_checkpoint
 from kwh.train.data import load_train_data
+from kwh.train.evaluate import BN_CALIBRATION, recalibrate_from_inputs, test_metrics
 
 
 def _error(model, ds) -> float:
-    x, y = ds.tensors[:2]
-    model.eval()
-    wrong = 0
-    with torch.no_grad():
-        for i in range(0, len(x), 1000):
-            wrong += int((model(x[i:i + 1000]).argmax(1) != y[i:i + 1000]).sum())
-    return 100.0 * wrong / len(x)
+    return test_metrics(model, *ds.tensors[:2], 1000, "cpu")["test_error"]
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run")
-    p.add_argument("--images", type=int, default=2000, help="training images to re-estimate from")
     p.add_argument("--model", default=None, help="reference model of a custom run (resnet20)")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
@@ -41,11 +34,10 @@ def main(argv=None) -> None:
     model, cfg = load_checkpoint(a.run, model=template)
     data = load_train_data(cfg)
     before = _error(model, data.test), _error(model, data.validation)
-    x = data.train.tensors[0][:a.images]
-    n = recalibrate_batchnorm(model, (x[i:i + 500] for i in range(0, len(x), 500)))
+    n = recalibrate_from_inputs(model, data.train.tensors[0], 500)
     after = _error(model, data.test), _error(model, data.validation)
     print(f"{a.run}: {n} BatchNorm layers; training statistics: test {before[0]:.2f} %, "
-          f"validation {before[1]:.2f} %; re-estimated on {len(x):,} training images: "
+          f"validation {before[1]:.2f} %; re-estimated on {BN_CALIBRATION:,} training images: "
           f"test {after[0]:.2f} %, validation {after[1]:.2f} %")
 
 

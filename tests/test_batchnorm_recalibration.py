@@ -78,7 +78,7 @@ def test_training_run_ends_with_the_statistics_of_its_mean_network(tmp_path):
     """kwh.train re-estimates them before each Bayesian epoch's evaluation, from the first
     BN_CALIBRATION training inputs: the checkpoint holds what recalibrate gives."""
     from kwh.train import TrainConfig, TrainData, load_checkpoint, run_training
-    from kwh.train.engine import BN_CALIBRATION
+    from kwh.train.evaluate import BN_CALIBRATION
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 1, 8, 8, generator=g), torch.randint(0, 10, (300,), generator=g)

@@ -74,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from kwh.compress.summary import format_file_line
     from kwh.data import batch_loader, get_dataset, input_normalization
 
-    from kwh.bayes.batchnorm import batchnorm_layers, recalibrate_batchnorm
+    from kwh.bayes.batchnorm import batchnorm_layers
     from kwh.train.data import load_train_data
-    from kwh.train.engine import BN_CALIBRATION
+    from kwh.train.evaluate import BN_CALIBRATION, recalibrate_from_inputs
 
     if args.out is not None:
         check_destination(args.out)  # a missing folder fails now, not after the training
@@ -100,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
 
         tdata = load_train_data(replace(tconfig, data_dir=data_dir))
     if has_bn:  # the statistics of the network eval mode runs (kwh.train's do the same)
-        x = tdata.train.tensors[0][:BN_CALIBRATION]
-        n = recalibrate_batchnorm(model.cpu(), (x[i:i + 500] for i in range(0, len(x), 500)))
-        print(f"kwh: BatchNorm statistics of {n} layers re-estimated on {len(x):,} training "
+        x = tdata.train.tensors[0]
+        n = recalibrate_from_inputs(model.cpu(), x, 500)
+        print(f"kwh: BatchNorm statistics of {n} layers re-estimated on "
+              f"{min(len(x), BN_CALIBRATION):,} training "
               "images with the posterior means (kwh.bayes.recalibrate_batchnorm)", file=sys.stderr)
     if args.bits_search != "off":
         val = tdata.validation

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import kwh
-from kwh.bayes import SampleStore, free_energy, recalibrate_batchnorm
+from kwh.bayes import SampleStore, free_energy
 from kwh.binary import clip_latent_
 from kwh.compress.shrink import Shrinker, carry_optimizer_state
 from kwh.errors import FormatError, KwhError, ModelError
@@ -59,7 +59,12 @@ from kwh.train.checkpoint import FILENAME, read_checkpoint, write_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.data import TrainData, load_train_data
 from kwh.train.distributed import DistContext, setup_distributed
-from kwh.train.evaluate import layer_stats, pruned_architecture, test_metrics
+from kwh.train.evaluate import (
+    layer_stats,
+    pruned_architecture,
+    recalibrate_from_inputs,
+    test_metrics,
+)
 from kwh.train.mixture import prior_tensors, restore_prior
 from kwh.train.runlog import RunLog
 from kwh.train.samples import PREFIX, SAMPLES_FILENAME, write_samples
@@ -74,10 +79,6 @@ from kwh.train.state import (
     rng_payload,
     seed_all,
 )
-
-# Training inputs the BatchNorm statistics are re-estimated from before each evaluation of a
-# Bayesian epoch (kwh.bayes.recalibrate_batchnorm; models without BatchNorm skip it).
-BN_CALIBRATION = 2000
 
 log = logging.getLogger("kwh.train")
 
@@ -410,15 +411,6 @@ class _Trainer:
                     self._checkpoint()
         self._end_epoch(e, beta, factor, started, cpu_started)
 
-    def _recalibrate_batchnorm(self) -> None:
-        """BatchNorm statistics of the deterministic network (kwh.bayes.recalibrate_batchnorm)
-        from the first BN_CALIBRATION training inputs, so that evaluation and the checkpoint
-        see the network eval mode runs. No randomness is drawn: resuming stays exact."""
-        x = self.order.x[:BN_CALIBRATION]
-        step = self.c.eval_batch_size
-        recalibrate_batchnorm(self.model, (x[i:i + step].to(self.ctx.device)
-                                           for i in range(0, len(x), step)))
-
     def _end_epoch(self, e: int, beta: float, factor: float, started: float,
                    cpu_started: float) -> None:
         sums = [self.stats["nll_sum"], self.stats["loss_sum"], float(self.stats["n"])]
@@ -431,8 +423,10 @@ class _Trainer:
             rec = {"event": "epoch", "epoch": e + 1, "phase": phase,
                    "global_step": self.global_step, "train_nll": sums[0] / sums[2],
                    "train_loss": sums[1] / sums[2]}
-            if self.kind == BAYESIAN:
-                self._recalibrate_batchnorm()
+            if self.kind == BAYESIAN:  # BatchNorm statistics of the network eval mode runs
+                # (no randomness drawn: resuming stays exact)
+                recalibrate_from_inputs(self.model, self.order.x, self.c.eval_batch_size,
+                                        self.ctx.device)
             rec.update(test_metrics(self.model, self.test_x, self.test_y, self.c.eval_batch_size,
                                     self.ctx.device))
             if self.val is not None:

@@ -11,13 +11,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kwh.bayes import bayes_layers, kl_divergence
+from kwh.bayes import bayes_layers, kl_divergence, recalibrate_batchnorm
 from kwh.errors import KwhError
 
 log = logging.getLogger("kwh.train")
 QUANTILES = {"min": 0.0, "q10": 0.1, "median": 0.5, "q90": 0.9, "max": 1.0}
 
-__all__ = ["test_metrics", "layer_stats", "pruned_architecture", "QUANTILES"]
+__all__ = ["test_metrics", "layer_stats", "pruned_architecture", "QUANTILES",
+           "recalibrate_from_inputs", "BN_CALIBRATION"]
+
+
+# Training inputs BatchNorm's statistics are re-estimated from (recalibrate_from_inputs).
+BN_CALIBRATION = 2000
+
+
+def recalibrate_from_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 1000,
+                            device: torch.device | str = "cpu") -> int:
+    """kwh.bayes.recalibrate_batchnorm on the first BN_CALIBRATION rows of ``x`` (training
+    inputs), ``batch_size`` at a time on ``device``; the number of BatchNorm layers (0: none,
+    and nothing is run)."""
+    x = x[:BN_CALIBRATION]
+    return recalibrate_batchnorm(model, (x[i:i + batch_size].to(device)
+                                         for i in range(0, len(x), batch_size)))
 
 
 @torch.no_grad()
