@@ -31,17 +31,19 @@ import kwh
 from benchmarks.baselines.common import load_data
 from kwh.app import load_model
 from kwh.bayes import BayesLayer
-from kwh.app.finetune import finetune
+from kwh.app.finetune import DISTILL_TEMPERATURE, DISTILL_WEIGHT, finetune
 from kwh.compress import CompressConfig, evaluate
 from kwh.data import batch_loader
 
 
 def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune_epochs: int = 0,
           finetune_lr: float = 1e-3, runs: Path | None = None,
-          only: str | None = None) -> tuple[list[dict], dict]:
+          only: str | None = None, teacher: torch.nn.Module | None = None
+          ) -> tuple[list[dict], dict]:
     """One row per threshold: errors (validation, test, before quantization), rates, bytes;
-    with ``finetune_epochs``, the same of the fine-tuned model under "finetuned". ``only``: a
-    glob of layer names whose threshold is swept; the others keep the posterior's."""
+    with ``finetune_epochs``, the same of the fine-tuned model under "finetuned" (distilled
+    from ``teacher`` when given). ``only``: a glob of layer names whose threshold is swept;
+    the others keep the posterior's."""
     loaded = load_model(run)
     if loaded.kind != "checkpoint":
         raise SystemExit(f"{run}: not a `kwh train` run folder or checkpoint")
@@ -78,7 +80,8 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
               f"({s['architecture']}, bits {s['bits']})", flush=True)
         if finetune_epochs:
             tuned = finetune(small, tdata, finetune_epochs, (runs or Path("runs")) / f"threshold_{t:g}",
-                             lr=finetune_lr, seed=cfg.get("seed", 0), eval_data=test)
+                             lr=finetune_lr, seed=cfg.get("seed", 0), eval_data=test,
+                             teacher=teacher)
             ts = tuned.kwh_summary
             fb = None
             if files is not None:
@@ -117,18 +120,24 @@ def main(argv=None) -> int:
                    help="also fine-tune each model this many epochs on its fixed-point grids "
                         "(kwh.app.finetune) and choose among the fine-tuned ones")
     p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--finetune-teacher", default=None, metavar="MODEL",
+                   help="distil the fine-tuning from this model (kwh.app.finetune's teacher; "
+                        "e.g. the run's dense start, a plain run folder)")
     p.add_argument("--only", default=None, metavar="GLOB",
                    help="sweep only the layers whose names match GLOB (e.g. '*.attn.out'); the "
                         "others keep their posterior's threshold")
     a = p.parse_args(argv)
     if a.finetune_epochs < 0 or not 0 < a.finetune_lr < float("inf"):
         p.error("--finetune-epochs must be >= 0 and --finetune-lr positive")
+    if a.finetune_teacher and not a.finetune_epochs:
+        p.error("--finetune-teacher goes with --finetune-epochs N")
+    teacher = load_model(a.finetune_teacher).model if a.finetune_teacher else None
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     files = Path(f"{out}_files")
     files.mkdir(parents=True, exist_ok=True)
     rows, cfg = sweep(a.run, sorted(a.thresholds), files, a.finetune_epochs, a.finetune_lr,
-                      Path(f"{out}_runs"), a.only)
+                      Path(f"{out}_runs"), a.only, teacher)
     ft = "finetuned" if a.finetune_epochs else None
     chosen = None if a.match_val_error is None else pick(rows, a.match_val_error, ft)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -144,7 +153,9 @@ def main(argv=None) -> int:
            "their posterior's." if a.only else "") +
           (f" Fine-tuned: {a.finetune_epochs} epochs at lr {a.finetune_lr:g} (Adam, decayed "
            "linearly to 0) on the run's training split, weights on their fixed-point grids, "
-           "pruned weights held at zero (kwh.app.finetune); same architecture and bits."
+           "pruned weights held at zero (kwh.app.finetune); same architecture and bits." +
+           (f" Distilled from `{a.finetune_teacher}` (weight {DISTILL_WEIGHT:g}, temperature "
+            f"{DISTILL_TEMPERATURE:g}, kwh.train.distill)." if a.finetune_teacher else "")
            if ft else ""), "",
           "| threshold | val error % | test error % (before quant.) | architecture | bits | "
           "nonzero % | max compr. | fast pred. |" +
@@ -170,7 +181,9 @@ def main(argv=None) -> int:
                                                "rows": rows, "chosen": chosen,
                                                "match_val_error": a.match_val_error,
                                                "finetune_epochs": a.finetune_epochs,
-                                               "finetune_lr": a.finetune_lr}, indent=1) + "\n")
+                                               "finetune_lr": a.finetune_lr,
+                                               "finetune_teacher": a.finetune_teacher},
+                      indent=1) + "\n")
     print("\n".join(md))
     return 0
 

@@ -5,6 +5,8 @@
 - ``"kwh"``: a .kwh file (kwh.format.codec.load), with its compression summary;
 - ``"checkpoint"``: a Bayesian checkpoint of `kwh train`, its file or its run folder
   (kwh.train.load_checkpoint), with the data set it was trained on;
+- ``"dense-checkpoint"``: the dense net of a finished plain run of `kwh train` (``--epochs
+  0``; kwh.train.load_plain_checkpoint), with its data set;
 - ``"state-dict"``: a reference model (kwh.models) with trained weights from a state dict,
   given as a mapping or as a .safetensors / .pt file (read with ``weights_only``);
 - ``"reference"``: a reference model by name, untrained;
@@ -26,12 +28,13 @@ from torch import nn
 from kwh.errors import FormatError, KwhError, ModelError
 from kwh.format.codec import load as load_kwh
 from kwh.models import MODELS, build
-from kwh.train import checkpoint_path, load_checkpoint
+from kwh.train import (PlainCheckpointError, checkpoint_path, load_checkpoint,
+                       load_plain_checkpoint)
 from kwh.train.checkpoint import FILENAME
 
 __all__ = ["LoadedModel", "load_model", "read_state_dict", "KINDS"]
 
-KINDS = ("kwh", "checkpoint", "state-dict", "reference", "module")
+KINDS = ("kwh", "checkpoint", "dense-checkpoint", "state-dict", "reference", "module")
 STATE_DICT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
@@ -127,9 +130,14 @@ def _is_checkpoint(path: Path) -> bool:
 
 def _from_checkpoint(path: Path) -> LoadedModel:
     path = checkpoint_path(path)
-    model, config = load_checkpoint(path)
+    kind = "checkpoint"
+    try:
+        model, config = load_checkpoint(path)
+    except PlainCheckpointError:  # a dense run: its net
+        model, config = load_plain_checkpoint(path)
+        kind = "dense-checkpoint"
     return LoadedModel(model.eval(), None, f"{path.parent.name}/{path.name}", path,
-                       config.data, "checkpoint")
+                       config.data, kind)
 
 
 def _with_weights(model: nn.Module, weights, label: str, kind: str) -> LoadedModel:

@@ -26,7 +26,8 @@ KINDS = (PLAIN, BAYESIAN, BINARY, SGLD, SWS)
 SECOND = (BAYESIAN, BINARY, SGLD, SWS)  # the kinds of a second phase
 
 __all__ = ["PLAIN", "BAYESIAN", "BINARY", "SGLD", "SWS", "build_model", "to_bayesian",
-           "to_second_phase", "make_optimizer", "new_mixture_prior", "load_checkpoint"]
+           "to_second_phase", "make_optimizer", "new_mixture_prior", "load_checkpoint",
+           "load_plain_checkpoint", "PlainCheckpointError"]
 
 
 def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -139,6 +140,34 @@ def _input_shape(model: nn.Module, config: TrainConfig) -> tuple[int, ...]:
     return load_train_data(config).input_shape
 
 
+class PlainCheckpointError(KwhError):
+    """load_checkpoint was given a plain run's checkpoint (a dense net)."""
+
+
+def load_plain_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                          model: nn.Module | None = None) -> tuple[nn.Module, TrainConfig]:
+    """(dense model in eval mode, its TrainConfig) from the checkpoint of a finished plain run
+    of `kwh train` (``epochs=0``): the dense start a Bayesian run, a baseline or a distilled
+    fine-tuning starts from. ``model`` as in load_checkpoint."""
+    path = checkpoint_path(path)
+    tensors, meta = read_checkpoint(path)
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+        kind, pos = meta["kind"], meta["position"]
+    except (KeyError, TypeError, KwhError) as e:
+        raise FormatError(f"{path}: malformed training metadata ({e})") from None
+    if kind in SECOND or config.epochs != 0:
+        raise KwhError(f"{path} is not a plain run's checkpoint (its run trains "
+                       f"{config.epochs} Bayesian epochs); read it with load_checkpoint")
+    if pos.get("epoch") != config.pretrain_epochs:
+        raise KwhError(f"{path} was written at epoch {pos.get('epoch')} of "
+                       f"{config.pretrain_epochs}: finish the run first (`kwh train --resume "
+                       f"--out-dir {path.parent}`)")
+    net = build_model(config, PLAIN, model)
+    load_model_tensors(net, tensors, str(path))
+    return net.to(device).eval(), config
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
                     model: nn.Module | None = None) -> tuple[nn.Module, TrainConfig]:
     """(trained model in eval mode, its TrainConfig) from a checkpoint file or run directory:
@@ -160,8 +189,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     except (KeyError, TypeError, KwhError) as e:
         raise FormatError(f"{path}: malformed training metadata ({e})") from None
     if kind not in SECOND and config.epochs == 0:
-        raise KwhError(f"{path} is a plain run (--epochs 0): it holds a dense net, not a "
-                       f"Bayesian one; start a Bayesian run from it, or train with --epochs N")
+        raise PlainCheckpointError(
+            f"{path} is a plain run (--epochs 0): it holds a dense net, not a Bayesian one; "
+            "start a Bayesian run from it, or train with --epochs N (load_plain_checkpoint "
+            "reads its dense net)")
     if kind not in SECOND:
         raise KwhError(f"{path} was written during pretraining (epoch {pos.get('epoch')} of "
                        f"{config.pretrain_epochs} plain epochs): it holds no Bayesian model yet; "

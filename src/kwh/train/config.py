@@ -92,6 +92,10 @@ RUNTIME_FIELDS = frozenset({"data_dir", "out_dir", "threads", "device", "eval_ba
                             "checkpoint_every", "max_failures"})
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -152,6 +156,12 @@ class TrainConfig:
     deterministic: bool = True
     device: str = "auto"
     eval_batch_size: int = 1000
+    # A plain run (epochs=0) may learn from a teacher's outputs as well as the labels
+    # (run_training's ``teacher``): loss = (1 - w) NLL + w T^2 KL(teacher || student), both
+    # softmaxes at temperature T (Hinton et al. 2015). kwh.app.finetune uses it to recover a
+    # compressed model's accuracy from its dense start (DISTILL_DEFAULTS there).
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self):
         from kwh.bayes.priors import prior_config
@@ -227,6 +237,15 @@ class TrainConfig:
         if self.limit_train is not None and self.limit_train < self.batch_size:
             raise KwhError(f"limit_train={self.limit_train} is smaller than batch_size="
                            f"{self.batch_size}; lower the batch size or raise the limit")
+        w, t = self.distill_weight, self.distill_temperature
+        if not (_is_number(w) and 0 <= w <= 1):
+            raise KwhError(f"distill_weight must lie in [0, 1], got {w!r}")
+        if not (_is_number(t) and math.isfinite(t) and t > 0):
+            raise KwhError(f"distill_temperature must be a positive number, got {t!r}")
+        if w and self.epochs:
+            raise KwhError("distill_weight trains a plain run toward a teacher's outputs; the "
+                           "Bayesian epochs train on the free energy: give epochs=0 (and "
+                           "pretrain_epochs=N) for a distilled run")
         if not isinstance(self.deterministic, bool):
             raise KwhError(f"deterministic must be True or False, got {self.deterministic!r}")
         if self.out_dir is None:

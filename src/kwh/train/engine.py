@@ -58,6 +58,7 @@ from kwh.train.build import (
 from kwh.train.checkpoint import FILENAME, read_checkpoint, write_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.data import TrainData, load_train_data
+from kwh.train.distill import distillation_loss
 from kwh.train.distributed import DistContext, setup_distributed
 from kwh.train.evaluate import (
     layer_stats,
@@ -107,7 +108,7 @@ class TrainResult:
 
 def run_training(config: TrainConfig, resume: bool = False, progress: bool = True,
                  fault: Fault | None = None, *, model: nn.Module | None = None,
-                 data: TrainData | None = None) -> TrainResult:
+                 data: TrainData | None = None, teacher: nn.Module | None = None) -> TrainResult:
     """Train as ``config`` says; with ``resume``, continue from out_dir's checkpoint if any.
 
     ``model``: a plain nn.Module to train instead of the config's reference net (its weights
@@ -117,6 +118,9 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
     ``data``: a TrainData (train, validation, test) instead of the config's data set. Under
     torchrun (RANK and WORLD_SIZE set) each process trains its shard with
     DistributedDataParallel; rank 0 evaluates, logs and writes checkpoints.
+    ``teacher``: a trained nn.Module whose outputs a plain run with ``distill_weight`` > 0
+    learns from besides the labels (kwh.train.distill; in eval mode, never trained; resuming
+    needs the same teacher again).
     ``fault`` is a test hook: when it returns True for a global step, that step's loss
     becomes NaN.
     """
@@ -124,13 +128,18 @@ def run_training(config: TrainConfig, resume: bool = False, progress: bool = Tru
         raise KwhError(f"model must be an nn.Module, got {type(model).__name__}")
     if data is not None and not isinstance(data, TrainData):
         raise KwhError(f"data must be a kwh.train.TrainData, got {type(data).__name__}")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise KwhError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
+    if (teacher is None) != (not config.distill_weight):
+        raise KwhError("a teacher goes with distill_weight > 0: give both (run_training(config, "
+                       "teacher=MODEL) with TrainConfig(distill_weight=W)) or neither")
     if data is None and config.data == CUSTOM:
         raise KwhError("this run's data are 'custom': pass them as run_training(config, "
                        "data=TrainData(train, validation, test))")
     # the KL warm-up's default depends on the start: a given model counts as trained weights
     config = config.resolved(trained_start=config.pretrain_epochs > 0 or model is not None)
     with _runtime(config) as ctx:
-        return _Trainer(config, ctx, progress, fault, model, data).run(resume)
+        return _Trainer(config, ctx, progress, fault, model, data, teacher).run(resume)
 
 
 @contextlib.contextmanager
@@ -159,8 +168,12 @@ class _Trainer:
     """One run's mutable state; the model is kept unwrapped, ``net`` is it or its DDP wrapper."""
 
     def __init__(self, config: TrainConfig, ctx: DistContext, progress: bool, fault: Fault | None,
-                 template: nn.Module | None, data: TrainData | None):
+                 template: nn.Module | None, data: TrainData | None,
+                 teacher: nn.Module | None = None):
         self.c, self.ctx, self.fault = config, ctx, fault
+        self.teacher = None
+        if teacher is not None:  # a frozen copy on the run's device
+            self.teacher = copy.deepcopy(teacher).to(ctx.device).eval().requires_grad_(False)
         self.progress = progress and ctx.is_main
         self.out = Path(config.out_dir)
         self.ckpt = self.out / FILENAME
@@ -375,7 +388,8 @@ class _Trainer:
                 for g in self.opt.param_groups:
                     g["lr"] = g["base_lr"] * factor
                 x, y = (t.to(self.ctx.device) for t in self.order.batch(e, k))
-                nll = F.cross_entropy(self.net(x), y)  # mean over this rank's batch
+                logits = self.net(x)
+                nll = F.cross_entropy(logits, y)  # mean over this rank's batch
                 # Each rank adds beta KL / N to its local mean NLL; DDP averages gradients over
                 # ranks, so the KL gradient arrives once per global step, not world_size times.
                 if self.kind == BAYESIAN:
@@ -383,6 +397,11 @@ class _Trainer:
                 elif self.kind == SWS:  # the prior term's gradient reaches every rank alike
                     loss = nll + self.prior.loss(self.model, self.n_data,
                                                  self.sched.sws_tau(e, k))
+                elif self.teacher is not None and self.kind == PLAIN:
+                    with torch.no_grad():
+                        target = self.teacher(x)
+                    loss = distillation_loss(nll, logits, target, c.distill_weight,
+                                             c.distill_temperature)
                 else:
                     loss = nll
                 if self.fault is not None:
