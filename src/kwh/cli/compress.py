@@ -52,6 +52,10 @@ def register(subparsers) -> None:
     p.add_argument("--finetune-lr", type=positive_float, default=None, metavar="LR",
                    help="Adam learning rate of the fine-tuning, decayed linearly to 0 "
                         "(default: 0.001)")
+    p.add_argument("--finetune-teacher", default=None, metavar="MODEL",
+                   help="distil the fine-tuning from this model's outputs (weight 0.9, "
+                        "temperature 4): the dense start the run began from, as a plain run "
+                        "folder of `kwh train`, a state dict or a .kwh file")
     p.add_argument("--finetune-dir", default=None, metavar="DIR",
                    help="run folder of the fine-tuning, resumed when it is there "
                         "(default: the output file's name + '-finetune')")
@@ -80,9 +84,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_destination(args.out)  # a missing folder fails now, not after the training
-    if not args.finetune_epochs and (args.finetune_lr is not None or args.finetune_dir):
-        raise KwhError("--finetune-lr and --finetune-dir set the fine-tuning: give "
-                       "--finetune-epochs N (N >= 1) too")
+    if not args.finetune_epochs and (args.finetune_lr is not None or args.finetune_dir
+                                     or args.finetune_teacher):
+        raise KwhError("--finetune-lr, --finetune-dir and --finetune-teacher set the "
+                       "fine-tuning: give --finetune-epochs N (N >= 1) too")
+    teacher = None
+    if args.finetune_teacher:  # read before any work: a bad path fails now
+        from kwh.app import load_model
+
+        teacher = load_model(args.finetune_teacher).model
     model, tconfig, records = _bayesian_model(args)
     data_dir = args.data_dir if args.data_dir is not None else tconfig.data_dir
     limit = args.limit_test if args.limit_test is not None else tconfig.limit_test
@@ -115,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     small = kwh.compress(model.cpu(), config, eval_data=loader, guard_data=guard)
     out = args.out or f"{tconfig.model}-{tconfig.data}-{tconfig.prior}.kwh"
     if args.finetune_epochs:
-        small = _finetune(small, tdata, args, out, loader)
+        small = _finetune(small, tdata, args, out, loader, teacher)
     small.kwh_input_normalization = input_normalization(tconfig.data)  # recorded in the file
     size = kwh.save(small, out)
     print(format_summary(small.kwh_summary))
@@ -129,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune(small, tdata, args, out: str, test_loader):
+def _finetune(small, tdata, args, out: str, test_loader, teacher=None):
     """The compressed model fine-tuned on its grids (kwh.app.finetune); its test error after
     goes into the summary's eval (error_after_finetune) and both errors are printed."""
     from kwh.app.finetune import finetune
@@ -139,7 +149,8 @@ def _finetune(small, tdata, args, out: str, test_loader):
     lr = 1e-3 if args.finetune_lr is None else args.finetune_lr
     tuned = finetune(small, tdata, args.finetune_epochs, run_dir, lr=lr,
                      batch_size=args.batch_size, seed=args.seed, threads=args.threads,
-                     device=args.device, progress=progress, eval_data=test_loader)
+                     device=args.device, progress=progress, eval_data=test_loader,
+                     teacher=teacher)
     s = tuned.kwh_summary
     if s.get("eval"):
         before = s["eval"]["error_after_quantization"]
