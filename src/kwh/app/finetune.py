@@ -40,9 +40,10 @@ __all__ = ["finetune", "finetune_codebook"]
 
 START = "finetune_start.json"  # in the run folder: what the run starts from and its settings
 # Distillation from the dense start while fine-tuning (kwh.train.distill), chosen on the
-# validation split: LeNet-300-100 / MNIST, BC-GNJ and BC-GHS at their default thresholds, three
-# seeds each, mean validation error after fine-tuning: 1.75 % with the labels alone (5 epochs),
-# 1.71 % with weight 0.9 at T = 4 (5 epochs), 1.67 % with 20 (benchmarks/results/finetune/).
+# validation split: LeNet-300-100 / MNIST, BC-GNJ and BC-GHS, three seeds each, mean fine-tuned
+# validation error at the priors' default thresholds: 1.77 % with the labels alone (5 epochs),
+# 1.73 % distilled at weight 0.9, T = 4 (5 epochs), 1.68 % distilled for 20 epochs
+# (benchmarks/results/finetune/distill/, `python -m benchmarks.finetune_choice`).
 DISTILL_WEIGHT = 0.9
 DISTILL_TEMPERATURE = 4.0
 
