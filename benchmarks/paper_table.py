@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "epochs on its fixed-point grids, pruned weights held at zero "
                         "(kwh.app.finetune; 0: none)")
     p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--finetune-distill", action="store_true",
+                   help="kwh rows' fine-tuning distils from the table's dense start "
+                        "(kwh.app.finetune's teacher; weight 0.9, T 4)")
     p.add_argument("--sws-option", action="append", type=_sws_option, default=[],
                    metavar="KEY=VALUE", help="soft weight-sharing row: a kwh.train sws_options "
                    "setting (e.g. tau=5e-3, init_std=0.25); repeatable")
@@ -110,6 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--shrink-patience must be >= 0, got {a.shrink_patience}")
     if a.finetune_epochs < 0 or not 0 < a.finetune_lr < float("inf"):
         p.error("--finetune-epochs must be >= 0 and --finetune-lr positive")
+    if a.finetune_distill and not a.finetune_epochs:
+        p.error("--finetune-distill goes with --finetune-epochs N")
     if a.sws_finetune_epochs < 0 or not 0 < a.sws_finetune_lr < float("inf"):
         p.error("--sws-finetune-epochs must be >= 0 and --sws-finetune-lr positive")
     if a.variance_lr_mult is not None and not a.variance_lr_mult > 0:
@@ -227,16 +232,19 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
             f"file {nbytes} B")
         if a.finetune_epochs:
             clock = Clock()
-            tuned = finetune(small, tdata, a.finetune_epochs, runs / f"{prior}-finetune",
+            tuned = finetune(small, tdata, a.finetune_epochs,
+                             runs / f"{prior}-finetune{'-distill' if a.finetune_distill else ''}",
                              lr=a.finetune_lr, seed=seed, threads=a.threads, device=a.device,
-                             eval_data=batch_loader(tdata.test, 1000))
+                             eval_data=batch_loader(tdata.test, 1000),
+                             teacher=dense if a.finetune_distill else None)
             tbytes = kwh.save(tuned, files / f"seed{seed}_{prior}_finetuned.kwh",
                               input_shape=tdata.input_shape)
-            flabel = f"{label} + fine-tune"
+            flabel = f"{label} + fine-tune{' (distilled)' if a.finetune_distill else ''}"
             rows.append(_kwh_row(base, flabel, tuned, tbytes, f"{prior}_finetuned", seed,
                                  files, data, tdata, w_orig, x_bench, reps, clock(),
                                  f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} bayes + "
-                                 f"{a.finetune_epochs} fine-tune (lr {a.finetune_lr:g})"))
+                                 f"{a.finetune_epochs} fine-tune (lr {a.finetune_lr:g}"
+                                 f"{', distilled from the dense start' if a.finetune_distill else ''})"))
             log(f"seed {seed}: {flabel}: error {rows[-1]['error_pct']:.2f}% max compression "
                 f"{rows[-1]['max_compression']:.1f}x file {tbytes} B")
         histories[prior] = hist

@@ -265,6 +265,13 @@ def test_finetuned_rows_follow_their_kwh_rows(tmp_path, data_root):
     _, data = load_data("mnist", str(data_root), 300, 100)
     path = out / f"{stem}_files" / "seed0_group-nj_finetuned.kwh"
     assert 100 * error_of(load(path), data) == pytest.approx(rows[2]["error_pct"], abs=1e-9)
+    # distilled from the table's dense start: its own run folder, the teacher recorded
+    assert paper_table.main(args + ["--finetune-distill", "--methods", "group-nj"]) == 0
+    rows = json.loads((out / f"{stem}_selected.json").read_text())["rows"]
+    assert rows[-1]["method"] == "kwh BC-GNJ (group-nj) + fine-tune (distilled)"
+    assert "distilled from the dense start" in rows[-1]["epochs"]
+    assert (out / f"{stem}_runs" / "seed0" / "group-nj-finetune-distill").is_dir()
+    assert load(path).kwh_summary["finetune"]["distill"]["weight"] == 0.9
 
 
 def test_kwh_rows_alone_log_their_own_numbers(tmp_path, data_root, capsys):
