@@ -22,13 +22,12 @@ RULES = ("lowest val.", "lowest val. at >= min. rate", "default threshold")
 
 
 def load(folder: Path) -> dict:
-    """{setting: {prior: {seed: rows}}} of the sweeps in ``folder``."""
+    """{setting: {net_data_prior: {seed: rows}}} of the sweeps in ``folder``."""
     out: dict = defaultdict(lambda: defaultdict(dict))
     for f in sorted(folder.glob("*_seed*_*.json")):
         head, setting = f.stem.rsplit("_", 1)
         head, seed = head.rsplit("_", 1)
-        prior = head.split("_")[-1]
-        out[setting][prior][seed] = json.loads(f.read_text())["rows"]
+        out[setting][head][seed] = json.loads(f.read_text())["rows"]
     return out
 
 
@@ -37,7 +36,8 @@ def choose(rows: list[dict], rule: str, min_rate: float) -> dict:
     if rule == RULES[2]:
         return min(ft, key=lambda r: r["threshold"])
     if rule == RULES[1]:
-        ft = [r for r in ft if r["finetuned"]["max_compression"] >= min_rate] or ft
+        ft = [r for r in ft if r["finetuned"]["max_compression"] >= min_rate] or \
+            [dict(r, below_min_rate=True) for r in ft]
     return min(ft, key=lambda r: (r["finetuned"]["val_error_pct"],
                                   -r["finetuned"]["max_compression"]))
 
@@ -45,20 +45,24 @@ def choose(rows: list[dict], rule: str, min_rate: float) -> dict:
 def table(sweeps: dict, min_rates: dict[str, float]) -> list[str]:
     md = []
     for rule in RULES:
-        md += ["", f"Threshold: {rule}", "",
-               "| setting | prior | mean val. error % | mean test error % | mean rate | per seed: threshold, test error, rate |",
+        md += ["", f"Threshold: {rule}" + (" (* : no row of that seed reaches it; its lowest "
+                                           "validation error instead)" if rule == RULES[1] else ""),
+               "",
+               "| setting | run | mean val. error % | mean test error % | mean rate | per seed: threshold, test error, rate |",
                "|---|---|---|---|---|---|"]
         for setting in sorted(sweeps):
-            for prior in sorted(sweeps[setting]):
-                runs = sweeps[setting][prior]
+            for head in sorted(sweeps[setting]):
+                runs = sweeps[setting][head]
+                prior = head.split("_")[-1]
                 picked = [choose(runs[s], rule, min_rates.get(prior, 0)) for s in sorted(runs)]
 
                 def mean(key):
                     return statistics.mean(r["finetuned"][key] for r in picked)
 
-                per = "; ".join(f"{r['threshold']:g}: {r['finetuned']['test_error_pct']:.2f} %, "
+                per = "; ".join(f"{r['threshold']:g}{'*' if r.get('below_min_rate') else ''}: "
+                                f"{r['finetuned']['test_error_pct']:.2f} %, "
                                 f"{r['finetuned']['max_compression']:.1f}x" for r in picked)
-                md.append(f"| {setting} | {prior} | {mean('val_error_pct'):.3f} | "
+                md.append(f"| {setting} | {head} | {mean('val_error_pct'):.3f} | "
                           f"{mean('test_error_pct'):.3f} | {mean('max_compression'):.1f}x | {per} |")
     return md
 

@@ -237,10 +237,11 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
                              lr=a.finetune_lr, seed=seed, threads=a.threads, device=a.device,
                              eval_data=batch_loader(tdata.test, 1000),
                              teacher=dense if a.finetune_distill else None)
-            tbytes = kwh.save(tuned, files / f"seed{seed}_{prior}_finetuned.kwh",
+            stem = f"{prior}_finetuned{'_distilled' if a.finetune_distill else ''}"
+            tbytes = kwh.save(tuned, files / f"seed{seed}_{stem}.kwh",
                               input_shape=tdata.input_shape)
             flabel = f"{label} + fine-tune{' (distilled)' if a.finetune_distill else ''}"
-            rows.append(_kwh_row(base, flabel, tuned, tbytes, f"{prior}_finetuned", seed,
+            rows.append(_kwh_row(base, flabel, tuned, tbytes, stem, seed,
                                  files, data, tdata, w_orig, x_bench, reps, clock(),
                                  f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} bayes + "
                                  f"{a.finetune_epochs} fine-tune (lr {a.finetune_lr:g}"
@@ -440,7 +441,9 @@ def _run(a, out: Path, stem: str, files: Path, logf) -> int:
            *([f"kwh rows '+ fine-tune': the row above it fine-tuned {a.finetune_epochs} epochs at lr "
               f"{a.finetune_lr:g} (Adam, decayed linearly to 0) on the training split, the weights on "
               "their fixed-point grids, pruned weights held at zero: the same architecture, bits and "
-              "sparsity (kwh.app.finetune)."] if a.finetune_epochs else []),
+              "sparsity (kwh.app.finetune)" + (", the loss distilled from the table's dense start "
+              "(weight 0.9 at T = 4, kwh.train.distill)" if a.finetune_distill else "") + "."]
+             if a.finetune_epochs else []),
            "Soft weight-sharing: kwh.train method 'sws' from the same dense start for the Bayesian",
            f"rows' epochs (sws_options {a.sws_options or 'defaults'}: 17 components, pi_0 0.999, tau 5e-3",
            "unless set), then kwh.sws.quantize_ (components merged below KL 0.01, each weight to its",

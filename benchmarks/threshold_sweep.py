@@ -45,6 +45,9 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
     from ``teacher`` when given). ``only``: a glob of layer names whose threshold is swept;
     the others keep the posterior's."""
     loaded = load_model(run)
+    if loaded.kind == "dense-checkpoint":
+        raise SystemExit(f"{run}: a plain run's dense net; give a Bayesian run (its posterior "
+                         "is what the threshold prunes)")
     if loaded.kind != "checkpoint":
         raise SystemExit(f"{run}: not a `kwh train` run folder or checkpoint")
     swept = None

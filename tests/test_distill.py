@@ -136,10 +136,69 @@ def test_cli_compress_distils_from_a_teacher(tmp_path, data_root, capsys):
     out = tmp_path / "m.kwh"
     common = ["compress", "--checkpoint", str(run), "--data-dir", str(data_root),
               "--finetune-epochs", "1", "--out", str(out), "--no-progress"]
-    # a missing teacher fails before any work, exit 2
-    assert main(common + ["--finetune-teacher", str(tmp_path / "nope.safetensors")]) == 2
-    assert not out.exists()
-    assert "nope.safetensors" in capsys.readouterr().err
+    # a missing teacher, an untrained one or one of another task fails before any work, exit 2
+    wrong = tmp_path / "wrong.safetensors"
+    torch.manual_seed(1)
+    save_file(torch.nn.Linear(784, 10).state_dict(), str(wrong))
+    for bad, says in ((str(tmp_path / "nope.safetensors"), "nope.safetensors"),
+                      ("lenet300", "untrained reference model"),
+                      (str(wrong), "fits no reference model")):
+        assert main(common + ["--finetune-teacher", bad]) == 2
+        io = capsys.readouterr()
+        assert says in io.err and io.out == ""
+        assert not out.exists() and not (tmp_path / "m.kwh-finetune").exists()
     assert main(common + ["--finetune-teacher", str(teacher)]) == 0
     d = kwh.load(out).kwh_summary["finetune"]["distill"]
     assert d["weight"] == 0.9 and d["temperature"] == 4.0 and len(d["teacher_sha256"]) == 64
+
+
+def test_the_teacher_runs_in_eval_mode_and_is_left_as_it_was(tmp_path):
+    """A teacher given in train mode (BatchNorm on batch statistics, dropout on) distils as
+    its eval mode does: the same fine-tuned model as from the same teacher in eval mode; the
+    caller's teacher keeps its mode and its running statistics."""
+    small, data = _compressed_mlp()
+    torch.manual_seed(5)
+    teacher = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.BatchNorm1d(32),
+                                  torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 4))
+    with torch.no_grad():
+        teacher[1].running_mean.normal_()
+        teacher[1].running_var.uniform_(0.5, 2.0)
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    teacher.train()
+    a = finetune(small, data, 1, tmp_path / "a", lr=1e-2, batch_size=50, teacher=teacher,
+                 distill_weight=1.0)
+    assert teacher.training and all(torch.equal(v, state[k])
+                                    for k, v in teacher.state_dict().items())
+    b = finetune(small, data, 1, tmp_path / "b", lr=1e-2, batch_size=50,
+                 teacher=copy.deepcopy(teacher).eval(), distill_weight=1.0)
+    assert all(torch.equal(p.weight, q.weight) for (_, p), (_, q) in
+               zip(quantized_layers(a), quantized_layers(b)))
+
+
+def test_a_teacher_of_another_task_leaves_the_folder_free(tmp_path):
+    small, data = _compressed_mlp()
+    with pytest.raises(KwhError, match="same task"):
+        finetune(small, data, 1, tmp_path / "run", lr=1e-2, teacher=torch.nn.Linear(20, 3))
+    with pytest.raises(KwhError, match="cannot run on the training inputs"):
+        finetune(small, data, 1, tmp_path / "run", lr=1e-2, teacher=torch.nn.Linear(7, 4))
+    with pytest.raises(KwhError, match="distill_weight must lie"):
+        finetune(small, data, 1, tmp_path / "run", lr=1e-2, teacher=torch.nn.Linear(20, 4),
+                 distill_weight=1.5)
+    tuned = finetune(small, data, 1, tmp_path / "run", lr=1e-2, teacher=torch.nn.Linear(20, 4))
+    assert tuned.kwh_summary["finetune"]["distill"]["weight"] == 0.9
+
+
+def test_run_training_resumes_only_with_its_teacher(tmp_path):
+    small, data = _compressed_mlp()
+    torch.manual_seed(2)
+    teacher, other = torch.nn.Linear(20, 4), torch.nn.Linear(20, 4)
+    config = TrainConfig(model=CUSTOM, data=CUSTOM, pretrain_epochs=1, epochs=0,
+                         distill_weight=0.5, batch_size=50, validation=100,
+                         out_dir=str(tmp_path / "run"), threads=1)
+    first = run_training(config, model=small, data=data, teacher=teacher, progress=False)
+    with pytest.raises(KwhError, match="another teacher"):
+        run_training(config, resume=True, model=small, data=data, teacher=other, progress=False)
+    again = run_training(config, resume=True, model=small, data=data, teacher=teacher,
+                         progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(),
+                                                 again.model.state_dict().values()))

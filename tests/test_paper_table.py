@@ -271,7 +271,9 @@ def test_finetuned_rows_follow_their_kwh_rows(tmp_path, data_root):
     assert rows[-1]["method"] == "kwh BC-GNJ (group-nj) + fine-tune (distilled)"
     assert "distilled from the dense start" in rows[-1]["epochs"]
     assert (out / f"{stem}_runs" / "seed0" / "group-nj-finetune-distill").is_dir()
-    assert load(path).kwh_summary["finetune"]["distill"]["weight"] == 0.9
+    distilled = out / f"{stem}_files" / "seed0_group-nj_finetuned_distilled.kwh"
+    assert load(distilled).kwh_summary["finetune"]["distill"]["weight"] == 0.9
+    assert load(path).kwh_summary["finetune"]["distill"] is None  # the first row's file kept
 
 
 def test_kwh_rows_alone_log_their_own_numbers(tmp_path, data_root, capsys):

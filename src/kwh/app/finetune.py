@@ -35,6 +35,7 @@ from kwh.errors import KwhError
 from kwh.sws import Quantized, share_codebook_, unshare_codebook_
 from kwh.train import TrainConfig, TrainData, checkpoint_path, run_training
 from kwh.train.config import CUSTOM
+from kwh.train.distill import check_teacher, model_digest
 
 __all__ = ["finetune", "finetune_codebook"]
 
@@ -48,24 +49,14 @@ DISTILL_WEIGHT = 0.9
 DISTILL_TEMPERATURE = 4.0
 
 
-def _tensor_digest(model: nn.Module):
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h
-
-
-def _digest(model: nn.Module) -> str:
-    """sha256 of a model's state dict (names and bytes)."""
-    return _tensor_digest(model).hexdigest()
-
-
 def _start_record(model: nn.Module, data: TrainData, settings: dict) -> dict:
     """The fine-tuning's identity: a digest of every tensor of the compressed model it starts
     from (weights, biases, the layers' bits), of the data's sizes, and the settings (with the
     teacher's digest when it distils)."""
-    h = _tensor_digest(model)
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     for name, m in quantized_layers(model):
         h.update(f"{name}:{m.kwh_bits}:{m.kwh_frac_bits}".encode())
     sizes = {k: None if d is None else len(d) for k, d in
@@ -165,19 +156,22 @@ def finetune(small: nn.Module, data: TrainData, epochs: int, out_dir: str | os.P
     recount(work)  # the summary must describe these layers: checked before any training
     settings = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
     distill = None
-    if teacher is not None:
-        if not isinstance(teacher, nn.Module):
-            raise KwhError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
+    if teacher is not None:  # checked on a training batch before the folder is claimed
+        check_teacher(teacher, work, data.train.tensors[0][:2])
         distill = {"weight": distill_weight, "temperature": distill_temperature,
-                   "teacher_sha256": _digest(teacher)}
+                   "teacher_sha256": model_digest(teacher)}
         settings["distill"] = distill
-    _claim(Path(out_dir), _start_record(small, data, settings))
     config = TrainConfig(model=CUSTOM, data=CUSTOM, pretrain_epochs=epochs, epochs=0, lr=lr,
                          batch_size=batch_size, seed=seed, out_dir=os.fspath(out_dir),
                          validation=0 if data.validation is None else len(data.validation),
                          threads=threads, device=device,
                          distill_weight=distill_weight if teacher is not None else 0.0,
-                         distill_temperature=distill_temperature)
+                         distill_temperature=distill_temperature if teacher is not None
+                         else DISTILL_TEMPERATURE)
+    if teacher is not None and not config.distill_weight:
+        raise KwhError("distill_weight=0 with a teacher distils nothing: give a weight in "
+                       "(0, 1], or no teacher")
+    _claim(Path(out_dir), _start_record(small, data, settings))
     tuned = run_training(config, resume=True, progress=progress, model=work, data=data,
                          teacher=teacher).model
     tuned = detach_fixed_point_(tuned.cpu().eval())

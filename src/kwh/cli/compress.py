@@ -54,8 +54,9 @@ def register(subparsers) -> None:
                         "(default: 0.001)")
     p.add_argument("--finetune-teacher", default=None, metavar="MODEL",
                    help="distil the fine-tuning from this model's outputs (weight 0.9, "
-                        "temperature 4): the dense start the run began from, as a plain run "
-                        "folder of `kwh train`, a state dict or a .kwh file")
+                        "temperature 4): the dense start the run began from, as the folder of "
+                        "a plain run (`kwh train --epochs 0`; a run that pretrains itself keeps "
+                        "no separate dense net), a state dict or a .kwh file")
     p.add_argument("--finetune-dir", default=None, metavar="DIR",
                    help="run folder of the fine-tuning, resumed when it is there "
                         "(default: the output file's name + '-finetune')")
@@ -88,11 +89,7 @@ def run(args: argparse.Namespace) -> int:
                                      or args.finetune_teacher):
         raise KwhError("--finetune-lr, --finetune-dir and --finetune-teacher set the "
                        "fine-tuning: give --finetune-epochs N (N >= 1) too")
-    teacher = None
-    if args.finetune_teacher:  # read before any work: a bad path fails now
-        from kwh.app import load_model
-
-        teacher = load_model(args.finetune_teacher).model
+    teacher = _teacher(args.finetune_teacher) if args.finetune_teacher else None
     model, tconfig, records = _bayesian_model(args)
     data_dir = args.data_dir if args.data_dir is not None else tconfig.data_dir
     limit = args.limit_test if args.limit_test is not None else tconfig.limit_test
@@ -109,6 +106,15 @@ def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         tdata = load_train_data(replace(tconfig, data_dir=data_dir))
+    if teacher is not None:  # before any work: a teacher of another task fails now
+        from kwh.train.distill import check_teacher
+
+        if teacher.data is not None and teacher.data != tconfig.data:
+            raise KwhError(f"--finetune-teacher {args.finetune_teacher} was trained on "
+                           f"{teacher.data}, this run on {tconfig.data}: give the dense start "
+                           "of this run's data")
+        check_teacher(teacher.model, model, tdata.train.tensors[0][:2])
+        teacher = teacher.model
     if has_bn:  # the statistics of the network eval mode runs (kwh.train's do the same)
         x = tdata.train.tensors[0]
         n = recalibrate_from_inputs(model.cpu(), x, 500)
@@ -137,6 +143,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"vs dense start {dense[0]:.2f}% test error after {dense[1]} plain epochs: "
               f"{err - dense[0]:+.2f} points")
     return 0
+
+
+def _teacher(spec: str):
+    """The fine-tuning's teacher as kwh.app.load_model reads it; an untrained reference model
+    is refused (it would distil noise)."""
+    from kwh.app import load_model
+
+    loaded = load_model(spec)
+    if loaded.kind == "reference":
+        raise KwhError(f"--finetune-teacher {spec}: an untrained reference model; give the "
+                       "trained dense start (a plain `kwh train --epochs 0` run folder, a state "
+                       "dict or a .kwh file)")
+    return loaded
 
 
 def _finetune(small, tdata, args, out: str, test_loader, teacher=None):

@@ -50,8 +50,9 @@ def _bayesian(loaded: LoadedModel, checkpoint: str | None) -> tuple[nn.Module | 
     if checkpoint is not None:
         run = load_model(checkpoint)
         if run.kind != "checkpoint":
-            raise ValueError(f"--checkpoint {checkpoint}: a {run.kind} model, not a checkpoint "
-                             "or run folder of `kwh train`")
+            what = ("a plain run's dense net, not a Bayesian run" if run.kind == "dense-checkpoint"
+                    else f"a {run.kind} model, not a checkpoint or run folder of `kwh train`")
+            raise ValueError(f"--checkpoint {checkpoint}: {what}")
         return run.model, run.path.parent
     if _is_bayesian(loaded.model):
         return loaded.model, loaded.path.parent if loaded.path else None

@@ -159,7 +159,8 @@ class TrainConfig:
     # A plain run (epochs=0) may learn from a teacher's outputs as well as the labels
     # (run_training's ``teacher``): loss = (1 - w) NLL + w T^2 KL(teacher || student), both
     # softmaxes at temperature T (Hinton et al. 2015). kwh.app.finetune uses it to recover a
-    # compressed model's accuracy from its dense start (DISTILL_DEFAULTS there).
+    # compressed model's accuracy from its dense start (DISTILL_WEIGHT, DISTILL_TEMPERATURE
+    # there).
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
 

@@ -2,12 +2,51 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from kwh.errors import KwhError
 
-__all__ = ["distillation_loss"]
+__all__ = ["distillation_loss", "model_digest", "check_teacher"]
+
+
+def model_digest(model: nn.Module) -> str:
+    """sha256 of a model's state dict (names and bytes): which teacher a run distils from."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_teacher(teacher: nn.Module, model: nn.Module, x: Tensor) -> None:
+    """Raise KwhError unless ``teacher`` takes the inputs ``x`` and answers with the shape of
+    ``model``'s outputs (both run in eval mode on a copy-free no-grad pass; modes restored)."""
+    if not isinstance(teacher, nn.Module):
+        raise KwhError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
+    modes = [(m, m.training) for m in (teacher, model)]
+    try:
+        teacher.eval()
+        model.eval()
+        with torch.no_grad():
+            want = model(x).shape
+            try:
+                got = teacher(x).shape
+            except (RuntimeError, ValueError, TypeError) as e:
+                raise KwhError(f"the teacher cannot run on the training inputs of shape "
+                               f"{tuple(x.shape)} ({' '.join(str(e).split())[:200]}): distil "
+                               "from a model of the same task (the dense net the compressed one "
+                               "started from)") from None
+    finally:
+        for m, training in modes:
+            m.train(training)
+    if got != want:
+        raise KwhError(f"the teacher's outputs have shape {tuple(got)}, the model's "
+                       f"{tuple(want)}: distil from a model of the same task (the dense net "
+                       "the compressed one started from)")
 
 
 def distillation_loss(nll: Tensor, logits: Tensor, teacher_logits: Tensor, weight: float,

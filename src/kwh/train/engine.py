@@ -58,7 +58,7 @@ from kwh.train.build import (
 from kwh.train.checkpoint import FILENAME, read_checkpoint, write_checkpoint
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.data import TrainData, load_train_data
-from kwh.train.distill import distillation_loss
+from kwh.train.distill import distillation_loss, model_digest
 from kwh.train.distributed import DistContext, setup_distributed
 from kwh.train.evaluate import (
     layer_stats,
@@ -171,8 +171,9 @@ class _Trainer:
                  template: nn.Module | None, data: TrainData | None,
                  teacher: nn.Module | None = None):
         self.c, self.ctx, self.fault = config, ctx, fault
-        self.teacher = None
+        self.teacher, self.teacher_sha256 = None, None
         if teacher is not None:  # a frozen copy on the run's device
+            self.teacher_sha256 = model_digest(teacher)
             self.teacher = copy.deepcopy(teacher).to(ctx.device).eval().requires_grad_(False)
         self.progress = progress and ctx.is_main
         self.out = Path(config.out_dir)
@@ -241,7 +242,7 @@ class _Trainer:
                 "rng": rng_meta, "world_size": self.ctx.world_size,
                 "log": list(self.log.records), "kwh_version": kwh.__version__,
                 "shrink": None if self.shrinker is None else self.shrinker.state(),
-                "torch_version": torch.__version__}
+                "teacher_sha256": self.teacher_sha256, "torch_version": torch.__version__}
         if self.kind == SGLD:
             store_tensors, meta["samples"] = self.store.payload(PREFIX)
             tensors.update(store_tensors)  # the stored samples themselves: they never change
@@ -343,6 +344,10 @@ class _Trainer:
                 raise KwhError(f"cannot resume {self.ckpt}: settings differ from the run that "
                                f"wrote it ({'; '.join(diffs)}){hint}; use the same settings or "
                                f"another --out-dir")
+            if meta.get("teacher_sha256") != self.teacher_sha256:
+                raise KwhError(f"cannot resume {self.ckpt}: the run distilled from another "
+                               "teacher (its weights' digest differs); give the same teacher or "
+                               "another out_dir")
             self._apply(tensors, meta, str(self.ckpt))
             log.info("resuming %s at epoch %d step %d", self.ckpt, self.epoch + 1, self.step)
             return
