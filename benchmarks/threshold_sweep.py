@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 
 import kwh
-from benchmarks.baselines.common import load_data
-from kwh.app import load_model
+from benchmarks.baselines.common import load_data, make_net
+from kwh.app import LoadedModel, load_model
+from kwh.train import checkpoint_path, load_checkpoint
 from kwh.bayes import BayesLayer
 from kwh.app.finetune import DISTILL_TEMPERATURE, DISTILL_WEIGHT, finetune
 from kwh.compress import CompressConfig, evaluate
@@ -38,13 +39,21 @@ from kwh.data import batch_loader
 
 def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune_epochs: int = 0,
           finetune_lr: float = 1e-3, runs: Path | None = None,
-          only: str | None = None, teacher: torch.nn.Module | None = None
-          ) -> tuple[list[dict], dict]:
+          only: str | None = None, teacher: torch.nn.Module | None = None,
+          width: float | None = None, bits_search: str = "fit") -> tuple[list[dict], dict]:
     """One row per threshold: errors (validation, test, before quantization), rates, bytes;
     with ``finetune_epochs``, the same of the fine-tuned model under "finetuned" (distilled
     from ``teacher`` when given). ``only``: a glob of layer names whose threshold is swept;
-    the others keep the posterior's."""
-    loaded = load_model(run)
+    the others keep the posterior's. ``width``: the run trained paper_table's net at this
+    width factor (ResNet-20, the VGG-like net)."""
+    if width is not None:  # a run of a resized reference net: its structure comes from here
+        cfg0 = json.loads((checkpoint_path(run).parent / "config.json").read_text())
+        template = make_net(cfg0["model"], width)
+        model, _ = load_checkpoint(run, model=template)
+        loaded = LoadedModel(model.eval(), None, str(run), checkpoint_path(run), cfg0["data"],
+                             "checkpoint")
+    else:
+        loaded = load_model(run)
     if loaded.kind == "dense-checkpoint":
         raise SystemExit(f"{run}: a plain run's dense net; give a Bayesian run (its posterior "
                          "is what the threshold prunes)")
@@ -65,7 +74,8 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
     rows = []
     for t in thresholds:
         by_layer = dict(threshold=t) if swept is None else dict(thresholds=dict.fromkeys(swept, t))
-        small = kwh.compress(loaded.model, CompressConfig(input_shape=tdata.input_shape, **by_layer),
+        small = kwh.compress(loaded.model, CompressConfig(input_shape=tdata.input_shape,
+                                                          bits_search=bits_search, **by_layer),
                              eval_data=test, guard_data=val)
         s = small.kwh_summary
         nbytes = None
@@ -126,6 +136,11 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-teacher", default=None, metavar="MODEL",
                    help="distil the fine-tuning from this model (kwh.app.finetune's teacher; "
                         "e.g. the run's dense start, a plain run folder)")
+    p.add_argument("--bits-search", choices=["fit", "raise", "off"], default="fit",
+                   help="kwh.compress's accuracy guard of the bits on the validation split")
+    p.add_argument("--width", type=float, default=None,
+                   help="the run's net at this width factor, as paper_table --width built it "
+                        "(ResNet-20: 0.5 is 8 channels)")
     p.add_argument("--only", default=None, metavar="GLOB",
                    help="sweep only the layers whose names match GLOB (e.g. '*.attn.out'); the "
                         "others keep their posterior's threshold")
@@ -140,7 +155,7 @@ def main(argv=None) -> int:
     files = Path(f"{out}_files")
     files.mkdir(parents=True, exist_ok=True)
     rows, cfg = sweep(a.run, sorted(a.thresholds), files, a.finetune_epochs, a.finetune_lr,
-                      Path(f"{out}_runs"), a.only, teacher)
+                      Path(f"{out}_runs"), a.only, teacher, a.width, a.bits_search)
     ft = "finetuned" if a.finetune_epochs else None
     chosen = None if a.match_val_error is None else pick(rows, a.match_val_error, ft)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -150,8 +165,10 @@ def main(argv=None) -> int:
           f"{cfg['data']} / {cfg['prior']} ({commit})", "", f"Command: `{command}`", "",
           f"Run: `{a.run}` ({cfg['epochs']} Bayesian epochs). Machine: "
           f"{platform.machine()}, torch {torch.__version__}, {a.threads} thread(s). Each row: "
-          "kwh.compress at that log-alpha threshold, bits guarded on the run's validation "
-          "split, rate from the real .kwh payload (32 |W| / payload bits)." +
+          "kwh.compress at that log-alpha threshold, " +
+          (f"bits guarded on the run's validation split ({a.bits_search})"
+           if a.bits_search != "off" else "the posterior's bits (no guard)") +
+          ", rate from the real .kwh payload (32 |W| / payload bits)." +
           (f" The threshold is that of the layers matching `{a.only}` only; the others keep "
            "their posterior's." if a.only else "") +
           (f" Fine-tuned: {a.finetune_epochs} epochs at lr {a.finetune_lr:g} (Adam, decayed "
