@@ -7,7 +7,7 @@ Reads the ``<net>_<data>_<prior>_seed<S>_<setting>.json`` files `benchmarks.thre
 the seeds of the fine-tuned validation error, test error and rate under three rules for the
 threshold: the lowest validation error; the lowest validation error among the models at or
 above the prior's --min-rate (a rate is known before any test image is seen); the prior's
-default threshold (the sweep's first, lowest). The test error is reported, never used.
+default threshold (kwh.bayes.priors' prior_config(...).threshold). The test error is reported, never used.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from kwh.bayes.priors import prior_config
 
 RULES = ("lowest val.", "lowest val. at >= min. rate", "default threshold")
 
@@ -31,10 +33,15 @@ def load(folder: Path) -> dict:
     return out
 
 
-def choose(rows: list[dict], rule: str, min_rate: float) -> dict:
+def choose(rows: list[dict], rule: str, min_rate: float, prior: str) -> dict:
     ft = [r for r in rows if r.get("finetuned")]
     if rule == RULES[2]:
-        return min(ft, key=lambda r: r["threshold"])
+        default = prior_config(prior).threshold
+        same = [r for r in ft if r["threshold"] == default]
+        if not same:
+            raise SystemExit(f"{prior}: the sweep has no row at the prior's default threshold "
+                             f"{default:g}")
+        return same[0]
     if rule == RULES[1]:
         ft = [r for r in ft if r["finetuned"]["max_compression"] >= min_rate] or \
             [dict(r, below_min_rate=True) for r in ft]
@@ -54,7 +61,8 @@ def table(sweeps: dict, min_rates: dict[str, float]) -> list[str]:
             for head in sorted(sweeps[setting]):
                 runs = sweeps[setting][head]
                 prior = head.split("_")[-1]
-                picked = [choose(runs[s], rule, min_rates.get(prior, 0)) for s in sorted(runs)]
+                picked = [choose(runs[s], rule, min_rates.get(prior, 0), prior)
+                          for s in sorted(runs)]
 
                 def mean(key):
                     return statistics.mean(r["finetuned"][key] for r in picked)
