@@ -232,20 +232,21 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
             f"file {nbytes} B")
         if a.finetune_epochs:
             clock = Clock()
+            distilled = "distilled" if a.finetune_distill else ""
             tuned = finetune(small, tdata, a.finetune_epochs,
-                             runs / f"{prior}-finetune{'-distill' if a.finetune_distill else ''}",
+                             runs / f"{prior}-finetune{'-distill' if distilled else ''}",
                              lr=a.finetune_lr, seed=seed, threads=a.threads, device=a.device,
                              eval_data=batch_loader(tdata.test, 1000),
                              teacher=dense if a.finetune_distill else None)
-            stem = f"{prior}_finetuned{'_distilled' if a.finetune_distill else ''}"
+            stem = f"{prior}_finetuned{'_' + distilled if distilled else ''}"
             tbytes = kwh.save(tuned, files / f"seed{seed}_{stem}.kwh",
                               input_shape=tdata.input_shape)
-            flabel = f"{label} + fine-tune{' (distilled)' if a.finetune_distill else ''}"
+            flabel = f"{label} + fine-tune{f' ({distilled})' if distilled else ''}"
             rows.append(_kwh_row(base, flabel, tuned, tbytes, stem, seed,
                                  files, data, tdata, w_orig, x_bench, reps, clock(),
                                  f"{cfg['pretrain_epochs']} pretrain + {cfg['epochs']} bayes + "
                                  f"{a.finetune_epochs} fine-tune (lr {a.finetune_lr:g}"
-                                 f"{', distilled from the dense start' if a.finetune_distill else ''})"))
+                                 f"{', distilled from the dense start' if distilled else ''})"))
             log(f"seed {seed}: {flabel}: error {rows[-1]['error_pct']:.2f}% max compression "
                 f"{rows[-1]['max_compression']:.1f}x file {tbytes} B")
         histories[prior] = hist

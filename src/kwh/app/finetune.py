@@ -36,6 +36,7 @@ from kwh.sws import Quantized, share_codebook_, unshare_codebook_
 from kwh.train import TrainConfig, TrainData, checkpoint_path, run_training
 from kwh.train.config import CUSTOM
 from kwh.train.distill import check_teacher, model_digest
+from kwh.train.state import hash_state
 
 __all__ = ["finetune", "finetune_codebook"]
 
@@ -53,10 +54,7 @@ def _start_record(model: nn.Module, data: TrainData, settings: dict) -> dict:
     """The fine-tuning's identity: a digest of every tensor of the compressed model it starts
     from (weights, biases, the layers' bits), of the data's sizes, and the settings (with the
     teacher's digest when it distils)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h = hash_state(hashlib.sha256(), model)
     for name, m in quantized_layers(model):
         h.update(f"{name}:{m.kwh_bits}:{m.kwh_frac_bits}".encode())
     sizes = {k: None if d is None else len(d) for k, d in

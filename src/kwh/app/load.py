@@ -28,8 +28,7 @@ from torch import nn
 from kwh.errors import FormatError, KwhError, ModelError
 from kwh.format.codec import load as load_kwh
 from kwh.models import MODELS, build
-from kwh.train import (PlainCheckpointError, checkpoint_path, load_checkpoint,
-                       load_plain_checkpoint)
+from kwh.train import checkpoint_path, is_plain_run, load_checkpoint, load_plain_checkpoint
 from kwh.train.checkpoint import FILENAME
 
 __all__ = ["LoadedModel", "load_model", "read_state_dict", "KINDS"]
@@ -130,12 +129,10 @@ def _is_checkpoint(path: Path) -> bool:
 
 def _from_checkpoint(path: Path) -> LoadedModel:
     path = checkpoint_path(path)
-    kind = "checkpoint"
-    try:
-        model, config = load_checkpoint(path)
-    except PlainCheckpointError:  # a dense run: its net
-        model, config = load_plain_checkpoint(path)
-        kind = "dense-checkpoint"
+    if is_plain_run(path):  # a dense run (its header says so): its net
+        (model, config), kind = load_plain_checkpoint(path), "dense-checkpoint"
+    else:
+        (model, config), kind = load_checkpoint(path), "checkpoint"
     return LoadedModel(model.eval(), None, f"{path.parent.name}/{path.name}", path,
                        config.data, kind)
 

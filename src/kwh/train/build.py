@@ -15,7 +15,7 @@ from kwh.binary import binarize_
 from kwh.errors import FormatError, KwhError
 from kwh.models import build
 from kwh.sws import MixturePrior
-from kwh.train.checkpoint import checkpoint_path, read_checkpoint
+from kwh.train.checkpoint import checkpoint_path, read_checkpoint, read_checkpoint_meta
 from kwh.train.config import CUSTOM, TrainConfig
 from kwh.train.state import derive_seed, load_model_tensors
 
@@ -27,7 +27,7 @@ SECOND = (BAYESIAN, BINARY, SGLD, SWS)  # the kinds of a second phase
 
 __all__ = ["PLAIN", "BAYESIAN", "BINARY", "SGLD", "SWS", "build_model", "to_bayesian",
            "to_second_phase", "make_optimizer", "new_mixture_prior", "load_checkpoint",
-           "load_plain_checkpoint", "PlainCheckpointError"]
+           "load_plain_checkpoint", "is_plain_run"]
 
 
 def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -140,8 +140,20 @@ def _input_shape(model: nn.Module, config: TrainConfig) -> tuple[int, ...]:
     return load_train_data(config).input_shape
 
 
-class PlainCheckpointError(KwhError):
-    """load_checkpoint was given a plain run's checkpoint (a dense net)."""
+def _run_meta(path, meta: dict) -> tuple[TrainConfig, str, dict]:
+    """(config, kind, position) of a checkpoint's metadata; FormatError when malformed."""
+    try:
+        return TrainConfig.from_dict(meta["config"]), meta["kind"], meta["position"]
+    except (KeyError, TypeError, KwhError) as e:
+        raise FormatError(f"{path}: malformed training metadata ({e})") from None
+
+
+def is_plain_run(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint (file or run folder) is a plain run's (``epochs=0``: a dense net),
+    from its header alone."""
+    path = checkpoint_path(path)
+    config, kind, _ = _run_meta(path, read_checkpoint_meta(path))
+    return kind not in SECOND and config.epochs == 0
 
 
 def load_plain_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -151,11 +163,7 @@ def load_plain_checkpoint(path: str | os.PathLike, device: str | torch.device = 
     fine-tuning starts from. ``model`` as in load_checkpoint."""
     path = checkpoint_path(path)
     tensors, meta = read_checkpoint(path)
-    try:
-        config = TrainConfig.from_dict(meta["config"])
-        kind, pos = meta["kind"], meta["position"]
-    except (KeyError, TypeError, KwhError) as e:
-        raise FormatError(f"{path}: malformed training metadata ({e})") from None
+    config, kind, pos = _run_meta(path, meta)
     if kind in SECOND or config.epochs != 0:
         raise KwhError(f"{path} is not a plain run's checkpoint (its run trains "
                        f"{config.epochs} Bayesian epochs); read it with load_checkpoint")
@@ -183,16 +191,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     if meta.get("kind") == "sgld-samples":  # kwh.train.samples' file
         raise KwhError(f"{path} holds an SGLD run's weight samples (kwh.train.load_samples); "
                        f"its network is in {path.parent}'s checkpoint")
-    try:
-        config = TrainConfig.from_dict(meta["config"])
-        kind, pos = meta["kind"], meta["position"]
-    except (KeyError, TypeError, KwhError) as e:
-        raise FormatError(f"{path}: malformed training metadata ({e})") from None
+    config, kind, pos = _run_meta(path, meta)
     if kind not in SECOND and config.epochs == 0:
-        raise PlainCheckpointError(
-            f"{path} is a plain run (--epochs 0): it holds a dense net, not a Bayesian one; "
-            "start a Bayesian run from it, or train with --epochs N (load_plain_checkpoint "
-            "reads its dense net)")
+        raise KwhError(f"{path} is a plain run (--epochs 0): it holds a dense net, not a "
+                       "Bayesian one; start a Bayesian run from it, or train with --epochs N "
+                       "(load_plain_checkpoint reads its dense net)")
     if kind not in SECOND:
         raise KwhError(f"{path} was written during pretraining (epoch {pos.get('epoch')} of "
                        f"{config.pretrain_epochs} plain epochs): it holds no Bayesian model yet; "

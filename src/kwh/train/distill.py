@@ -9,17 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kwh.errors import KwhError
+from kwh.train.state import hash_state
 
 __all__ = ["distillation_loss", "model_digest", "check_teacher"]
 
 
 def model_digest(model: nn.Module) -> str:
     """sha256 of a model's state dict (names and bytes): which teacher a run distils from."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return hash_state(hashlib.sha256(), model).hexdigest()
 
 
 def check_teacher(teacher: nn.Module, model: nn.Module, x: Tensor) -> None:

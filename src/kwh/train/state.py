@@ -28,6 +28,15 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
 
 
+def hash_state(h, model: nn.Module):
+    """Feed ``model``'s state dict (each name, then its tensor's bytes, in name order) into the
+    hashlib object ``h``; returns ``h``."""
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h
+
+
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as independent CPU copies, keys prefixed 'model/'."""
     return {f"model/{k}": v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
