@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shrink-patience", type=int, default=0,
                    help="kwh rows: remove groups dead this many epochs in a row while training "
                         "(kwh.train shrink_patience; 0: never)")
+    p.add_argument("--kl-compute-power", type=float, default=0.0,
+                   help="kwh rows: each layer's KL weighted by its compute ** P "
+                        "(kwh.train kl_compute_power; default 0: the free energy)")
     p.add_argument("--variance-lr-mult", type=float, default=None,
                    help="kwh rows: step of the log-scale parameters as a multiple of --lr "
                         "(kwh.train variance_lr_mult; default: each prior's own)")
@@ -117,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--finetune-distill goes with --finetune-epochs N")
     if a.sws_finetune_epochs < 0 or not 0 < a.sws_finetune_lr < float("inf"):
         p.error("--sws-finetune-epochs must be >= 0 and --sws-finetune-lr positive")
+    if not 0 <= a.kl_compute_power < float("inf"):
+        p.error(f"--kl-compute-power must be a finite number >= 0, got {a.kl_compute_power}")
     if a.variance_lr_mult is not None and not a.variance_lr_mult > 0:
         p.error(f"--variance-lr-mult must be positive, got {a.variance_lr_mult}")
     a.cfg = cfg
@@ -221,7 +226,9 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
         clock = Clock()
         model, hist = train_bayes(a.net, dense, prior, tdata, cfg["epochs"], runs / prior, seed,
                                   shrink_patience=a.shrink_patience,
-                                  variance_lr_mult=a.variance_lr_mult, **opts)
+                                  variance_lr_mult=a.variance_lr_mult,
+                                  **({"kl_compute_power": a.kl_compute_power}
+                                     if a.kl_compute_power else {}), **opts)
         train_s = sum(h["seconds"] or 0 for h in hist)
         small, nbytes = compress_and_save(model, tdata, files / f"seed{seed}_{prior}.kwh", a.bits_search)
         rows.append(_kwh_row(base, label, small, nbytes, prior, seed, files, data, tdata,

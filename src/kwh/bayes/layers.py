@@ -32,6 +32,9 @@ class BayesLayer(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self.sample = False  # draw from the posterior even in eval mode (predictive sampling)
         self.threshold: float | None = None  # per-layer override of the prior's threshold
+        # weight of this layer's KL in the training objective (kwh.bayes.free_energy); 1: the
+        # free energy itself; kwh.bayes.scale_kl_by_compute_ sets it from the layer's MACs
+        self.kl_scale: float = 1.0
 
     @property
     def stochastic(self) -> bool:

@@ -18,16 +18,28 @@ def kl_divergence(model: nn.Module) -> Tensor:
     return torch.stack(terms).sum()
 
 
+def scaled_kl(model: nn.Module) -> Tensor:
+    """Sum over the Bayesian layers of ``kl_scale * KL(q || p)``: kl_divergence when every
+    layer's ``kl_scale`` is 1 (the default; kwh.bayes.scale_kl_by_compute_ changes it)."""
+    terms = [m.kl() if m.kl_scale == 1.0 else m.kl() * m.kl_scale
+             for _, m in bayes_layers(model)]
+    if not terms:
+        raise ValueError("model has no Bayesian layers; call kwh.bayesify_(model, prior) first")
+    return torch.stack(terms).sum()
+
+
 def free_energy(model: nn.Module, nll: Tensor, n_data: int, kl_weight: float = 1.0) -> Tensor:
     """Free energy per data point: mean NLL + kl_weight * KL / N (REFERENCES sec. 1).
 
     ``nll`` is the mean negative log-likelihood over the batch; ``n_data`` the training set size.
+    Each layer's KL counts ``kl_scale`` times (1 unless set, e.g. by scale_kl_by_compute_:
+    then the objective is a free energy with per-layer KL weights, not the ELBO itself).
     """
     if n_data <= 0:
         raise ValueError(f"n_data must be the (positive) number of training examples, got {n_data}")
     if kl_weight == 0:
         return nll
-    return nll + kl_weight * kl_divergence(model) / n_data
+    return nll + kl_weight * scaled_kl(model) / n_data
 
 
 @dataclass(frozen=True)

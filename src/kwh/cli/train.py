@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from kwh.cli.args import fraction, int_at_least, positive_float
+from kwh.cli.args import fraction, int_at_least, nonnegative_float, positive_float
 
 __all__ = ["register", "run", "config_from_args"]
 
@@ -121,6 +121,12 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "the horseshoe's locations); default: the prior's own (1 for "
                         "log-uniform and group-nj, 10 for group-horseshoe), 3 for group-nj "
                         "from scratch")
+    p.add_argument("--kl-compute-power", type=nonnegative_float,
+                   default=d["kl_compute_power"].default,
+                   help="weight each Bayesian layer's KL by (output positions per weight / the "
+                        "fewest of any layer) ** P, so the posterior prunes where the "
+                        "multiplications are (0.5: a ResNet's first stage 4x); default "
+                        "%(default)s: the free energy")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=d["lr_decay"].default,
                    help="lr schedule: linear decays each phase's lr to 0 at its end (default; "
                         "constant for group-nj from scratch)")
@@ -167,7 +173,8 @@ def config_from_args(args: argparse.Namespace):
         pretrain_epochs=args.pretrain_epochs,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         variance_lr_mult=args.variance_lr_mult, lr_decay=args.lr_decay,
-        kl_warmup_start=args.kl_warmup[0], kl_warmup_end=args.kl_warmup[1], seed=args.seed,
+        kl_warmup_start=args.kl_warmup[0], kl_warmup_end=args.kl_warmup[1],
+        kl_compute_power=args.kl_compute_power, seed=args.seed,
         validation=args.validation, shrink_patience=args.shrink_patience,
         limit_train=args.limit_train, limit_test=args.limit_test,
         out_dir=args.out_dir,

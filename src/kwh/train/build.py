@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kwh.bayes import SGLD as SGLDSampler
-from kwh.bayes import bayesify_
+from kwh.bayes import bayesify_, scale_kl_by_compute_
 from kwh.bayes.optim import param_groups
 from kwh.binary import binarize_
 from kwh.errors import FormatError, KwhError
@@ -36,13 +36,18 @@ def to_bayesian(model: nn.Module, config: TrainConfig) -> nn.Module:
     A reference model trained by name that offers head groups (vit's ``kwh_head_groups``) gets
     them under a group prior (one scale per attention head of each out-projection, so the
     prior prunes whole heads), unless prior_options give group_sizes of their own; the
-    log-uniform prior has no groups."""
+    log-uniform prior has no groups. With ``kl_compute_power`` > 0 each layer's KL is weighted
+    by its compute (kwh.bayes.scale_kl_by_compute_ on a zero example of the input shape)."""
     torch.manual_seed(derive_seed(config.seed, "bayesify"))
     options = dict(config.prior_options)
     if config.model != CUSTOM and config.prior != "log-uniform" and \
             "group_sizes" not in options and hasattr(model, "kwh_head_groups"):
         options["group_sizes"] = model.kwh_head_groups()
     bayesify_(model, config.prior, **options)
+    if config.kl_compute_power:
+        # the output positions per weight do not depend on the input's values
+        example = torch.zeros(1, *_input_shape(model, config))
+        scale_kl_by_compute_(model, example, config.kl_compute_power)
     return model
 
 

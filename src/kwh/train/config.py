@@ -143,6 +143,10 @@ class TrainConfig:
     lr_decay: str | None = None  # None: resolved(): "linear", or SCRATCH_SETTINGS' from scratch
     kl_warmup_start: float = 0.0
     kl_warmup_end: float | None = None  # None: resolved(): 1.0 from scratch, 0.2 from trained weights
+    # > 0: each Bayesian layer's KL weighted by (its weights' output positions / the fewest
+    # of any layer) ** kl_compute_power (kwh.bayes.scale_kl_by_compute_): the posterior
+    # prunes where the multiplications are; 0: the free energy
+    kl_compute_power: float = 0.0
     seed: int = 0
     shrink_patience: int = 0  # remove groups dead this many epochs in a row; 0: never
     validation: int | None = None  # held out of the training examples; None: one twelfth
@@ -223,6 +227,13 @@ class TrainConfig:
             self._positive("variance_lr_mult")
         if not (isinstance(self.lr_backoff, (int, float)) and 0 < self.lr_backoff < 1):
             raise KwhError(f"lr_backoff must lie in (0, 1), got {self.lr_backoff!r}")
+        p = self.kl_compute_power
+        if not (isinstance(p, (int, float)) and not isinstance(p, bool)
+                and math.isfinite(p) and p >= 0):
+            raise KwhError(f"kl_compute_power must be a finite number >= 0, got {p!r}")
+        if p and self.method != "bayes":
+            raise KwhError("kl_compute_power weights a Bayesian layer's KL; it needs "
+                           "method='bayes'")
         s, e = self.kl_warmup_start, self.kl_warmup_end
         if e is None:  # resolved() picks it, at least s
             e = 1.0
