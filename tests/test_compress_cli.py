@@ -69,9 +69,18 @@ def test_compress_from_a_checkpoint_of_the_same_run(compressed, data_root, capsy
     again = folder / "again.kwh"
     code, text, _ = run_main(["-q", "compress", "--checkpoint", str(folder / "run"), "--data-dir",
                            str(data_root), "--threshold", "-4", "--max-bits", "12",
-                           "--out", str(again)], capsys)
+                           "--out", str(again), "--deploy-copy", str(folder / "bare.kwh")],
+                          capsys)
     assert code == 0 and "written to" in text
     assert kwh.load(again).kwh_summary == kwh.load(out).kwh_summary
+    # the deployment copy: the same model without the summary, smaller, named in the output
+    bare = kwh.load(folder / "bare.kwh")
+    assert getattr(bare, "kwh_summary", None) is None
+    assert (folder / "bare.kwh").stat().st_size < again.stat().st_size
+    assert f"{(folder / 'bare.kwh').stat().st_size:,} B (deployment copy" in text
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(bare(x), kwh.load(again)(x))
 
 
 @pytest.mark.parametrize("argv, fragment", [

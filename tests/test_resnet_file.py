@@ -3,6 +3,7 @@ kwh.load without the class, the same outputs, and the summary's payload from tha
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import kwh
@@ -46,3 +47,23 @@ def test_unquantized_compressed_resnet_matches_the_masked_bayesian_model():
     with torch.no_grad():
         want, got = model(x), small(x)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_deployment_copy_leaves_the_summary_out_and_runs_the_same(tmp_path):
+    model = _bayesian_resnet("log-uniform")
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    small = kwh.compress(model, example_inputs=x)
+    full, bare = tmp_path / "full.kwh", tmp_path / "bare.kwh"
+    n_full = kwh.save(small, full)
+    n_bare = kwh.save(small, bare, summary=False)
+    assert n_bare == bare.stat().st_size < n_full
+    a, b = kwh.load(full), kwh.load(bare)
+    assert getattr(b, "kwh_summary", None) is None and a.kwh_summary is not None
+    assert b.kwh_input_shape == a.kwh_input_shape == (1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    # the same sections: the payload is the same bytes
+    assert file_report(full)["payload_bytes"] == file_report(bare)["payload_bytes"]
+    with pytest.raises(ValueError, match="summary=.* is invalid"):
+        kwh.save(small, tmp_path / "bad.kwh", summary="no")
+    assert not (tmp_path / "bad.kwh").exists()

@@ -62,6 +62,11 @@ def register(subparsers) -> None:
                         "(default: the output file's name + '-finetune')")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="the .kwh file to write (default: MODEL-DATA-PRIOR.kwh)")
+    p.add_argument("--deploy-copy", default=None, metavar="FILE",
+                   help="also write FILE: the same model without the compression summary (a "
+                        "deployment copy, smaller by the summary's compressed size; it loads "
+                        "and runs the same, but inspect, energy and report know nothing of the "
+                        "dense original)")
     p.add_argument("--test-batch-size", type=int_in(1, 1 << 20), default=1000,
                    help="batch size of the test-set evaluation (default: %(default)s)")
     bar = p.add_mutually_exclusive_group()
@@ -136,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
     size = kwh.save(small, out)
     print(format_summary(small.kwh_summary))
     print(format_file_line(small.kwh_summary, size, f"written to {out}"))
+    if args.deploy_copy:
+        bare = kwh.save(small, args.deploy_copy, summary=False)
+        print(format_file_line(small.kwh_summary, bare,
+                               f"deployment copy (no summary) written to {args.deploy_copy}"))
     dense = _dense_start_error(args, records)
     if dense is not None and small.kwh_summary.get("eval"):
         ev = small.kwh_summary["eval"]
