@@ -40,12 +40,15 @@ from kwh.data import batch_loader
 def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune_epochs: int = 0,
           finetune_lr: float = 1e-3, runs: Path | None = None,
           only: str | None = None, teacher: torch.nn.Module | None = None,
-          width: float | None = None, bits_search: str = "fit") -> tuple[list[dict], dict]:
+          width: float | None = None, bits_search: str = "fit", prune_search: str = "off",
+          prune_tolerance: float = 0.1) -> tuple[list[dict], dict]:
     """One row per threshold: errors (validation, test, before quantization), rates, bytes;
     with ``finetune_epochs``, the same of the fine-tuned model under "finetuned" (distilled
     from ``teacher`` when given). ``only``: a glob of layer names whose threshold is swept;
     the others keep the posterior's. ``width``: the run trained paper_table's net at this
-    width factor (ResNet-20, the VGG-like net)."""
+    width factor (ResNet-20, the VGG-like net). ``prune_search``: kwh.compress's per-layer
+    threshold search on the validation split from each row's threshold ("fit": fewest
+    nonzero weights, "fit-macs": fewest nonzero multiplications)."""
     if width is not None:  # a run of a resized reference net: its structure comes from here
         cfg0 = json.loads((checkpoint_path(run).parent / "config.json").read_text())
         template = make_net(cfg0["model"], width)
@@ -75,19 +78,28 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
     for t in thresholds:
         by_layer = dict(threshold=t) if swept is None else dict(thresholds=dict.fromkeys(swept, t))
         small = kwh.compress(loaded.model, CompressConfig(input_shape=tdata.input_shape,
-                                                          bits_search=bits_search, **by_layer),
+                                                          bits_search=bits_search,
+                                                          prune_search=prune_search,
+                                                          prune_tolerance=prune_tolerance,
+                                                          **by_layer),
                              eval_data=test, guard_data=val)
         s = small.kwh_summary
-        nbytes = None
+        nbytes = bare = None
         if files is not None:
             nbytes = kwh.save(small, files / f"threshold_{t:g}.kwh", input_shape=tdata.input_shape)
+            bare = kwh.save(small, files / f"threshold_{t:g}_bare.kwh",
+                            input_shape=tdata.input_shape, summary=False)
         rows.append({"threshold": t, "val_error_pct": 100 * evaluate(small, val)["error"],
                      "test_error_pct": 100 * s["eval"]["error_after_quantization"],
                      "test_error_before_quant_pct": 100 * s["eval"]["error_before_quantization"],
                      "architecture": s["architecture"], "bits": s["bits"],
                      "nonzero_pct": 100 * s["density"],
                      "max_compression": s["rates"]["max_compression"],
-                     "fast_prediction": s["rates"]["fast_prediction"], "file_bytes": nbytes})
+                     "fast_prediction": s["rates"]["fast_prediction"], "file_bytes": nbytes,
+                     "file_bytes_bare": bare, "macs": s["macs"],
+                     "macs_nonzero": s["macs_nonzero"], "macs_original": s["macs_original"],
+                     "fp32_original_bytes": s["size_fp32_original_bytes"],
+                     "prune_guard": s.get("prune_guard")})
         print(f"threshold {t:g}: val {rows[-1]['val_error_pct']:.2f}% test "
               f"{rows[-1]['test_error_pct']:.2f}% at {rows[-1]['max_compression']:.1f}x "
               f"({s['architecture']}, bits {s['bits']})", flush=True)
@@ -96,19 +108,29 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
                              lr=finetune_lr, seed=cfg.get("seed", 0), eval_data=test,
                              teacher=teacher)
             ts = tuned.kwh_summary
-            fb = None
+            fb = fbare = None
             if files is not None:
                 fb = kwh.save(tuned, files / f"threshold_{t:g}_finetuned.kwh",
                               input_shape=tdata.input_shape)
+                fbare = kwh.save(tuned, files / f"threshold_{t:g}_finetuned_bare.kwh",
+                                 input_shape=tdata.input_shape, summary=False)
             rows[-1]["finetuned"] = {
                 "val_error_pct": 100 * ts["finetune"]["validation_error_after"],
                 "test_error_pct": 100 * ts["eval"]["error_after_finetune"],
                 "nonzero_pct": 100 * ts["density"],
-                "max_compression": ts["rates"]["max_compression"], "file_bytes": fb}
+                "max_compression": ts["rates"]["max_compression"], "file_bytes": fb,
+                "file_bytes_bare": fbare, "macs_nonzero": ts["macs_nonzero"]}
             f = rows[-1]["finetuned"]
             print(f"  fine-tuned {finetune_epochs} epochs: val {f['val_error_pct']:.2f}% test "
                   f"{f['test_error_pct']:.2f}% at {f['max_compression']:.1f}x", flush=True)
     return rows, cfg
+
+
+def _bytes(r: dict) -> str:
+    """'file (bare)' bytes of a row, or '-' when no files were written."""
+    if r.get("file_bytes") is None:
+        return "-"
+    return f"{r['file_bytes']:,} ({r['file_bytes_bare']:,})"
 
 
 def pick(rows: list[dict], max_val_error: float, key: str | None = None) -> dict | None:
@@ -138,6 +160,12 @@ def main(argv=None) -> int:
                         "e.g. the run's dense start, a plain run folder)")
     p.add_argument("--bits-search", choices=["fit", "raise", "off"], default="fit",
                    help="kwh.compress's accuracy guard of the bits on the validation split")
+    p.add_argument("--prune-search", choices=["off", "fit", "fit-macs"], default="off",
+                   help="kwh.compress's per-layer threshold search on the validation split, "
+                        "from each row's threshold (fit: fewest nonzero weights; fit-macs: "
+                        "fewest nonzero multiplications)")
+    p.add_argument("--prune-tolerance", type=float, default=0.1,
+                   help="the validation error (points) the search may cost")
     p.add_argument("--width", type=float, default=None,
                    help="the run's net at this width factor, as paper_table --width built it "
                         "(ResNet-20: 0.5 is 8 channels)")
@@ -155,7 +183,8 @@ def main(argv=None) -> int:
     files = Path(f"{out}_files")
     files.mkdir(parents=True, exist_ok=True)
     rows, cfg = sweep(a.run, sorted(a.thresholds), files, a.finetune_epochs, a.finetune_lr,
-                      Path(f"{out}_runs"), a.only, teacher, a.width, a.bits_search)
+                      Path(f"{out}_runs"), a.only, teacher, a.width, a.bits_search,
+                      a.prune_search, a.prune_tolerance)
     ft = "finetuned" if a.finetune_epochs else None
     chosen = None if a.match_val_error is None else pick(rows, a.match_val_error, ft)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -169,6 +198,11 @@ def main(argv=None) -> int:
           (f"bits guarded on the run's validation split ({a.bits_search})"
            if a.bits_search != "off" else "the posterior's bits (no guard)") +
           ", rate from the real .kwh payload (32 |W| / payload bits)." +
+          (f" Per-layer thresholds then searched on the validation split from the row's "
+           f"(kwh.compress prune_search={a.prune_search}, tolerance {a.prune_tolerance:g} "
+           "points)." if a.prune_search != "off" else "") +
+          " MACs: multiplications by nonzero weights per example (the dense original's in "
+          "the title); file: the .kwh file's bytes, and without its summary (bare)." +
           (f" The threshold is that of the layers matching `{a.only}` only; the others keep "
            "their posterior's." if a.only else "") +
           (f" Fine-tuned: {a.finetune_epochs} epochs at lr {a.finetune_lr:g} (Adam, decayed "
@@ -177,18 +211,22 @@ def main(argv=None) -> int:
            (f" Distilled from `{a.finetune_teacher}` (weight {DISTILL_WEIGHT:g}, temperature "
             f"{DISTILL_TEMPERATURE:g}, kwh.train.distill)." if a.finetune_teacher else "")
            if ft else ""), "",
+          f"Dense original: {rows[0]['macs_original']:,} MACs, "
+          f"{rows[0]['fp32_original_bytes']:,} B in float32." if rows else "", "",
           "| threshold | val error % | test error % (before quant.) | architecture | bits | "
-          "nonzero % | max compr. | fast pred. |" +
-          (" fine-tuned: val error % | test error % | max compr. |" if ft else ""),
-          "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if ft else "")]
+          "nonzero % | MACs (nonzero) | max compr. | fast pred. | file B (bare) |" +
+          (" fine-tuned: val error % | test error % | max compr. | file B (bare) |" if ft else ""),
+          "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if ft else "")]
     for r in rows:
         mark = " **(chosen)**" if r is chosen else ""
         line = (f"| {r['threshold']:g}{mark} | {r['val_error_pct']:.2f} | {r['test_error_pct']:.2f} "
                 f"({r['test_error_before_quant_pct']:.2f}) | {r['architecture']} | {r['bits']} | "
-                f"{r['nonzero_pct']:.2f} | {r['max_compression']:.1f} | {r['fast_prediction']:.1f} |")
+                f"{r['nonzero_pct']:.2f} | {r['macs_nonzero']:,} | {r['max_compression']:.1f} | "
+                f"{r['fast_prediction']:.1f} | {_bytes(r)} |")
         if ft:
             f = r["finetuned"]
-            line += f" {f['val_error_pct']:.2f} | {f['test_error_pct']:.2f} | {f['max_compression']:.1f} |"
+            line += (f" {f['val_error_pct']:.2f} | {f['test_error_pct']:.2f} | "
+                     f"{f['max_compression']:.1f} | {_bytes(f)} |")
         md.append(line)
     if a.match_val_error is not None:
         c = None if chosen is None else (chosen[ft] if ft else chosen)

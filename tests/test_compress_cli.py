@@ -88,11 +88,29 @@ def test_compress_from_a_checkpoint_of_the_same_run(compressed, data_root, capsy
     (["evaluate", "missing.kwh"], "kwh: error:"),
     (["inspect", "missing.kwh"], "kwh: error:"),
     (["compress", "--checkpoint", "no-such-run"], "kwh: error:"),
+    (["compress", "--prune-search", "all"], "argument --prune-search: invalid choice: 'all'"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(argv, capsys)
     assert code == 2 and fragment in err and "Traceback" not in err
+
+
+def test_compress_searches_thresholds_for_fewer_multiplications(compressed, data_root, capsys):
+    _, out, folder = compressed
+    again = folder / "macs.kwh"
+    code, _, _ = run_main(["-q", "compress", "--checkpoint", str(folder / "run"), "--data-dir",
+                           str(data_root), "--threshold", "-4", "--max-bits", "12",
+                           "--prune-search", "fit-macs", "--prune-tolerance", "2",
+                           "--out", str(again)], capsys)
+    assert code == 0
+    s, base = kwh.load(again).kwh_summary, kwh.load(out).kwh_summary
+    assert s["prune_guard"]["mode"] == "fit-macs" and s["prune_guard"]["tolerance_pp"] == 2
+    assert s["macs_nonzero"] <= base["macs_nonzero"]
+    code, _, err = run_main(["compress", "--checkpoint", str(folder / "run"), "--data-dir",
+                             str(data_root), "--prune-tolerance", "-1",
+                             "--out", str(folder / "bad.kwh")], capsys)
+    assert code == 2 and "prune_tolerance=-1" in err and not (folder / "bad.kwh").exists()
 
 
 def test_compress_names_a_run_of_another_method(data_root, tmp_path, capsys):

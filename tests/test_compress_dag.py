@@ -498,3 +498,39 @@ def test_block_alone_is_a_graph_too():
     random_posterior_(model)
     small = _small(model.eval())
     _check_same(small, model)
+
+
+def test_prune_fit_macs_cuts_where_the_multiplications_are():
+    from kwh.compress.metrics import nonzero_macs
+
+    model = _bayes(TinyResNet, "log-uniform")
+    x = _x(200, seed=3)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    data = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 200, 100)]
+    fit = kwh.compress.compress(model, example_inputs=x[:4], guard_data=data, quantize=False,
+                                prune_search="fit-macs", prune_tolerance=1.0)
+    g = fit.kwh_summary["prune_guard"]
+    assert g["mode"] == "fit-macs" and g["steps"]
+    assert 100 * (g["error_chosen"] - g["error_posterior"]) <= 1.0 + 1e-9
+    macs = [step["nonzero_macs"] for step in g["steps"]]
+    assert macs == sorted(macs, reverse=True) and len(set(macs)) == len(macs)
+    assert macs[-1] == nonzero_macs(fit, x[:1])
+    assert nonzero_macs(fit, x[:1]) < nonzero_macs(_small(model), x[:1])
+
+
+def test_nonzero_macs_counts_each_weight_at_each_output_position():
+    from kwh.compress.metrics import nonzero_macs
+
+    conv = nn.Conv2d(1, 2, 3, padding=1)  # 8x8 output: 64 positions
+    fc = nn.Linear(2 * 64, 3)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 1.0
+        conv.weight[1, 0, 0, 0] = 2.0
+        fc.weight.zero_()
+        fc.weight[0, :5] = 1.0
+    net = nn.Sequential(conv, nn.Flatten(), fc)
+    assert nonzero_macs(net, torch.zeros(1, 1, 8, 8)) == 2 * 64 + 5
+    with pytest.raises(ValueError, match="one example"):
+        nonzero_macs(net, torch.zeros(2, 1, 8, 8))

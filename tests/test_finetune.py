@@ -203,6 +203,27 @@ def test_threshold_sweep_fine_tunes_each_threshold(tiny_run, tmp_path, data_root
     row = saved["rows"][1]["finetuned"]
     assert 100 * error_of(kwh.load(path), data) == pytest.approx(row["test_error_pct"], abs=1e-9)
     assert "fine-tuned" in (tmp_path / "sweep.md").read_text()
+    # each row's nonzero MACs and both files: the bare one is the same model, smaller
+    assert row["macs_nonzero"] == kwh.load(path).kwh_summary["macs_nonzero"]
+    bare = tmp_path / "sweep_files" / "threshold_3_finetuned_bare.kwh"
+    assert row["file_bytes_bare"] == bare.stat().st_size < row["file_bytes"]
+    x = data.x_test[:50]
+    with torch.no_grad():
+        assert torch.equal(kwh.load(bare)(x), kwh.load(path)(x))
+
+
+def test_threshold_sweep_searches_per_layer_thresholds_for_macs(tiny_run, tmp_path):
+    """--prune-search fit-macs: from the row's threshold, kwh.compress's search cuts the
+    nonzero multiplications within the tolerance on the validation split."""
+    from benchmarks import threshold_sweep
+
+    base, _ = threshold_sweep.sweep(str(tiny_run), [3.0])
+    fit, _ = threshold_sweep.sweep(str(tiny_run), [3.0], prune_search="fit-macs",
+                                   prune_tolerance=5.0)
+    g = fit[0]["prune_guard"]
+    assert g["mode"] == "fit-macs" and base[0]["prune_guard"] is None
+    assert fit[0]["macs_nonzero"] <= base[0]["macs_nonzero"]
+    assert 100 * (g["error_chosen"] - g["error_posterior"]) <= 5.0 + 1e-9
 
 
 def test_threshold_sweep_only_moves_the_matching_layers(tiny_run, tmp_path):

@@ -41,6 +41,14 @@ def register(subparsers) -> None:
     p.add_argument("--bits-tolerance", type=number, default=0.05, metavar="POINTS",
                    help="error (percentage points) quantization may cost on the validation "
                         "split (default: %(default)s)")
+    p.add_argument("--prune-search", choices=["off", "fit", "fit-macs"], default="off",
+                   help="per-layer pruning thresholds searched on the run's validation split "
+                        "from the posterior's, the cuts that leave the fewest nonzero weights "
+                        "(fit) or nonzero multiplications (fit-macs) while the error stays "
+                        "within --prune-tolerance; off (default): the posterior's thresholds")
+    p.add_argument("--prune-tolerance", type=number, default=0.1, metavar="POINTS",
+                   help="error (percentage points) the threshold search may cost on the "
+                        "validation split (default: %(default)s)")
     p.add_argument("--float-bits", type=int_in(0, 24), default=FLOAT_BITS, metavar="BITS",
                    help="magnitude bits of the biases and norms, each tensor on its own "
                         "fixed-point grid (guarded like the weights' bits); 0 keeps them float32 "
@@ -103,11 +111,14 @@ def run(args: argparse.Namespace) -> int:
     config = CompressConfig(threshold=args.threshold, max_bits=args.max_bits,
                             input_shape=tuple(test.tensors[0].shape[1:]),
                             bits_search=args.bits_search, bits_tolerance=args.bits_tolerance,
+                            prune_search=args.prune_search,
+                            prune_tolerance=args.prune_tolerance,
                             float_bits=args.float_bits or None)
     guard = None
     tdata = None
     has_bn = bool(batchnorm_layers(model))
-    if args.bits_search != "off" or args.finetune_epochs or has_bn:
+    searches = args.bits_search != "off" or args.prune_search != "off"
+    if searches or args.finetune_epochs or has_bn:
         from dataclasses import replace
 
         tdata = load_train_data(replace(tconfig, data_dir=data_dir))
@@ -126,11 +137,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"kwh: BatchNorm statistics of {n} layers re-estimated on "
               f"{min(len(x), BN_CALIBRATION):,} training "
               "images with the posterior means (kwh.bayes.recalibrate_batchnorm)", file=sys.stderr)
-    if args.bits_search != "off":
+    if searches:
         val = tdata.validation
         if val is None:
             print("kwh: the run held out no validation examples (--validation 0): the bits "
-                  "are the posterior's, unguarded", file=sys.stderr)
+                  "and thresholds are the posterior's, unguarded", file=sys.stderr)
         else:
             guard = batch_loader(val, args.test_batch_size)
     small = kwh.compress(model.cpu(), config, eval_data=loader, guard_data=guard)

@@ -11,7 +11,7 @@ MAX_FRAC_BITS = 23  # clip of t_ij (Louizos et al. 2017, sec. 4: 23 mantissa bit
 MIN_TOTAL_BITS = 2  # one sign bit and at least one magnitude bit
 FLOAT_BITS = 12  # magnitude bits of the largest value of each bias / norm / embedding tensor
 BITS_SEARCHES = ("fit", "raise", "off")
-PRUNE_SEARCHES = ("off", "fit")
+PRUNE_SEARCHES = ("off", "fit", "fit-macs")
 
 
 @dataclass
@@ -41,7 +41,10 @@ class CompressConfig:
                  cut removes the most stored weights while the guard error stays within
                  ``prune_tolerance`` of the error at the posterior's thresholds: the
                  per-layer thresholds the authors read off log-alpha histograms, fit on held-out
-                 data; "off" (default) keeps the posterior's thresholds.
+                 data; "fit-macs" the same, taking the cut that leaves the fewest
+                 multiplications by nonzero weights (a convolution's weight counts once per
+                 output pixel: the cuts go where the compute is, not where the file is);
+                 "off" (default) keeps the posterior's thresholds.
     prune_tolerance: the error pruning past the posterior's thresholds may cost on the guard
                  data, in percentage points.
     float_bits:  with ``quantize``, every other float parameter of the compressed model

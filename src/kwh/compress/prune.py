@@ -28,7 +28,7 @@ from kwh.compress.chain import (
 from kwh.compress.config import CompressConfig
 from kwh.compress.dag import build_graph, graph_summary, plan_graph
 from kwh.compress.floats import snap_floats_guarded_
-from kwh.compress.metrics import evaluate
+from kwh.compress.metrics import evaluate, nonzero_macs
 from kwh.compress.precision import (
     LayerPrecision,
     choose_precision,
@@ -114,7 +114,7 @@ def compress(model: nn.Module, config: CompressConfig | None = None, *,
         return _compress_graph(model, example_inputs, input_shape, config, eval_data,
                                guard_data)
     prune_guard = None
-    if guard_data is not None and config.prune_search == "fit":
+    if guard_data is not None and config.prune_search != "off":
         config, prune_guard = fit_thresholds([(n.name, n.module) for n in nodes], config,
                                              guard_data, lambda cfg: _chain_trial(nodes, cfg))
     with torch.no_grad():
@@ -188,7 +188,7 @@ def _compress_graph(model: nn.Module, example: torch.Tensor, input_shape: tuple[
     config.check_layer_names([n for n in names if isinstance(plan.stages[n].module, BayesLayer)],
                              names)
     prune_guard = None
-    if guard_data is not None and config.prune_search == "fit":
+    if guard_data is not None and config.prune_search != "off":
         layers = [(n, s.module) for n, s in plan.stages.items()]
         config, prune_guard = fit_thresholds(layers, config, guard_data,
                                              lambda cfg: _graph_trial(model, example, cfg))
@@ -283,7 +283,9 @@ def fit_thresholds(layers: list[tuple[str, nn.Module]], config: CompressConfig, 
     From the posterior's thresholds, repeatedly try, for each Bayesian layer without a user
     threshold, pruning the ``frac`` of its kept groups (or weights) with the largest log alpha
     (never all of them); take the try that leaves the fewest nonzero weights after dead units
-    are propagated, provided the unquantized model's error on ``data`` stays within
+    are propagated (``prune_search="fit-macs"``: the fewest multiplications by nonzero
+    weights, kwh.compress.metrics.nonzero_macs on the first example of ``data``), provided
+    the unquantized model's error on ``data`` stays within
     ``prune_tolerance`` points of the error at the posterior's thresholds. When no try
     passes, halve ``frac``; stop below 1/64. ``layers``: (name, module) of the model's layers;
     ``trial(config)``: the unquantized model pruned under ``config`` and its nonzero weights.
@@ -298,9 +300,20 @@ def fit_thresholds(layers: list[tuple[str, nn.Module]], config: CompressConfig, 
         start[name] = float(t if t is not None else
                             (m.threshold if m.threshold is not None else m.prior.threshold))
 
+    macs = config.prune_search == "fit-macs"
+    example = None
+    if macs:
+        first = next(iter(data), None)
+        if not isinstance(first, (tuple, list)) or not len(first) or first[0].shape[0] < 1:
+            raise ValueError("prune_search='fit-macs' needs guard data: batches of "
+                             "(inputs, labels)")
+        example = first[0][:1].cpu()
+
     def attempt(thresholds: dict[str, float]) -> tuple[float, int]:
         cfg = dataclasses.replace(config, thresholds={**config.thresholds, **thresholds})
         model, nonzero = trial(cfg)
+        if macs:
+            nonzero = nonzero_macs(model, example)
         return evaluate(model, data)["error"], nonzero
 
     current = dict(start)
@@ -325,8 +338,10 @@ def fit_thresholds(layers: list[tuple[str, nn.Module]], config: CompressConfig, 
             frac /= 2
             continue
         current[best[0]], size, err = best[1], best[2], best[3]
-        steps.append({"layer": best[0], "threshold": best[1], "nonzero": size, "error": err})
-    report = {"mode": "fit", "tolerance_pp": config.prune_tolerance, "error_posterior": reference,
+        steps.append({"layer": best[0], "threshold": best[1],
+                      ("nonzero_macs" if macs else "nonzero"): size, "error": err})
+    report = {"mode": config.prune_search, "tolerance_pp": config.prune_tolerance,
+              "error_posterior": reference,
               "error_chosen": err, "trials": trials, "steps": steps,
               "thresholds": {n: {"posterior": start[n], "chosen": current[n]} for n in current}}
     return dataclasses.replace(config, thresholds={**config.thresholds, **current}), report
