@@ -227,8 +227,7 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
         model, hist = train_bayes(a.net, dense, prior, tdata, cfg["epochs"], runs / prior, seed,
                                   shrink_patience=a.shrink_patience,
                                   variance_lr_mult=a.variance_lr_mult,
-                                  **({"kl_compute_power": a.kl_compute_power}
-                                     if a.kl_compute_power else {}), **opts)
+                                  kl_compute_power=a.kl_compute_power, **opts)
         train_s = sum(h["seconds"] or 0 for h in hist)
         small, nbytes = compress_and_save(model, tdata, files / f"seed{seed}_{prior}.kwh", a.bits_search)
         rows.append(_kwh_row(base, label, small, nbytes, prior, seed, files, data, tdata,

@@ -287,14 +287,21 @@ def test_eval_data_and_bits_guard():
     assert "bits guard" in format_summary(s)
 
 
-def test_prune_fit_on_a_graph_reports_what_it_chose():
-    model = _bayes(TinyResNet, "group-horseshoe")
+def _prune_fit(prior: str, search: str):
+    """(the Bayesian TinyResNet, its examples, guard data labelled by the model itself, the
+    model compressed unquantized with ``search`` at 1 point of tolerance)."""
+    model = _bayes(TinyResNet, prior)
     x = _x(200, seed=3)
     with torch.no_grad():
         y = model(x).argmax(1)
     data = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 200, 100)]
     fit = kwh.compress.compress(model, example_inputs=x[:4], guard_data=data, quantize=False,
-                                prune_search="fit", prune_tolerance=1.0)
+                                prune_search=search, prune_tolerance=1.0)
+    return model, x, data, fit
+
+
+def test_prune_fit_on_a_graph_reports_what_it_chose():
+    model, _, data, fit = _prune_fit("group-horseshoe", "fit")
     g = fit.kwh_summary["prune_guard"]
     assert g["error_chosen"] == pytest.approx(evaluate(fit, data)["error"])
     assert 100 * (g["error_chosen"] - g["error_posterior"]) <= 1.0 + 1e-9
@@ -503,13 +510,7 @@ def test_block_alone_is_a_graph_too():
 def test_prune_fit_macs_cuts_where_the_multiplications_are():
     from kwh.compress.metrics import nonzero_macs
 
-    model = _bayes(TinyResNet, "log-uniform")
-    x = _x(200, seed=3)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    data = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 200, 100)]
-    fit = kwh.compress.compress(model, example_inputs=x[:4], guard_data=data, quantize=False,
-                                prune_search="fit-macs", prune_tolerance=1.0)
+    model, x, _, fit = _prune_fit("log-uniform", "fit-macs")
     g = fit.kwh_summary["prune_guard"]
     assert g["mode"] == "fit-macs" and g["steps"]
     assert 100 * (g["error_chosen"] - g["error_posterior"]) <= 1.0 + 1e-9

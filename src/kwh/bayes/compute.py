@@ -23,34 +23,35 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kwh.bayes.layers import BayesConv2d, BayesLayer, bayes_layers
+from kwh.bayes.layers import BayesConv2d, bayes_layers
 
-__all__ = ["weight_uses", "scale_kl_by_compute_"]
+__all__ = ["output_positions", "weight_uses", "scale_kl_by_compute_"]
 
 
 @torch.no_grad()
-def weight_uses(model: nn.Module, example_input: Tensor) -> dict[str, int]:
-    """{name: how many output positions each weight of the Bayesian layer multiplies into for
-    one example} from one eval-mode forward pass of ``example_input`` (one example, with its
-    batch dimension of 1); a layer called twice counts both calls. ValueError when the model
-    has no Bayesian layer, the input is not one example, or a layer is not reached."""
-    layers = list(bayes_layers(model))
-    if not layers:
-        raise ValueError("model has no Bayesian layers; call kwh.bayesify_(model, prior) first")
+def output_positions(model: nn.Module, example_input: Tensor,
+                     layers: list[nn.Module]) -> list[int]:
+    """For each of ``layers`` (modules of ``model``): the output positions each of its weights
+    multiplies into for one example, summed over its calls (0: not reached), from one
+    eval-mode forward pass of ``example_input`` (one example with its batch dimension of 1).
+    A convolution's (nn.Conv2d, BayesConv2d) are its output pixels; any other layer's, the
+    positions before the last dimension of its output (1 for a plain classifier layer, the
+    tokens of a Linear on tokens). The model's train/eval modes are restored. ValueError when
+    the input is not one example."""
     if not isinstance(example_input, Tensor) or example_input.dim() < 2 \
             or example_input.shape[0] != 1:
         shape = tuple(example_input.shape) if isinstance(example_input, Tensor) else None
         raise ValueError(f"example_input must be one example with a batch dimension of 1, "
                          f"got shape {shape}")
-    uses = {name: 0 for name, _ in layers}
+    uses = [0] * len(layers)
 
-    def hook(name: str, layer: BayesLayer):
+    def hook(i: int, conv: bool):
         def record(_module, _inputs, out: Tensor):
-            units = out.shape[1] if isinstance(layer, BayesConv2d) else out.shape[-1]
-            uses[name] += out.numel() // units
+            uses[i] += out.numel() // (out.shape[1] if conv else out.shape[-1])
         return record
 
-    handles = [m.register_forward_hook(hook(name, m)) for name, m in layers]
+    handles = [m.register_forward_hook(hook(i, isinstance(m, (nn.Conv2d, BayesConv2d))))
+               for i, m in enumerate(layers)]
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -60,6 +61,19 @@ def weight_uses(model: nn.Module, example_input: Tensor) -> dict[str, int]:
             h.remove()
         for m, training in modes.items():
             m.train(training)
+    return uses
+
+
+def weight_uses(model: nn.Module, example_input: Tensor) -> dict[str, int]:
+    """{name: how many output positions each weight of the Bayesian layer multiplies into for
+    one example} (:func:`output_positions`); a layer called twice counts both calls.
+    ValueError when the model has no Bayesian layer, the input is not one example, or a layer
+    is not reached."""
+    layers = list(bayes_layers(model))
+    if not layers:
+        raise ValueError("model has no Bayesian layers; call kwh.bayesify_(model, prior) first")
+    uses = dict(zip((name for name, _ in layers),
+                    output_positions(model, example_input, [m for _, m in layers])))
     missing = [name for name, n in uses.items() if n == 0]
     if missing:
         raise ValueError(f"the example input does not reach the Bayesian layer(s) "

@@ -123,10 +123,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "from scratch")
     p.add_argument("--kl-compute-power", type=nonnegative_float,
                    default=d["kl_compute_power"].default,
-                   help="weight each Bayesian layer's KL by (output positions per weight / the "
-                        "fewest of any layer) ** P, so the posterior prunes where the "
-                        "multiplications are (0.5: a ResNet's first stage 4x); default "
-                        "%(default)s: the free energy")
+                   help="weight each Bayesian layer's KL by max(1, output positions per "
+                        "weight / those of the layer with the most weights) ** P, so the "
+                        "posterior prunes where the multiplications are (0.5: a ResNet-20's "
+                        "first stage 4x); default %(default)s: the free energy")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default=d["lr_decay"].default,
                    help="lr schedule: linear decays each phase's lr to 0 at its end (default; "
                         "constant for group-nj from scratch)")

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from kwh.bayes.compute import output_positions
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable) -> dict:
@@ -40,28 +42,8 @@ def evaluate(model: nn.Module, data: Iterable) -> dict:
 def nonzero_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiplications by nonzero weights of every Linear and Conv2d in ``model`` for one
     example (``example``: a batch of one): each layer's nonzero weights times the output
-    positions each weight is used at (a convolution's output pixels; the positions before
-    the last dimension of a Linear's output, 1 for a plain classifier layer). The count a
-    zero-skipping engine executes; kwh.energy counts the same from the summary."""
-    if example.dim() < 2 or example.shape[0] != 1:
-        raise ValueError(f"nonzero_macs needs one example with a batch dimension of 1, got "
-                         f"shape {tuple(example.shape)}")
-    total = 0
-
-    def hook(m: nn.Module, _inputs, out: torch.Tensor) -> None:
-        nonlocal total
-        units = out.shape[1] if isinstance(m, nn.Conv2d) else out.shape[-1]
-        total += int(torch.count_nonzero(m.weight)) * (out.numel() // units)
-
+    positions each weight is used at (kwh.bayes.output_positions). The count a zero-skipping
+    engine executes; kwh.energy counts the same from the summary."""
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    handles = [m.register_forward_hook(hook) for m in layers]
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        model(example)
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes:
-            m.training = mode
-    return total
+    uses = output_positions(model, example, layers)
+    return sum(int(torch.count_nonzero(m.weight)) * n for m, n in zip(layers, uses))

@@ -143,9 +143,9 @@ class TrainConfig:
     lr_decay: str | None = None  # None: resolved(): "linear", or SCRATCH_SETTINGS' from scratch
     kl_warmup_start: float = 0.0
     kl_warmup_end: float | None = None  # None: resolved(): 1.0 from scratch, 0.2 from trained weights
-    # > 0: each Bayesian layer's KL weighted by (its weights' output positions / the fewest
-    # of any layer) ** kl_compute_power (kwh.bayes.scale_kl_by_compute_): the posterior
-    # prunes where the multiplications are; 0: the free energy
+    # > 0: each Bayesian layer's KL weighted by max(1, its weights' output positions / those
+    # of the layer with the most weights) ** kl_compute_power (kwh.bayes.scale_kl_by_compute_):
+    # the posterior prunes where the multiplications are; 0: the free energy
     kl_compute_power: float = 0.0
     seed: int = 0
     shrink_patience: int = 0  # remove groups dead this many epochs in a row; 0: never
