@@ -15,7 +15,7 @@ from torch import nn
 
 import kwh
 from kwh.errors import FormatError, ModelError
-from kwh.format import bitpack, codec
+from kwh.format import arith, bitpack, codec
 from kwh.format import tensors as ft
 from kwh.format.modules import SPECS
 from kwh.modules import PositionEmbedding, SelectInputs
@@ -129,24 +129,27 @@ def test_encodings_decode_to_the_same_integers_and_pick_the_smallest(bits, n, de
     q = rng.integers(lo, hi + 1, n)
     q[rng.random(n) >= density] = 0
     meta, blob = ft.encode_quantized("weight", (n,), q, bits)
-    checked = ft.check_meta(meta, "weight", (n,), True, "t")
+    checked = ft.check_meta(meta, "weight", (n,), True, "t", bits=bits)
     assert ft.raw_size(checked, bits) == len(blob)
     out = ft.decode(checked, memoryview(blob), (bits, 0), "t")
     assert torch.equal(out, torch.from_numpy(q.astype(np.float32)))
-    # oracle: brute-force sizes of all three layouts (rindex with every run width)
+    # oracle: brute-force sizes of the three packed layouts (rindex with every run width),
+    # and the arithmetic code where it is smaller
     nnz = int((q != 0).sum())
     gaps = np.diff(np.flatnonzero(q), prepend=-1) - 1
     rindex = min(bitpack.packed_size(m, k) + bitpack.packed_size(m, bits)
                  for k in range(1, 17) for m in [nnz + int(sum(g // 2**k for g in gaps))])
     best = min(bitpack.packed_size(n, bits),
                bitpack.packed_size(n, 1) + bitpack.packed_size(nnz, bits), rindex)
-    assert len(blob) == best
+    coded = len(arith.encode_ints(q, bits)) + ft.ARITH_HEADER_BYTES
+    assert len(blob) == (coded - ft.ARITH_HEADER_BYTES if coded < best else best)
+    assert (meta["encoding"] == "arith") == (coded < best)
 
 
 def test_relative_index_fillers_match_a_brute_force_decoder():
     q = np.zeros(1000, dtype=np.int64)
     q[[0, 3, 40, 41, 999]] = [5, -1, 7, 2, -8]
-    meta, blob = ft.encode_quantized("w", (1000,), q, 4)
+    meta, blob = ft.encode_quantized("w", (1000,), q, 4, coded=False)
     assert meta["encoding"] == "rindex"
     k, m = meta["index_bits"], meta["entries"]
     runs = bitpack.unpack_uint(blob[:bitpack.packed_size(m, k)], m, k)

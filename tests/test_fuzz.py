@@ -204,9 +204,28 @@ def vit_seed() -> bytes:
     return codec.encode(m.eval())
 
 
+def arith_seed() -> bytes:
+    """A graph whose weights and a bias are arithmetic-coded (arith, fixed-arith): small,
+    skewed integers, as a compressed model's are."""
+    torch.manual_seed(14)  # the geometric samples
+    gen = torch.Generator().manual_seed(14)
+    m = nn.Sequential(nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4))
+    with torch.no_grad():
+        for layer, keep in ((m[0], 0.3), (m[2], 0.6)):
+            q = torch.distributions.Geometric(torch.tensor(0.5)).sample(layer.weight.shape) + 1
+            q = q.clamp(max=31) * (torch.rand(layer.weight.shape, generator=gen) * 2 - 1).sign()
+            q[torch.rand(layer.weight.shape, generator=gen) >= keep] = 0
+            layer.weight.copy_(q / 8)
+            layer.kwh_bits, layer.kwh_frac_bits = 6, 3
+        bias = torch.randint(-3, 4, (24,), generator=gen).float()
+        bias[0] = 2000.0  # 12 magnitude bits for all: the packed integers waste most of them
+        m[0].bias.copy_(bias / 256)
+    return codec.encode(m.eval(), input_shape=(32,), layout="graph")
+
+
 SEEDS = {"mlp": mlp_seed(), "cnn": cnn_seed(), "sparse": sparse_seed(), "res": res_seed(),
          "shared": shared_seed(), "graph": graph_seed(), "graph_mlp": chain_graph_seed(),
-         "graph_vit": vit_seed()}
+         "graph_vit": vit_seed(), "graph_arith": arith_seed()}
 STATE_MODELS = {"res": (TinyRes, (1, 5, 5)), "shared": (Shared, (8,))}  # class, input shape
 LAYOUT_OF = {codec.CHAIN_VERSION: "chain", codec.STATE_VERSION: "state",
              codec.GRAPH_VERSION: "graph"}
@@ -491,6 +510,9 @@ def test_seeds_load_and_the_resealer_makes_valid_files(name):
     assert check_case(SEEDS[name], name) == "loaded"
     header, sections = split(SEEDS[name])
     assert check_case(reseal(header, sections, version_of(SEEDS[name])), name) == "loaded"
+    if name == "graph_arith":  # the seed exercises both arithmetic-coded encodings
+        encodings = {t["encoding"] for entry in section_entries(header) for t in entry["tensors"]}
+        assert {"arith", "fixed-arith"} <= encodings
 
 
 @pytest.mark.parametrize("name", sorted(SEEDS))
@@ -602,9 +624,10 @@ def test_fuzz_1000_hostile_files(one_thread):
     """1,000 structure-aware mutations (the full 10,000 run is test_fuzz_10000_hostile_files)."""
     counts = run_fuzz(1000, seed=1)
     assert counts["refused"] > 500 and counts["loaded"] > 10  # both paths are exercised
-    assert counts["state:refused"] > 200 and counts["state:loaded"] > 5  # in all layouts
+    assert counts["state:refused"] > 150 and counts["state:loaded"] > 5  # in all layouts
     assert counts["graph:refused"] > 150 and counts["graph:loaded"] > 5
     assert counts["graph_vit:refused"] > 50 and counts["graph_vit:loaded"] > 5
+    assert counts["graph_arith:refused"] > 50  # a damaged arithmetic code rarely decodes
 
 
 @pytest.mark.slow
@@ -615,3 +638,4 @@ def test_fuzz_10000_hostile_files(one_thread):
     assert counts["state:refused"] > 2000 and counts["state:loaded"] > 50
     assert counts["graph:refused"] > 1500 and counts["graph:loaded"] > 50
     assert counts["graph_vit:refused"] > 500 and counts["graph_vit:loaded"] > 10
+    assert counts["graph_arith:refused"] > 500

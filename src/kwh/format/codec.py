@@ -223,7 +223,8 @@ def _check_section(value: Any, layer: _Layer, slots: list[fm.TensorSlot], where:
                               "raises it)")
         meta = ft.check_meta(meta, slot.name, slot.shape,
                              slot.quantizable and _fixed(layer.quant),
-                             f"{where}.tensors[{j}]", plain=ft.FLOAT_ENCODINGS)
+                             f"{where}.tensors[{j}]", plain=ft.FLOAT_ENCODINGS,
+                             bits=layer.quant[0] if _fixed(layer.quant) else None)
         meta["raw_bytes"] = ft.raw_size(meta, layer.quant[0] if _fixed(layer.quant) else None)
         layer.tensors.append(meta)
     layer.codec, layer.raw_bytes, layer.stored_bytes, layer.crc32 = _check_sizes(
@@ -415,7 +416,7 @@ def _owner(name: str) -> str:
 def _check_state_tensor(meta: Any, where: str, used: int, max_elements: int) -> dict:
     """Check one named tensor of a state-layout section; its raw size is added to it."""
     fs.fields(meta, where, ["name", "shape", "encoding", "quant"],
-              ["nnz", "entries", "index_bits", "bits", "frac_bits"])
+              ["nnz", "entries", "index_bits", "bits", "frac_bits", "bytes"])
     name = _check_name(meta["name"], f"{where}.name")
     shape = _check_shape(meta["shape"], f"{where}.shape")
     if used + math.prod(shape) > max_elements:  # refused before any allocation
@@ -429,7 +430,8 @@ def _check_state_tensor(meta: Any, where: str, used: int, max_elements: int) -> 
                           f"{name[:60]!r} of rank {len(shape)}")
     rest = {k: v for k, v in meta.items() if k != "quant"}
     checked = ft.check_meta(rest, name, shape, _fixed(quant), where,
-                            plain=ft.FLOAT_ENCODINGS if quant is not None else ft.PLAIN_ENCODINGS)
+                            plain=ft.FLOAT_ENCODINGS if quant is not None else ft.PLAIN_ENCODINGS,
+                            bits=quant[0] if _fixed(quant) else None)
     checked["quant"] = quant
     checked["raw_bytes"] = ft.raw_size(checked, quant[0] if _fixed(quant) else None)
     return checked

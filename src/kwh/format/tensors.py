@@ -9,12 +9,18 @@ integers are stored in whichever of three layouts is smallest before entropy cod
   entry per non-zero (in row-major order), each a k-bit run of zeros skipped before it and
   its integer; a run longer than 2**k - 1 is split by filler entries (run 2**k - 1, value
   0), each covering 2**k positions. k (1..16) is chosen to minimise the size.
+- ``arith``:  the non-zeros' runs of zeros and values, arithmetic-coded with adaptive
+  probabilities (kwh.format.arith); ``nnz`` and the stream's ``bytes`` in the description.
+  Chosen when its stream and the ~12 header bytes of its extra fields are smaller than the
+  smallest packed layout (what zstd cannot shrink: a small model's sections are stored raw).
 
 Plain tensors are little-endian IEEE ``float32``, or ``int64`` for the integer and boolean
 tensors of the state layout (e.g. BatchNorm's ``num_batches_tracked``). A float tensor whose
 every value is exactly q * 2**-t with q of at most 25 bits (biases and norms that
 ``kwh.compress`` put on a grid, zeros, small integers) is stored losslessly as ``fixed``: its
-``bits``-bit integers, dense, with ``bits`` and ``frac_bits`` in its description.
+``bits``-bit integers, dense, with ``bits`` and ``frac_bits`` in its description, or as
+``fixed-arith``: the same integers arithmetic-coded (with ``nnz`` and ``bytes``) when that is
+smaller by more than ``ARITH_HEADER_BYTES``.
 
 Every blob is packed by ``kwh.format.bitpack`` and starts on a byte boundary.
 """
@@ -28,24 +34,28 @@ import torch
 
 from kwh.errors import FormatError, ModelError
 from kwh.fixedpoint import MAX_BITS, MAX_FRAC_BITS, exact_grid
-from kwh.format import bitpack
+from kwh.format import arith, bitpack
 from kwh.format import schema as fs
 
 __all__ = ["QUANT_ENCODINGS", "PLAIN_ENCODINGS", "FLOAT_ENCODINGS", "INT_DTYPES", "MAX_BITS",
-           "MAX_FRAC_BITS", "MAX_INDEX_BITS", "exact_grid", "raw_size", "encode_float",
-           "encode_int", "quantize_exact", "encode_quantized", "check_meta", "decode"]
+           "MAX_FRAC_BITS", "MAX_INDEX_BITS", "ARITH_HEADER_BYTES", "exact_grid", "raw_size",
+           "encode_float", "encode_int", "quantize_exact", "encode_quantized", "check_meta",
+           "decode"]
 
-QUANT_ENCODINGS = ("dense", "bitmap", "rindex")
-PLAIN_ENCODINGS = ("float32", "fixed", "int64")
-FLOAT_ENCODINGS = ("float32", "fixed")  # the encodings of a float tensor that is not quantized
+QUANT_ENCODINGS = ("dense", "bitmap", "rindex", "arith")
+PLAIN_ENCODINGS = ("float32", "fixed", "fixed-arith", "int64")
+FLOAT_ENCODINGS = ("float32", "fixed", "fixed-arith")  # a float tensor that is not quantized
 INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 MAX_INDEX_BITS = 16
+ARITH_HEADER_BYTES = 12  # what an arith description's extra fields cost in the header, about
 
 
 def raw_size(meta: dict, bits: int | None) -> int:
     """Bytes of a tensor's blob before entropy coding, from its (checked) description."""
     n = math.prod(meta["shape"])
     enc = meta["encoding"]
+    if enc in ("arith", "fixed-arith"):
+        return meta["bytes"]
     if enc == "float32":
         return 4 * n
     if enc == "fixed":
@@ -75,8 +85,38 @@ def encode_float(name: str, tensor: torch.Tensor, where: str) -> tuple[dict, byt
         bits, frac_bits = grid
         q = np.round(values.astype(np.float64) * 2.0**frac_bits).astype(np.int64)
         meta.update(encoding="fixed", bits=bits, frac_bits=frac_bits)
-        return meta, bitpack.pack_uint(bitpack.to_twos(q, bits), bits)
+        packed = bitpack.pack_uint(bitpack.to_twos(q, bits), bits)
+        coded = _arith_or_none(q, bits, len(packed))
+        if coded is not None:
+            meta.update(encoding="fixed-arith", nnz=int(np.count_nonzero(q)), bytes=len(coded))
+            return meta, coded
+        return meta, packed
     return meta, values.astype("<f4").tobytes()
+
+
+def _entropy_bytes(flat: np.ndarray, idx: np.ndarray) -> float:
+    """An estimate of the arithmetic code's length: the order-0 entropies of the non-zeros'
+    values and of their runs of zeros (an adaptive code comes within a few per cent)."""
+    total = 0.0
+    for symbols in (flat[idx], np.diff(idx, prepend=-1)):
+        if symbols.size:
+            p = np.unique(symbols, return_counts=True)[1] / symbols.size
+            total += float(-(p * np.log2(p)).sum()) * symbols.size
+    return total / 8
+
+
+def _arith_or_none(q: np.ndarray, bits: int, smallest: int) -> bytes | None:
+    """The arith coding of ``q`` if it is smaller than ``smallest`` bytes and within the limits
+    a reader accepts, else None."""
+    flat = q.reshape(-1)
+    idx = np.flatnonzero(flat)
+    if idx.size > arith.MAX_CODED_NNZ or _entropy_bytes(flat, idx) > smallest:
+        return None  # not worth the Python loop of coding it
+    nnz = idx.size
+    coded = arith.encode_ints(q, bits)
+    if len(coded) + ARITH_HEADER_BYTES >= smallest or not arith.nnz_allowed(nnz, len(coded)):
+        return None
+    return coded
 
 
 def encode_int(name: str, tensor: torch.Tensor) -> tuple[dict, bytes]:
@@ -113,8 +153,9 @@ def _rindex_entries(nnz: int, gaps: np.ndarray, k: int) -> int:
 
 
 def encode_quantized(name: str, shape: tuple[int, ...], q: np.ndarray,
-                     bits: int) -> tuple[dict, bytes]:
-    """Integers in the smallest of the dense, bitmap and relative-index layouts."""
+                     bits: int, coded: bool = True) -> tuple[dict, bytes]:
+    """Integers in the smallest of the dense, bitmap and relative-index layouts, or their
+    arithmetic code when that is smaller (``coded=False``: the packed layouts only)."""
     n = q.size
     idx = np.flatnonzero(q)  # positions of the non-zeros, increasing
     nnz = idx.size
@@ -125,8 +166,12 @@ def encode_quantized(name: str, shape: tuple[int, ...], q: np.ndarray,
     sizes = {"dense": bitpack.packed_size(n, bits),
              "bitmap": bitpack.packed_size(n, 1) + bitpack.packed_size(nnz, bits),
              "rindex": _size_rindex(m, best_k, bits)}
-    enc = min(QUANT_ENCODINGS, key=lambda e: sizes[e])  # ties go to the earlier layout
+    enc = min(QUANT_ENCODINGS[:3], key=lambda e: sizes[e])  # ties go to the earlier layout
     meta: dict = {"name": name, "shape": list(shape), "encoding": enc}
+    stream = _arith_or_none(q, bits, sizes[enc]) if coded else None
+    if stream is not None:
+        meta.update(encoding="arith", nnz=nnz, bytes=len(stream))
+        return meta, stream
     if enc == "dense":
         return meta, bitpack.pack_uint(bitpack.to_twos(q, bits), bits)
     values = bitpack.to_twos(q[idx], bits)
@@ -153,14 +198,15 @@ def _size_rindex(m: int, k: int, bits: int) -> int:
 # ------------------------------------------------------------------ checking and decoding (load)
 
 def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
-               where: str, plain: tuple[str, ...] = ("float32",)) -> dict:
-    """Check one tensor description against the tensor its layer must carry.
+               where: str, plain: tuple[str, ...] = ("float32",), bits: int | None = None) -> dict:
+    """Check one tensor description against the tensor its layer must carry (``bits``: the
+    layer's, for a quantized tensor).
 
     ``plain``: the encodings allowed for a tensor that is not quantized (the chain layout
     allows float32 and fixed; the state layout adds int64).
     """
     fs.fields(meta, where, ["name", "shape", "encoding"],
-              ["nnz", "entries", "index_bits", "bits", "frac_bits"])
+              ["nnz", "entries", "index_bits", "bits", "frac_bits", "bytes"])
     if meta["name"] != name:
         raise FormatError(f"{where}.name={str(meta['name'])[:40]!r}; expected {name!r}")
     if meta["shape"] != list(shape) or any(type(d) is not int for d in meta["shape"]):
@@ -169,15 +215,27 @@ def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
     encodings = QUANT_ENCODINGS if quantized else plain
     enc = fs.get_choice(meta, "encoding", where, encodings)
     extra = {"dense": [], "float32": [], "int64": [], "bitmap": ["nnz"],
-             "rindex": ["nnz", "entries", "index_bits"], "fixed": ["bits", "frac_bits"]}[enc]
+             "rindex": ["nnz", "entries", "index_bits"], "fixed": ["bits", "frac_bits"],
+             "arith": ["nnz", "bytes"], "fixed-arith": ["bits", "frac_bits", "nnz", "bytes"]}[enc]
     fs.fields(meta, where, ["name", "shape", "encoding", *extra])
     n = math.prod(shape)
     out = {"name": name, "shape": tuple(shape), "encoding": enc}
-    if enc == "fixed":
+    if enc in ("fixed", "fixed-arith"):
         out["bits"] = fs.get_int(meta, "bits", where, 1, MAX_BITS)
         out["frac_bits"] = fs.get_int(meta, "frac_bits", where, 0, MAX_FRAC_BITS)
-    if enc in ("bitmap", "rindex"):
+    if enc in ("bitmap", "rindex", "arith", "fixed-arith"):
         out["nnz"] = fs.get_int(meta, "nnz", where, 0, n)
+    if enc in ("arith", "fixed-arith"):
+        # at most the bytes of the dense layout (the encoder codes only when smaller): bounded
+        # allocation; at most MAX_NNZ_PER_BYTE non-zeros a byte: bounded decoding time
+        width = out["bits"] if enc == "fixed-arith" else bits
+        if width is None:
+            raise FormatError(f"{where}: encoding 'arith' needs the layer's bits")
+        out["bytes"] = fs.get_int(meta, "bytes", where, 0, bitpack.packed_size(n, width))
+        if not arith.nnz_allowed(out["nnz"], out["bytes"]):
+            raise FormatError(f"{where}: nnz={out['nnz']} in {out['bytes']} arithmetic-coded "
+                              f"bytes; a stream holds at most {arith.MAX_NNZ_PER_BYTE} "
+                              "non-zeros a byte")
     if enc == "rindex":
         out["entries"] = fs.get_int(meta, "entries", where, out["nnz"], n)
         out["index_bits"] = fs.get_int(meta, "index_bits", where, 1, MAX_INDEX_BITS)
@@ -203,6 +261,9 @@ def decode(meta: dict, blob: memoryview, quant: tuple[int, int] | None,
             if meta["encoding"] == "fixed":  # its own grid, its integers dense
                 bits, frac_bits = meta["bits"], meta["frac_bits"]
                 q = _decode_ints({**meta, "encoding": "dense"}, blob, bits, where)
+            elif meta["encoding"] == "fixed-arith":
+                bits, frac_bits = meta["bits"], meta["frac_bits"]
+                q = _decode_ints({**meta, "encoding": "arith"}, blob, bits, where)
             else:
                 bits, frac_bits = quant
                 q = _decode_ints(meta, blob, bits, where)
@@ -219,6 +280,11 @@ def _decode_ints(meta: dict, blob: memoryview, bits: int, where: str) -> np.ndar
     enc = meta["encoding"]
     if enc == "dense":
         return bitpack.from_twos(bitpack.unpack_uint(blob, n, bits), bits)
+    if enc == "arith":
+        if len(blob) != meta["bytes"]:
+            raise FormatError(f"{where}: {len(blob)} arithmetic-coded bytes, header says "
+                              f"{meta['bytes']}")
+        return arith.decode_ints(blob, n, meta["nnz"], bits, f"{where}: {meta['name']}")
     out = np.zeros(n, dtype=np.int64)
     if enc == "bitmap":
         head = bitpack.packed_size(n, 1)
