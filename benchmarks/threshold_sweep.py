@@ -34,6 +34,7 @@ from kwh.train import checkpoint_path, load_checkpoint
 from kwh.bayes import BayesLayer
 from kwh.app.finetune import DISTILL_TEMPERATURE, DISTILL_WEIGHT, finetune
 from kwh.compress import CompressConfig, evaluate
+from kwh.compress.config import FLOAT_BITS
 from kwh.data import batch_loader
 
 
@@ -41,14 +42,16 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
           finetune_lr: float = 1e-3, runs: Path | None = None,
           only: str | None = None, teacher: torch.nn.Module | None = None,
           width: float | None = None, bits_search: str = "fit", prune_search: str = "off",
-          prune_tolerance: float = 0.1) -> tuple[list[dict], dict]:
+          prune_tolerance: float = 0.1,
+          float_bits: int = FLOAT_BITS) -> tuple[list[dict], dict]:
     """One row per threshold: errors (validation, test, before quantization), rates, bytes;
     with ``finetune_epochs``, the same of the fine-tuned model under "finetuned" (distilled
     from ``teacher`` when given). ``only``: a glob of layer names whose threshold is swept;
     the others keep the posterior's. ``width``: the run trained paper_table's net at this
     width factor (ResNet-20, the VGG-like net). ``prune_search``: kwh.compress's per-layer
     threshold search on the validation split from each row's threshold ("fit": fewest
-    nonzero weights, "fit-macs": fewest nonzero multiplications)."""
+    nonzero weights, "fit-macs": fewest nonzero multiplications). ``float_bits``: the
+    magnitude bits of the biases' and norms' grids (kwh.compress.floats)."""
     if width is not None:  # a run of a resized reference net: its structure comes from here
         cfg0 = json.loads((checkpoint_path(run).parent / "config.json").read_text())
         template = make_net(cfg0["model"], width)
@@ -81,7 +84,7 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
                                                           bits_search=bits_search,
                                                           prune_search=prune_search,
                                                           prune_tolerance=prune_tolerance,
-                                                          **by_layer),
+                                                          float_bits=float_bits, **by_layer),
                              eval_data=test, guard_data=val)
         s = small.kwh_summary
         nbytes = bare = None
@@ -99,7 +102,8 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
                      "file_bytes_bare": bare, "macs": s["macs"],
                      "macs_nonzero": s["macs_nonzero"], "macs_original": s["macs_original"],
                      "fp32_original_bytes": s["size_fp32_original_bytes"],
-                     "prune_guard": s.get("prune_guard")})
+                     "prune_guard": s.get("prune_guard"),
+                     "float_bits": (s.get("float_grids") or {}).get("bits")})
         print(f"threshold {t:g}: val {rows[-1]['val_error_pct']:.2f}% test "
               f"{rows[-1]['test_error_pct']:.2f}% at {rows[-1]['max_compression']:.1f}x "
               f"({s['architecture']}, bits {s['bits']})", flush=True)
@@ -169,6 +173,9 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, default=None,
                    help="the run's net at this width factor, as paper_table --width built it "
                         "(ResNet-20: 0.5 is 8 channels)")
+    p.add_argument("--float-bits", type=int, default=FLOAT_BITS, metavar="BITS",
+                   help="magnitude bits of the biases' and norms' fixed-point grids "
+                        f"(kwh.compress's float_bits; default {FLOAT_BITS})")
     p.add_argument("--only", default=None, metavar="GLOB",
                    help="sweep only the layers whose names match GLOB (e.g. '*.attn.out'); the "
                         "others keep their posterior's threshold")
@@ -184,7 +191,7 @@ def main(argv=None) -> int:
     files.mkdir(parents=True, exist_ok=True)
     rows, cfg = sweep(a.run, sorted(a.thresholds), files, a.finetune_epochs, a.finetune_lr,
                       Path(f"{out}_runs"), a.only, teacher, a.width, a.bits_search,
-                      a.prune_search, a.prune_tolerance)
+                      a.prune_search, a.prune_tolerance, a.float_bits)
     ft = "finetuned" if a.finetune_epochs else None
     chosen = None if a.match_val_error is None else pick(rows, a.match_val_error, ft)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -197,7 +204,8 @@ def main(argv=None) -> int:
           "kwh.compress at that log-alpha threshold, " +
           (f"bits guarded on the run's validation split ({a.bits_search})"
            if a.bits_search != "off" else "the posterior's bits (no guard)") +
-          ", rate from the real .kwh payload (32 |W| / payload bits)." +
+          f", biases and norms on {a.float_bits}-bit grids, rate from the real .kwh payload "
+          "(32 |W| / payload bits)." +
           (f" Per-layer thresholds then searched on the validation split from the row's "
            f"(kwh.compress prune_search={a.prune_search}, tolerance {a.prune_tolerance:g} "
            "points)." if a.prune_search != "off" else "") +

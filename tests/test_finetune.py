@@ -226,6 +226,15 @@ def test_threshold_sweep_searches_per_layer_thresholds_for_macs(tiny_run, tmp_pa
     assert 100 * (g["error_chosen"] - g["error_posterior"]) <= 5.0 + 1e-9
 
 
+def test_threshold_sweep_puts_the_biases_on_the_grids_asked_for(tiny_run):
+    """--float-bits reaches kwh.compress: the biases sit on grids of that many magnitude bits."""
+    from benchmarks import threshold_sweep
+
+    rows, _ = threshold_sweep.sweep(str(tiny_run), [3.0], float_bits=4)
+    default, _ = threshold_sweep.sweep(str(tiny_run), [3.0])
+    assert rows[0]["float_bits"] == 4 and default[0]["float_bits"] == 12
+
+
 def test_threshold_sweep_only_moves_the_matching_layers(tiny_run, tmp_path):
     """--only GLOB: the swept threshold reaches the matching layers alone; the others keep
     their posterior's threshold, so their kept weights do not change along the sweep."""
