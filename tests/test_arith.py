@@ -137,7 +137,7 @@ def test_descriptions_that_would_cost_unbounded_time_or_memory_are_refused():
 
 def test_a_saved_model_with_coded_tensors_loads_to_the_same_outputs(tmp_path):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5))
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
     rng = np.random.default_rng(2)
     with torch.no_grad():
         for layer in (model[0], model[2]):
@@ -151,3 +151,56 @@ def test_a_saved_model_with_coded_tensors_loads_to_the_same_outputs(tmp_path):
     loaded = kwh.load(path)
     x = torch.randn(7, 64)
     assert torch.equal(loaded(x), model(x))
+
+
+def _coded_file() -> bytes:
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    q = _skewed(np.random.default_rng(3), 64 * 32, 6, 0.2).reshape(32, 64)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.from_numpy(q).float() / 16)
+        model[0].bias.fill_(0.1)  # float32 (0.1 is on no grid), repeated: zstd shrinks it
+    model[0].kwh_bits, model[0].kwh_frac_bits = 6, 4
+    return kwh.format.codec.encode(model, input_shape=(64,))
+
+
+def test_a_coded_section_is_stored_raw_and_a_compressed_one_is_refused():
+    """zstd would let a few stored bytes expand into a long stream of cheap decisions (4 MiB
+    of zeros: ~145 bytes), so the decoding time would no longer be bounded by the file."""
+    import zlib
+
+    import zstandard
+    from test_fuzz import reseal, section_entries, split, version_of
+
+    data = _coded_file()
+    header, sections = split(data)
+    entry = section_entries(header)[0]
+    assert entry["tensors"][0]["encoding"] == "arith" and entry["codec"] == "raw"
+    assert kwh.format.codec.decode(data) is not None
+    packed = zstandard.ZstdCompressor(level=19, write_content_size=True).compress(sections[0])
+    assert len(packed) < len(sections[0])  # a smaller, valid zstd frame of the same bytes
+    entry.update(codec="zstd", stored_bytes=len(packed), crc32=zlib.crc32(packed))
+    with pytest.raises(FormatError, match="stored raw"):
+        kwh.format.codec.decode(reseal(header, [packed], version_of(data)))
+
+
+def test_more_non_zeros_than_a_coded_tensor_may_hold_are_refused():
+    n = arith.MAX_CODED_NNZ + 1
+    meta = {"name": "weight", "shape": [n], "encoding": "arith", "nnz": n, "bytes": n}
+    with pytest.raises(FormatError, match="at most"):
+        ft.check_meta(meta, "weight", (n,), True, "t", bits=8)
+
+
+def test_the_file_report_gives_a_coded_bias_its_own_bits(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 300))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        bias = torch.zeros(300)
+        bias[::7] = torch.arange(43.0) - 21
+        bias[0] = 1000.0  # 11 magnitude bits for all; the others are small: coding pays
+        model[0].bias.copy_(bias / 64)
+    model[0].kwh_bits, model[0].kwh_frac_bits = 4, 0
+    path = tmp_path / "b.kwh"
+    kwh.save(model, path, input_shape=(4,))
+    row = kwh.format.file_report(path)["sections"][0]["tensors"][1]
+    assert row["encoding"] == "fixed-arith"
+    assert (row["bits"], row["frac_bits"]) == (11, 6)

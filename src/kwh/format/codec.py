@@ -76,6 +76,12 @@ FLOAT_BITS = 32  # kwh_bits of a layer marked as kept in float32 (kwh_frac_bits 
 
 # ------------------------------------------------------------------ entropy coding
 
+def _coded(tensors: list[dict]) -> bool:
+    """Whether a section holds an arithmetic-coded tensor (it is then stored raw, so that the
+    bytes its decoding time is bounded by are the file's own)."""
+    return any(t["encoding"] in ft.ARITH_ENCODINGS for t in tensors)
+
+
 def _deflate(raw: bytes, level: int | None) -> tuple[str, bytes]:
     """zstd-compress a blob if that makes it smaller; else keep it raw."""
     if not raw:
@@ -247,6 +253,9 @@ def _check_sizes(value: dict, tensors: list[dict], where: str) -> tuple[str, int
     if codec == "zstd" and not 0 < stored < raw:
         raise FormatError(f"{where}: a zstd section must be smaller than its {raw} raw bytes, "
                           f"not {stored}")
+    if codec != "raw" and _coded(tensors):
+        raise FormatError(f"{where}: a section with arithmetic-coded tensors is stored raw, "
+                          f"not {codec}")
     return codec, raw, stored, crc
 
 
@@ -533,7 +542,7 @@ def _encode_module(module: nn.Module, where: str,
     section, stored = None, None
     if slots:
         raw = b"".join(blobs)
-        codec, stored = _deflate(raw, level)
+        codec, stored = ("raw", raw) if _coded(metas) else _deflate(raw, level)
         section = {"codec": codec, "raw_bytes": len(raw), "stored_bytes": len(stored),
                    "crc32": _crc(stored), "tensors": metas}
     return {"type": kind, "args": args, "section": section,
@@ -731,7 +740,7 @@ def _encode_state(model: nn.Module, level: int | None) -> tuple[list[dict], list
     entries, sections = [], []
     for _, metas, blobs in groups:
         raw = b"".join(blobs)
-        codec, stored = _deflate(raw, level)
+        codec, stored = ("raw", raw) if _coded(metas) else _deflate(raw, level)
         entries.append({"codec": codec, "raw_bytes": len(raw), "stored_bytes": len(stored),
                         "crc32": _crc(stored), "tensors": metas})
         sections.append(stored)
@@ -1259,7 +1268,7 @@ def _tensor_row(meta: dict, values: torch.Tensor) -> dict:
     row = {"name": meta["name"], "shape": list(meta["shape"]), "encoding": meta["encoding"],
            "elements": values.numel(), "nonzero": int(torch.count_nonzero(values)),
            "raw_bytes": meta["raw_bytes"]}
-    if meta["encoding"] == "fixed":  # a float tensor stored exactly on a fixed-point grid
+    if meta["encoding"] in ("fixed", "fixed-arith"):  # a float tensor exactly on its own grid
         row["bits"], row["frac_bits"] = meta["bits"], meta["frac_bits"]
     return row
 

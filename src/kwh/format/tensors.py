@@ -11,7 +11,7 @@ integers are stored in whichever of three layouts is smallest before entropy cod
   0), each covering 2**k positions. k (1..16) is chosen to minimise the size.
 - ``arith``:  the non-zeros' runs of zeros and values, arithmetic-coded with adaptive
   probabilities (kwh.format.arith); ``nnz`` and the stream's ``bytes`` in the description.
-  Chosen when its stream and the ~12 header bytes of its extra fields are smaller than the
+  Chosen when its stream and the ~16 header bytes of its extra fields are smaller than the
   smallest packed layout (what zstd cannot shrink: a small model's sections are stored raw).
 
 Plain tensors are little-endian IEEE ``float32``, or ``int64`` for the integer and boolean
@@ -38,16 +38,17 @@ from kwh.format import arith, bitpack
 from kwh.format import schema as fs
 
 __all__ = ["QUANT_ENCODINGS", "PLAIN_ENCODINGS", "FLOAT_ENCODINGS", "INT_DTYPES", "MAX_BITS",
-           "MAX_FRAC_BITS", "MAX_INDEX_BITS", "ARITH_HEADER_BYTES", "exact_grid", "raw_size",
+           "MAX_FRAC_BITS", "MAX_INDEX_BITS", "ARITH_ENCODINGS", "ARITH_HEADER_BYTES", "exact_grid", "raw_size",
            "encode_float", "encode_int", "quantize_exact", "encode_quantized", "check_meta",
            "decode"]
 
 QUANT_ENCODINGS = ("dense", "bitmap", "rindex", "arith")
+ARITH_ENCODINGS = ("arith", "fixed-arith")  # stored in raw sections only (kwh.format.codec)
 PLAIN_ENCODINGS = ("float32", "fixed", "fixed-arith", "int64")
 FLOAT_ENCODINGS = ("float32", "fixed", "fixed-arith")  # a float tensor that is not quantized
 INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 MAX_INDEX_BITS = 16
-ARITH_HEADER_BYTES = 12  # what an arith description's extra fields cost in the header, about
+ARITH_HEADER_BYTES = 16  # what an arith description's extra fields cost in the header, about
 
 
 def raw_size(meta: dict, bits: int | None) -> int:
@@ -225,7 +226,10 @@ def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
         out["frac_bits"] = fs.get_int(meta, "frac_bits", where, 0, MAX_FRAC_BITS)
     if enc in ("bitmap", "rindex", "arith", "fixed-arith"):
         out["nnz"] = fs.get_int(meta, "nnz", where, 0, n)
-    if enc in ("arith", "fixed-arith"):
+    if enc in ARITH_ENCODINGS:
+        if out["nnz"] > arith.MAX_CODED_NNZ:
+            raise FormatError(f"{where}: nnz={out['nnz']}; an arithmetic-coded tensor holds at "
+                              f"most {arith.MAX_CODED_NNZ} non-zeros")
         # at most the bytes of the dense layout (the encoder codes only when smaller): bounded
         # allocation; at most MAX_NNZ_PER_BYTE non-zeros a byte: bounded decoding time
         width = out["bits"] if enc == "fixed-arith" else bits
