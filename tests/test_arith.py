@@ -3,6 +3,7 @@ matches an independent model of its probabilities, and hostile streams refused."
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -204,3 +205,19 @@ def test_the_file_report_gives_a_coded_bias_its_own_bits(tmp_path):
     row = kwh.format.file_report(path)["sections"][0]["tensors"][1]
     assert row["encoding"] == "fixed-arith"
     assert (row["bits"], row["frac_bits"]) == (11, 6)
+
+
+def test_the_resave_benchmark_reports_sizes_and_equal_outputs(tmp_path):
+    from benchmarks import resave
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    old = _coded_file()
+    (folder / "a.kwh").write_bytes(old)
+    state = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    kwh.save(state, folder / "b.kwh", layout="state")  # needs its class: skipped
+    assert resave.main([str(folder), "--out", str(tmp_path / "r")]) == 0
+    rows = {r["file"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert rows["a.kwh"]["same_outputs"] is True and "skipped" in rows["b.kwh"]
+    assert rows["a.kwh"]["file_bytes"] == len(old) == rows["a.kwh"]["file_bytes_again"]
+    assert "| a.kwh |" in (tmp_path / "r.md").read_text()
