@@ -62,6 +62,21 @@ def test_inspect_prints_the_stored_summary(compressed, capsys):
     assert f"{out.stat().st_size:,} B" in text
     code, text, _ = run_main(["inspect", str(out), "--json"], capsys)
     assert code == 0 and json.loads(text)["summary"] == s
+    assert "measured when the model was compressed" not in text
+
+
+def test_inspect_says_when_the_summary_counts_another_payload(compressed, tmp_path, capsys):
+    """A file saved again by another codec version: its summary's rates are the old payload's."""
+    _, out, _ = compressed
+    model = kwh.load(out)
+    real = model.kwh_summary["payload_bytes"]
+    model.kwh_summary["payload_bytes"] = real + 100  # as an older codec measured it
+    again = tmp_path / "again.kwh"
+    kwh.save(model, again)
+    code, text, _ = run_main(["inspect", str(again)], capsys)
+    assert code == 0
+    assert f"the summary's rates count the {real + 100:,} B payload measured when" in text
+    assert f"{real:,} B payload in" in text
 
 
 def test_compress_from_a_checkpoint_of_the_same_run(compressed, data_root, capsys):

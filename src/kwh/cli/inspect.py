@@ -48,10 +48,15 @@ def run(args: argparse.Namespace) -> int:
               f"({report['dense_fp32_bytes'] / report['file_bytes']:.1f}x larger)")
         return 0
     if summary is None:
-        print(f"{args.file}: no compression summary (saved without kwh.compress)")
+        print(f"{args.file}: no compression summary (saved without kwh.compress, or as a "
+              "deployment copy without it)")
         detail += f"; its tensors as float32 would take {report['dense_fp32_bytes']:,} B"
     else:
         print(_summary_text(summary, format_summary))
+        if summary.get("payload_bytes") not in (None, report["payload_bytes"]):
+            detail += (f"; the summary's rates count the {summary['payload_bytes']:,} B payload "
+                       "measured when the model was compressed (the file was saved again since, "
+                       "by another version of the codec)")
     if report["layout"] == "graph":
         print(_graph_line(report))
     print(format_file_line(summary, report["file_bytes"], detail))
