@@ -1,16 +1,21 @@
 """Test and validation error of a Bayesian run's checkpoint with the BatchNorm statistics it
 holds and with them re-estimated for the deterministic network (kwh.bayes.recalibrate_batchnorm).
 
-    python -m benchmarks.bn_recalibration RUN_DIR [--model resnet20 --width 8]
+    python -m benchmarks.bn_recalibration RUN_DIR [--width 0.5]
+
+``--width``: the run trained paper_table's net at this width factor (ResNet-20: 0.5 is 8
+channels), as ``paper_table --width`` and ``threshold_sweep --width`` take it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
-from kwh.train import load_checkpoint
+from benchmarks.baselines.common import make_net
+from kwh.train import checkpoint_path, load_checkpoint
 from kwh.train.data import load_train_data
 from kwh.train.evaluate import BN_CALIBRATION, recalibrate_from_inputs, test_metrics
 
@@ -22,15 +27,15 @@ def _error(model, ds) -> float:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run")
-    p.add_argument("--model", default=None, help="reference model of a custom run (resnet20)")
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--width", type=float, default=None,
+                   help="the run's net at this width factor, as paper_table --width built it")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     template = None
-    if a.model == "resnet20":
-        from kwh.models import resnet20
-        template = resnet20(width=a.width)
+    if a.width is not None:  # a run of a resized reference net: its structure comes from here
+        cfg0 = json.loads((checkpoint_path(a.run).parent / "config.json").read_text())
+        template = make_net(cfg0["model"], a.width)
     model, cfg = load_checkpoint(a.run, model=template)
     data = load_train_data(cfg)
     before = _error(model, data.test), _error(model, data.validation)

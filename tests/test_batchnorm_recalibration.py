@@ -95,3 +95,22 @@ def test_training_run_ends_with_the_statistics_of_its_mean_network(tmp_path):
     recalibrate_batchnorm(model, [x[:200]])
     assert torch.allclose(model[1].running_mean, saved[0], atol=1e-6)
     assert torch.allclose(model[1].running_var, saved[1], atol=1e-6)
+
+
+def test_the_benchmark_rebuilds_a_resized_resnet_from_its_width_factor(tmp_path, data_root,
+                                                                       capsys):
+    """benchmarks.bn_recalibration --width takes the factor paper_table trained with (0.25:
+    4 channels), as threshold_sweep does, and reports both errors."""
+    from benchmarks import bn_recalibration
+    from benchmarks.baselines.common import fit, load_data, make_net
+
+    data, _ = load_data("mnist", str(data_root), 300, 100, 50)
+    run = tmp_path / "run"
+    fit("resnet20", data, run, model=make_net("resnet20", 0.25), epochs=1, threads=1,
+        data_dir=str(data_root), limit_train=300, limit_test=100)
+    bn_recalibration.main([str(run), "--width", "0.25"])
+    out = capsys.readouterr().out
+    assert "BatchNorm layers; training statistics: test" in out and "re-estimated" in out
+    from kwh.errors import FormatError
+    with pytest.raises(FormatError, match="the model needs"):  # width 1's 16 channels: not it
+        bn_recalibration.main([str(run), "--width", "1"])
