@@ -37,7 +37,7 @@ __all__ = ["MAX_NNZ_PER_BYTE", "MAX_NNZ_SLACK", "MAX_CODED_NNZ", "nnz_allowed", 
 
 MAX_NNZ_PER_BYTE = 64  # non-zeros a stream may declare per stored byte (bounds decoding time)
 MAX_NNZ_SLACK = 64
-MAX_CODED_NNZ = 1 << 18  # non-zeros of one coded tensor, at most (decoding: about a second)
+MAX_CODED_NNZ = 1 << 18  # non-zeros of one coded tensor, at most (decoding them: ~2 s on one core)
 
 _PROB_BITS = 11
 _ONE = 1 << _PROB_BITS
