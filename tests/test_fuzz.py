@@ -635,7 +635,7 @@ def test_fuzz_10000_hostile_files(one_thread):
     """Slow: 10,000 further mutated / truncated / random files (about a minute on 2 cores)."""
     counts = run_fuzz(10_000, seed=2)
     assert counts["refused"] > 5000 and counts["loaded"] > 100
-    assert counts["state:refused"] > 2000 and counts["state:loaded"] > 50
+    assert counts["state:refused"] > 1500 and counts["state:loaded"] > 50
     assert counts["graph:refused"] > 1500 and counts["graph:loaded"] > 50
     assert counts["graph_vit:refused"] > 500 and counts["graph_vit:loaded"] > 10
     assert counts["graph_arith:refused"] > 500
