@@ -89,14 +89,15 @@ class _Encoder:
         else:
             self.range = bound
             probs[i] = p + ((_ONE - p) >> _MOVE)
-        while self.range < _TOP:
-            self.range <<= 8
-            self._shift()
+        self._normalize()
 
     def direct(self, bit: int) -> None:
         self.range >>= 1
         if bit:
             self.low += self.range
+        self._normalize()
+
+    def _normalize(self) -> None:
         while self.range < _TOP:
             self.range <<= 8
             self._shift()
@@ -156,22 +157,21 @@ class _Decoder:
             self.range -= bound
             probs[i] = p - (p >> _MOVE)
             out = 1
-        while self.range < _TOP:
-            self.range <<= 8
-            self.code = ((self.code << 8) | self._byte()) & _MASK32
+        self._normalize()
         return out
 
     def direct(self) -> int:
         self.range >>= 1
-        if self.code >= self.range:
+        out = int(self.code >= self.range)
+        if out:
             self.code -= self.range
-            out = 1
-        else:
-            out = 0
+        self._normalize()
+        return out
+
+    def _normalize(self) -> None:
         while self.range < _TOP:
             self.range <<= 8
             self.code = ((self.code << 8) | self._byte()) & _MASK32
-        return out
 
     def end(self) -> None:
         if self.pos != len(self.data):

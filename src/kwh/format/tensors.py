@@ -38,9 +38,9 @@ from kwh.format import arith, bitpack
 from kwh.format import schema as fs
 
 __all__ = ["QUANT_ENCODINGS", "PLAIN_ENCODINGS", "FLOAT_ENCODINGS", "INT_DTYPES", "MAX_BITS",
-           "MAX_FRAC_BITS", "MAX_INDEX_BITS", "ARITH_ENCODINGS", "ARITH_HEADER_BYTES", "exact_grid", "raw_size",
-           "encode_float", "encode_int", "quantize_exact", "encode_quantized", "check_meta",
-           "decode"]
+           "MAX_FRAC_BITS", "MAX_INDEX_BITS", "ARITH_ENCODINGS", "ARITH_HEADER_BYTES",
+           "exact_grid", "raw_size", "encode_float", "encode_int", "quantize_exact",
+           "encode_quantized", "check_meta", "decode"]
 
 QUANT_ENCODINGS = ("dense", "bitmap", "rindex", "arith")
 ARITH_ENCODINGS = ("arith", "fixed-arith")  # stored in raw sections only (kwh.format.codec)
@@ -55,7 +55,7 @@ def raw_size(meta: dict, bits: int | None) -> int:
     """Bytes of a tensor's blob before entropy coding, from its (checked) description."""
     n = math.prod(meta["shape"])
     enc = meta["encoding"]
-    if enc in ("arith", "fixed-arith"):
+    if enc in ARITH_ENCODINGS:
         return meta["bytes"]
     if enc == "float32":
         return 4 * n
@@ -224,7 +224,7 @@ def check_meta(meta: object, name: str, shape: tuple[int, ...], quantized: bool,
     if enc in ("fixed", "fixed-arith"):
         out["bits"] = fs.get_int(meta, "bits", where, 1, MAX_BITS)
         out["frac_bits"] = fs.get_int(meta, "frac_bits", where, 0, MAX_FRAC_BITS)
-    if enc in ("bitmap", "rindex", "arith", "fixed-arith"):
+    if enc in ("bitmap", "rindex", *ARITH_ENCODINGS):
         out["nnz"] = fs.get_int(meta, "nnz", where, 0, n)
     if enc in ARITH_ENCODINGS:
         if out["nnz"] > arith.MAX_CODED_NNZ:
