@@ -43,7 +43,8 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
           only: str | None = None, teacher: torch.nn.Module | None = None,
           width: float | None = None, bits_search: str = "fit", prune_search: str = "off",
           prune_tolerance: float = 0.1,
-          float_bits: int = FLOAT_BITS) -> tuple[list[dict], dict]:
+          float_bits: int = FLOAT_BITS,
+          bits_tolerance: float | None = None) -> tuple[list[dict], dict]:
     """One row per threshold: errors (validation, test, before quantization), rates, bytes;
     with ``finetune_epochs``, the same of the fine-tuned model under "finetuned" (distilled
     from ``teacher`` when given). ``only``: a glob of layer names whose threshold is swept;
@@ -51,7 +52,9 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
     width factor (ResNet-20, the VGG-like net). ``prune_search``: kwh.compress's per-layer
     threshold search on the validation split from each row's threshold ("fit": fewest
     nonzero weights, "fit-macs": fewest nonzero multiplications). ``float_bits``: the
-    magnitude bits of the biases' and norms' grids (kwh.compress.floats)."""
+    magnitude bits of the biases' and norms' grids (kwh.compress.floats). ``bits_tolerance``:
+    the validation error (points) the guarded bits may cost (kwh.compress's default when
+    None)."""
     if width is not None:  # a run of a resized reference net: its structure comes from here
         cfg0 = json.loads((checkpoint_path(run).parent / "config.json").read_text())
         template = make_net(cfg0["model"], width)
@@ -77,6 +80,7 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
     if tdata.validation is None:
         raise SystemExit(f"{run}: the run held out no validation split to choose on")
     val, test = batch_loader(tdata.validation, 1000), batch_loader(tdata.test, 1000)
+    guard = {} if bits_tolerance is None else dict(bits_tolerance=bits_tolerance)
     rows = []
     for t in thresholds:
         by_layer = dict(threshold=t) if swept is None else dict(thresholds=dict.fromkeys(swept, t))
@@ -84,7 +88,8 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
                                                           bits_search=bits_search,
                                                           prune_search=prune_search,
                                                           prune_tolerance=prune_tolerance,
-                                                          float_bits=float_bits, **by_layer),
+                                                          float_bits=float_bits, **by_layer,
+                                                          **guard),
                              eval_data=test, guard_data=val)
         s = small.kwh_summary
         nbytes = bare = None
@@ -103,7 +108,8 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
                      "macs_nonzero": s["macs_nonzero"], "macs_original": s["macs_original"],
                      "fp32_original_bytes": s["size_fp32_original_bytes"],
                      "prune_guard": s.get("prune_guard"),
-                     "float_bits": (s.get("float_grids") or {}).get("bits")})
+                     "float_bits": (s.get("float_grids") or {}).get("bits"),
+                     "bits_tolerance": (s.get("bits_guard") or {}).get("tolerance_pp")})
         print(f"threshold {t:g}: val {rows[-1]['val_error_pct']:.2f}% test "
               f"{rows[-1]['test_error_pct']:.2f}% at {rows[-1]['max_compression']:.1f}x "
               f"({s['architecture']}, bits {s['bits']})", flush=True)
@@ -176,6 +182,10 @@ def main(argv=None) -> int:
     p.add_argument("--float-bits", type=int, default=FLOAT_BITS, metavar="BITS",
                    help="magnitude bits of the biases' and norms' fixed-point grids "
                         f"(kwh.compress's float_bits; default {FLOAT_BITS})")
+    p.add_argument("--bits-tolerance", type=float, default=None, metavar="POINTS",
+                   help="the validation error the guarded bits may cost (kwh.compress's "
+                        f"bits_tolerance; default {CompressConfig().bits_tolerance:g}); the "
+                        "fine-tuning on the grids may win it back")
     p.add_argument("--only", default=None, metavar="GLOB",
                    help="sweep only the layers whose names match GLOB (e.g. '*.attn.out'); the "
                         "others keep their posterior's threshold")
@@ -191,7 +201,7 @@ def main(argv=None) -> int:
     files.mkdir(parents=True, exist_ok=True)
     rows, cfg = sweep(a.run, sorted(a.thresholds), files, a.finetune_epochs, a.finetune_lr,
                       Path(f"{out}_runs"), a.only, teacher, a.width, a.bits_search,
-                      a.prune_search, a.prune_tolerance, a.float_bits)
+                      a.prune_search, a.prune_tolerance, a.float_bits, a.bits_tolerance)
     ft = "finetuned" if a.finetune_epochs else None
     chosen = None if a.match_val_error is None else pick(rows, a.match_val_error, ft)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -202,7 +212,9 @@ def main(argv=None) -> int:
           f"Run: `{a.run}` ({cfg['epochs']} Bayesian epochs). Machine: "
           f"{platform.machine()}, torch {torch.__version__}, {a.threads} thread(s). Each row: "
           "kwh.compress at that log-alpha threshold, " +
-          (f"bits guarded on the run's validation split ({a.bits_search})"
+          (f"bits guarded on the run's validation split ({a.bits_search}, <= "
+           f"{CompressConfig().bits_tolerance if a.bits_tolerance is None else a.bits_tolerance:g}"
+           " points)"
            if a.bits_search != "off" else "the posterior's bits (no guard)") +
           f", biases and norms on {a.float_bits}-bit grids, rate from the real .kwh payload "
           "(32 |W| / payload bits)." +

@@ -10,13 +10,19 @@ import zlib
 import zstandard
 
 from kwh.format import codec
+from kwh.format.header_dict import HEADER_DICTIONARY
 
 
 def split_header(data: bytes) -> dict:
     """The parsed JSON header of the file bytes ``data``."""
     _, _, hcodec, _, hstored, _, _ = codec.PREAMBLE.unpack_from(data)
     raw = data[codec.PREAMBLE.size:codec.PREAMBLE.size + hstored]
-    return json.loads(zstandard.ZstdDecompressor().decompress(raw) if hcodec else raw)
+    if hcodec == 0:
+        return json.loads(raw)
+    preset = zstandard.ZstdCompressionDict(HEADER_DICTIONARY,
+                                           dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return json.loads(zstandard.ZstdDecompressor(
+        dict_data=preset if hcodec == 2 else None).decompress(raw))
 
 
 def reseal(data: bytes, header: dict | bytes, version: int) -> bytes:

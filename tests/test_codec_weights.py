@@ -414,8 +414,7 @@ def _tensor(header: dict, name: str) -> dict:
     (lambda h: _tensor(h, "head.bias").update(shape=[100000, 100000]),
      r"claims at least 10000\d{6} tensor elements, more than the limit"),
     (lambda h: h["sections"][0].update(tensors=[]), "a section holds at least one tensor"),
-    (lambda h: h["sections"][0].update(raw_bytes=h["sections"][0]["raw_bytes"] + 1),
-     "but its tensors take"),
+    (lambda h: h["sections"][0].update(raw_bytes=10**6), "but its tensors take"),
 ])
 def test_hostile_state_headers_are_refused(small, edit, match):
     with pytest.raises(FormatError, match=match):
@@ -437,7 +436,8 @@ def test_headers_are_read_by_the_version_they_come_with(small):
         weight["bytes"] += 1
     else:
         weight["quant"]["bits"] += 1
-    with pytest.raises(FormatError, match="raw_bytes"):
+    # the raw size the tensors imply no longer matches the section's bytes
+    with pytest.raises(FormatError, match="header says|its header describes"):
         codec.decode(reseal(state, bad, codec.STATE_VERSION), model=ResNetLike())
 
 

@@ -235,6 +235,18 @@ def test_threshold_sweep_puts_the_biases_on_the_grids_asked_for(tiny_run):
     assert rows[0]["float_bits"] == 4 and default[0]["float_bits"] == 12
 
 
+def test_threshold_sweep_passes_the_bits_tolerance(tiny_run):
+    """--bits-tolerance reaches kwh.compress's guard: recorded, and a looser budget never
+    gives more bits (the fit takes bits while the looser budget holds)."""
+    from benchmarks import threshold_sweep
+
+    tight, _ = threshold_sweep.sweep(str(tiny_run), [3.0], bits_tolerance=0.0)
+    loose, _ = threshold_sweep.sweep(str(tiny_run), [3.0], bits_tolerance=50.0)
+    assert tight[0]["bits_tolerance"] == 0.0 and loose[0]["bits_tolerance"] == 50.0
+    bits = [[int(b) for b in r[0]["bits"].split("-")] for r in (tight, loose)]
+    assert all(b1 <= b0 for b0, b1 in zip(*bits)) and sum(bits[1]) < sum(bits[0])
+
+
 def test_threshold_sweep_only_moves_the_matching_layers(tiny_run, tmp_path):
     """--only GLOB: the swept threshold reaches the matching layers alone; the others keep
     their posterior's threshold, so their kept weights do not change along the sweep."""

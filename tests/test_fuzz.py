@@ -38,8 +38,11 @@ from kwh.errors import FormatError, ModelError
 from kwh.format import GraphNet, bitpack, codec
 from kwh.format import modules as fm
 from kwh.format import ops
+from kwh.format.header_dict import HEADER_DICTIONARY
+from kwh_files import split_header
 
 PRE = codec.PREAMBLE
+PRESET = zstandard.ZstdCompressionDict(HEADER_DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 CASE_SECONDS = 5.0  # a case slower than this counts as a hang
 MAX_FORWARD_ELEMENTS = 10**6  # run a loaded model only when its activations are this small
 
@@ -247,25 +250,39 @@ def version_of(data: bytes) -> int:
 
 
 def split(data: bytes) -> tuple[dict, list[bytes]]:
-    """A valid file -> its JSON header and its stored sections."""
-    _, _, hcodec, _, hstored, _, _ = PRE.unpack_from(data)
-    raw = data[PRE.size:PRE.size + hstored]
-    header = json.loads(zstandard.ZstdDecompressor().decompress(raw) if hcodec else raw)
+    """A valid file -> its JSON header and its stored sections (their sizes as the loader
+    reads them: a raw section's is implied by its tensors)."""
+    _, _, _, _, hstored, _, _ = PRE.unpack_from(data)
+    header = split_header(data)
+    check = {codec.CHAIN_VERSION: codec._check_header, codec.STATE_VERSION:
+             codec._check_state_header, codec.GRAPH_VERSION: codec._check_graph_header}
     sections, pos = [], PRE.size + hstored
-    for entry in section_entries(header):
-        sections.append(data[pos:pos + entry["stored_bytes"]])
-        pos += entry["stored_bytes"]
+    for raw_bytes, stored_bytes in section_sizes(data, header):
+        sections.append(data[pos:pos + stored_bytes])
+        pos += stored_bytes
     return header, sections
+
+
+def section_sizes(data: bytes, header: dict | None = None) -> list[tuple[int, int]]:
+    """(raw, stored) bytes of a valid file's sections, as the loader reads them."""
+    check = {codec.CHAIN_VERSION: codec._check_header, codec.STATE_VERSION:
+             codec._check_state_header, codec.GRAPH_VERSION: codec._check_graph_header}
+    plan = check[version_of(data)](copy.deepcopy(header or split_header(data)), 1 << 62)
+    return [(sec.raw_bytes, sec.stored_bytes) for _, sec in codec._stored_sections(plan)]
 
 
 def seal(header_raw: bytes, sections: list[bytes], compress_header: bool = True,
          version: int = codec.CHAIN_VERSION) -> bytes:
-    """A file with valid header CRC and whole-file SHA-256 around any header and sections."""
+    """A file with valid header CRC and whole-file SHA-256 around any header and sections;
+    a compressed header is, for half the headers (by their hash), compressed with the preset
+    dictionary (header codec 2)."""
     stored, hcodec = header_raw, 0
     if compress_header:
-        packed = zstandard.ZstdCompressor(level=3).compress(header_raw)
+        with_dict = hashlib.sha256(header_raw).digest()[0] & 1
+        packed = zstandard.ZstdCompressor(level=3, dict_data=PRESET if with_dict else None,
+                                          write_dict_id=False).compress(header_raw)
         if len(packed) < len(header_raw):
-            stored, hcodec = packed, 1
+            stored, hcodec = packed, 2 if with_dict else 1
     body = PRE.pack(codec.MAGIC, version, hcodec, 0, len(stored), len(header_raw),
                     zlib.crc32(stored)) + stored + b"".join(sections)
     return body + hashlib.sha256(body).digest()
@@ -574,8 +591,8 @@ def test_a_huge_state_claim_and_a_bomb_are_refused_before_allocation():
     claim = reseal(huge, sections, codec.STATE_VERSION)
     bomb = zstandard.ZstdCompressor(level=19).compress(bytes(2**16))  # 64 KiB in 19 bytes
     sec = header["sections"][1]  # the BatchNorm's tensors
-    assert sec["tensors"][0]["name"] == "bn.weight" and len(bomb) < sec["raw_bytes"]
-    raw = sec["raw_bytes"]
+    raw = section_sizes(SEEDS["res"])[1][0]
+    assert sec["tensors"][0]["name"] == "bn.weight" and len(bomb) < raw
     sec.update(codec="zstd", stored_bytes=len(bomb), crc32=zlib.crc32(bomb))
     bombed = reseal(header, sections[:1] + [bomb] + sections[2:], codec.STATE_VERSION)
     model = TinyRes()
@@ -596,7 +613,8 @@ def test_decompression_bombs_and_oversized_claims_are_refused():
     bomb = zstandard.ZstdCompressor(level=19).compress(bytes(2**22))  # 4 MiB of zeros
     bad = copy.deepcopy(header)
     sec = bad["modules"][1]["section"]  # a 157-byte section, in a 145-byte frame
-    assert len(bomb) < sec["raw_bytes"]
+    raw = section_sizes(SEEDS["mlp"])[0][0]  # its first section
+    assert raw == 157 and len(bomb) < raw
     sec.update(codec="zstd", stored_bytes=len(bomb), crc32=zlib.crc32(bomb))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(FormatError, match="zstd frame declares 4194304 bytes, header says 157"):
@@ -604,7 +622,7 @@ def test_decompression_bombs_and_oversized_claims_are_refused():
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 2 * 1024
     unsized = zstandard.ZstdCompressor(level=1, write_content_size=False)
     chunker = unsized.compressobj()
-    frame = chunker.compress(bytes(sec["raw_bytes"])) + chunker.flush()
+    frame = chunker.compress(bytes(raw)) + chunker.flush()
     sec.update(stored_bytes=len(frame), crc32=zlib.crc32(frame))
     with pytest.raises(FormatError, match="zstd frame does not declare its size"):
         codec.decode(reseal(bad, [frame] + sections[1:]))

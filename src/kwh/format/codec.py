@@ -42,6 +42,7 @@ from kwh.format import ops
 from kwh.format import schema as fs
 from kwh.format import tensors as ft
 from kwh.format.graphnet import INPUT, GraphNet, Step, read_graph
+from kwh.format.header_dict import HEADER_DICTIONARY
 from kwh.format.io import atomic_write_bytes
 from kwh.format.shapes import UNKNOWN
 
@@ -70,7 +71,11 @@ MAX_RANK = 8  # dimensions of a state-layout tensor
 DEFAULT_MAX_ELEMENTS = 1 << 28  # tensor elements in a whole file (1 GiB as float32)
 DEFAULT_LEVEL = 19  # zstd level of sections up to LARGE_SECTION bytes
 LARGE_SECTION, LARGE_LEVEL = 1 << 20, 9
-CODECS = {"raw": 0, "zstd": 1}
+CODECS = {"raw": 0, "zstd": 1}  # of sections; the header's may also be HEADER_DICT_CODEC
+HEADER_DICT_CODEC = 2  # the header: zstd with kwh.format.header_dict's preset dictionary
+_HEADER_DICT = zstandard.ZstdCompressionDict(HEADER_DICTIONARY,
+                                             dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+SECTION_OPTIONAL = ["raw_bytes", "stored_bytes", "crc32"]  # implied; see _check_sizes
 FLOAT_BITS = 32  # kwh_bits of a layer marked as kept in float32 (kwh_frac_bits None)
 
 
@@ -93,7 +98,20 @@ def _deflate(raw: bytes, level: int | None) -> tuple[str, bytes]:
     return ("zstd", packed) if len(packed) < len(raw) else ("raw", raw)
 
 
-def _inflate(data: memoryview | bytes, raw_size: int, where: str) -> bytes:
+def _deflate_header(raw: bytes, level: int | None) -> tuple[int, bytes]:
+    """The header codec and stored bytes: the smallest of raw, zstd and zstd with the preset
+    dictionary (kwh.format.header_dict)."""
+    codec, stored = _deflate(raw, level)
+    best = (CODECS[codec], stored)
+    level = DEFAULT_LEVEL if level is None else level
+    with_dict = zstandard.ZstdCompressor(level=level, dict_data=_HEADER_DICT,
+                                         write_content_size=True, write_checksum=False,
+                                         write_dict_id=False).compress(raw)
+    return (HEADER_DICT_CODEC, with_dict) if len(with_dict) < len(best[1]) else best
+
+
+def _inflate(data: memoryview | bytes, raw_size: int, where: str,
+             dictionary: zstandard.ZstdCompressionDict | None = None) -> bytes:
     """Decompress exactly one zstd frame of exactly ``raw_size`` bytes, nothing more."""
     try:
         params = zstandard.get_frame_parameters(data)
@@ -102,7 +120,7 @@ def _inflate(data: memoryview | bytes, raw_size: int, where: str) -> bytes:
         if params.content_size != raw_size or params.dict_id != 0:
             raise FormatError(f"{where}: zstd frame declares {params.content_size} bytes, "
                               f"header says {raw_size}")
-        inflater = zstandard.ZstdDecompressor().decompressobj()
+        inflater = zstandard.ZstdDecompressor(dict_data=dictionary).decompressobj()
         out = inflater.decompress(data)  # bounded: libzstd enforces the declared content size
         if not inflater.eof or inflater.unused_data or len(out) != raw_size:
             raise FormatError(f"{where}: zstd data is incomplete or followed by extra bytes")
@@ -129,7 +147,7 @@ class _Layer:
     codec: str | None = None
     raw_bytes: int = 0
     stored_bytes: int = 0
-    crc32: int = 0
+    crc32: int | None = None  # None: not stored (the file's SHA-256 covers the section)
     tensors: list[dict] = field(default_factory=list)
     inputs: tuple[int, ...] = ()
 
@@ -216,7 +234,7 @@ def _check_section(value: Any, layer: _Layer, slots: list[fm.TensorSlot], where:
             raise FormatError(f"{where}.section must be null: {layer.kind} has no tensors")
         return used
     where = f"{where}.section"
-    fs.fields(value, where, ["codec", "raw_bytes", "stored_bytes", "crc32", "tensors"])
+    fs.fields(value, where, ["codec", "tensors"], SECTION_OPTIONAL)
     tensors = fs.get_list(value, "tensors", where, len(slots))
     if len(tensors) != len(slots):
         raise FormatError(f"{where}.tensors lists {len(tensors)} tensors; {layer.kind} carries "
@@ -238,13 +256,20 @@ def _check_section(value: Any, layer: _Layer, slots: list[fm.TensorSlot], where:
     return used
 
 
-def _check_sizes(value: dict, tensors: list[dict], where: str) -> tuple[str, int, int, int]:
-    """The codec, raw and stored sizes and CRC-32 of a section whose tensors are checked."""
+def _check_sizes(value: dict, tensors: list[dict],
+                 where: str) -> tuple[str, int, int, int | None]:
+    """The codec, raw and stored sizes and CRC-32 (None if not stored) of a section whose
+    tensors are checked. ``raw_bytes`` is implied by the tensors, ``stored_bytes`` by a raw
+    section's, ``crc32`` by the file's SHA-256: a file states them or not (kwh 0.1.0's first
+    files did); where stated they must agree."""
     codec = fs.get_choice(value, "codec", where, list(CODECS))
-    raw = fs.get_int(value, "raw_bytes", where, 0, 1 << 62)
-    stored = fs.get_int(value, "stored_bytes", where, 0, 1 << 62)
-    crc = fs.get_int(value, "crc32", where, 0, 0xFFFFFFFF)
     total = sum(t["raw_bytes"] for t in tensors)
+    raw = fs.get_int(value, "raw_bytes", where, 0, 1 << 62) if "raw_bytes" in value else total
+    if codec == "zstd" and "stored_bytes" not in value:
+        raise FormatError(f"{where}: a zstd section states its stored_bytes")
+    stored = fs.get_int(value, "stored_bytes", where, 0, 1 << 62) \
+        if "stored_bytes" in value else raw
+    crc = fs.get_int(value, "crc32", where, 0, 0xFFFFFFFF) if "crc32" in value else None
     if raw != total:
         raise FormatError(f"{where}.raw_bytes={raw}, but its tensors take {total}")
     if codec == "raw" and stored != raw:
@@ -386,7 +411,7 @@ class _Section:
     codec: str
     raw_bytes: int
     stored_bytes: int
-    crc32: int
+    crc32: int | None
     tensors: list[dict]  # checked descriptions, each with "quant" and "raw_bytes"
 
 
@@ -459,7 +484,7 @@ def _check_state_header(header: dict, max_elements: int) -> _StatePlan:
     sections, names, elements = [], set(), 0
     for i, entry in enumerate(entries):
         where = f"section {i}"
-        fs.fields(entry, where, ["codec", "raw_bytes", "stored_bytes", "crc32", "tensors"])
+        fs.fields(entry, where, ["codec", "tensors"], SECTION_OPTIONAL)
         metas = fs.get_list(entry, "tensors", where, MAX_TENSORS - len(names))
         if not metas:
             raise FormatError(f"{where}.tensors is empty; a section holds at least one tensor")
@@ -526,6 +551,15 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
+def _section_entry(codec: str, stored: bytes, metas: list[dict]) -> dict:
+    """A section's header entry: what the loader cannot infer. The raw size follows from the
+    tensors, a raw section's stored size from it, and the file's SHA-256 covers the bytes."""
+    entry = {"codec": codec, "tensors": metas}
+    if codec != "raw":
+        entry["stored_bytes"] = len(stored)
+    return entry
+
+
 def _encode_module(module: nn.Module, where: str,
                    level: int | None) -> tuple[dict, bytes | None]:
     """The header entry of one allowed layer ({"type", "args", "quant", "section"}) and its
@@ -543,8 +577,7 @@ def _encode_module(module: nn.Module, where: str,
     if slots:
         raw = b"".join(blobs)
         codec, stored = ("raw", raw) if _coded(metas) else _deflate(raw, level)
-        section = {"codec": codec, "raw_bytes": len(raw), "stored_bytes": len(stored),
-                   "crc32": _crc(stored), "tensors": metas}
+        section = _section_entry(codec, stored, metas)
     return {"type": kind, "args": args, "section": section,
             "quant": None if quant is None else {"bits": quant[0], "frac_bits": quant[1]}}, stored
 
@@ -741,8 +774,7 @@ def _encode_state(model: nn.Module, level: int | None) -> tuple[list[dict], list
     for _, metas, blobs in groups:
         raw = b"".join(blobs)
         codec, stored = ("raw", raw) if _coded(metas) else _deflate(raw, level)
-        entries.append({"codec": codec, "raw_bytes": len(raw), "stored_bytes": len(stored),
-                        "crc32": _crc(stored), "tensors": metas})
+        entries.append(_section_entry(codec, stored, metas))
         sections.append(stored)
     return entries, sections
 
@@ -798,8 +830,8 @@ def _encode_parts(model: nn.Module, input_shape: Any, level: int | None,
     if len(header_raw) > MAX_HEADER_BYTES:
         raise ModelError(f"the header takes {len(header_raw)} bytes, more than "
                          f"{MAX_HEADER_BYTES}; make kwh_summary smaller")
-    codec, header_stored = _deflate(header_raw, level)
-    return PREAMBLE.pack(MAGIC, version, CODECS[codec], 0, len(header_stored), len(header_raw),
+    codec, header_stored = _deflate_header(header_raw, level)
+    return PREAMBLE.pack(MAGIC, version, codec, 0, len(header_stored), len(header_raw),
                          _crc(header_stored)) + header_stored, sections
 
 
@@ -912,11 +944,12 @@ def _read_verified(data_source: Any, max_elements: int, where: str) -> _Read:
         raise FormatError(f"{where} has format version {version}; this kwh reads versions "
                           f"{', '.join(map(str, VERSIONS[:-1]))} and {VERSIONS[-1]}"
                           + (" (upgrade kwh)" if version > VERSION else ""))
-    if hcodec not in CODECS.values() or reserved:
-        raise FormatError(f"{where}: unknown header codec {hcodec} or reserved byte {reserved}")
+    if hcodec not in (*CODECS.values(), HEADER_DICT_CODEC) or reserved:
+        raise FormatError(f"{where}: unknown header codec {hcodec} or reserved byte {reserved}"
+                          + (" (upgrade kwh)" if not reserved else ""))
     if not 2 <= hraw <= MAX_HEADER_BYTES:
         raise FormatError(f"{where}: header of {hraw} bytes is outside [2, {MAX_HEADER_BYTES}]")
-    if (hcodec == 0 and hstored != hraw) or (hcodec == 1 and not 0 < hstored < hraw):
+    if (hcodec == 0 and hstored != hraw) or (hcodec != 0 and not 0 < hstored < hraw):
         raise FormatError(f"{where}: stored header size {hstored} is impossible for a "
                           f"{hraw}-byte header")
     if low + hstored > size:
@@ -924,7 +957,9 @@ def _read_verified(data_source: Any, max_elements: int, where: str) -> _Read:
     stored = read(hstored)
     if _crc(stored) != hcrc:
         raise FormatError(f"{where}: header CRC-32 mismatch (the file is corrupt)")
-    header = fs.parse_json(_inflate(stored, hraw, f"{where} header") if hcodec else stored)
+    header = fs.parse_json(_inflate(stored, hraw, f"{where} header",
+                                    _HEADER_DICT if hcodec == HEADER_DICT_CODEC else None)
+                           if hcodec else stored)
     check = {CHAIN_VERSION: _check_header, STATE_VERSION: _check_state_header,
              GRAPH_VERSION: _check_graph_header}[version]
     plan = check(header, max_elements)
@@ -948,7 +983,7 @@ def _read_verified(data_source: Any, max_elements: int, where: str) -> _Read:
     for label, sec in stored_sections:
         chunk = view[offset:offset + sec.stored_bytes]
         offset += sec.stored_bytes
-        if _crc(chunk) != sec.crc32:
+        if sec.crc32 is not None and _crc(chunk) != sec.crc32:
             raise FormatError(f"{where}: {label} fails its CRC-32")
         raw = _inflate(chunk, sec.raw_bytes, f"{where} {label}") \
             if sec.codec == "zstd" else bytes(chunk)
