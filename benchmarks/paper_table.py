@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kl-compute-power", type=float, default=0.0,
                    help="kwh rows: each layer's KL weighted by its compute ** P "
                         "(kwh.train kl_compute_power; default 0: the free energy)")
+    p.add_argument("--kl-warmup-end", type=float, default=None, metavar="FRACTION",
+                   help="kwh rows: the KL weight reaches 1 at this fraction of the Bayesian "
+                        "epochs (kwh.train kl_warmup_end; default 0.2; 0: no warm-up)")
     p.add_argument("--variance-lr-mult", type=float, default=None,
                    help="kwh rows: step of the log-scale parameters as a multiple of --lr "
                         "(kwh.train variance_lr_mult; default: each prior's own)")
@@ -112,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             if getattr(a, k) < (1 if k != "pretrain_epochs" else 0):
                 p.error(f"--{k.replace('_', '-')} must be positive, got {getattr(a, k)}")
             cfg[k] = getattr(a, k)
+    if a.kl_warmup_end is not None and not 0 <= a.kl_warmup_end <= 1:
+        p.error(f"--kl-warmup-end must be a fraction in [0, 1], got {a.kl_warmup_end}")
     if a.shrink_patience < 0:
         p.error(f"--shrink-patience must be >= 0, got {a.shrink_patience}")
     if a.finetune_epochs < 0 or not 0 < a.finetune_lr < float("inf"):
@@ -227,7 +232,9 @@ def run_seed(a, seed: int, tdata, data, files: Path, runs: Path, log) -> tuple[l
         model, hist = train_bayes(a.net, dense, prior, tdata, cfg["epochs"], runs / prior, seed,
                                   shrink_patience=a.shrink_patience,
                                   variance_lr_mult=a.variance_lr_mult,
-                                  kl_compute_power=a.kl_compute_power, **opts)
+                                  kl_compute_power=a.kl_compute_power, **opts,
+                                  **({} if a.kl_warmup_end is None
+                                     else {"kl_warmup_end": a.kl_warmup_end}))
         train_s = sum(h["seconds"] or 0 for h in hist)
         small, nbytes = compress_and_save(model, tdata, files / f"seed{seed}_{prior}.kwh", a.bits_search)
         rows.append(_kwh_row(base, label, small, nbytes, prior, seed, files, data, tdata,
