@@ -167,7 +167,10 @@ def test_the_header_holds_the_wiring(graph_file):
     assert header["layout"] == "graph" and header["input_shape"] == list(SHAPE)
     assert header["input_normalization"] is None
     assert header["summary"] == {"arch": "small-resnet", "input_shape": list(SHAPE)}
-    assert [(n["op"], n["inputs"]) for n in header["nodes"]] == WIRING
+    # a node without "inputs" reads the node before it
+    assert [(n["op"], n.get("inputs", [i - 1])) for i, n in enumerate(header["nodes"])] == WIRING
+    assert all(n["inputs"] != [i - 1] for i, n in enumerate(header["nodes"]) if "inputs" in n)
+    assert any("inputs" in n for n in header["nodes"]) and "inputs" not in header["nodes"][0]
     assert header["output"] == len(WIRING) - 1
     nodes = header["nodes"]
     assert nodes[13]["args"] == {"dim": 1} and nodes[8]["args"] == nodes[16]["args"] == {}
@@ -270,7 +273,7 @@ def test_torchvision_style_blocks_are_read():
                           nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(4, 3)).eval()
     data = codec.encode(model, input_shape=SHAPE)  # not a chain (Basic): a graph
     assert data[8] == codec.GRAPH_VERSION
-    ops = [(n["op"], n["inputs"]) for n in split_header(data)["nodes"]]
+    ops = [(n["op"], n.get("inputs", [i - 1])) for i, n in enumerate(split_header(data)["nodes"])]
     assert ops[2:9] == [("Conv2d", [1]), ("BatchNorm2d", [2]), ("ReLU", [3]), ("Conv2d", [4]),
                         ("BatchNorm2d", [5]), ("add", [6, 1]), ("ReLU", [7])]
     with torch.no_grad():

@@ -137,3 +137,53 @@ def test_a_header_codec_must_match_its_frame(chain):
     body = bytes(data[:-codec.TRAILER_BYTES])
     with pytest.raises(FormatError, match=r"unknown header codec 3 .*\(upgrade kwh\)"):
         codec.decode(body + hashlib.sha256(body).digest())
+
+
+def test_a_layers_tensor_names_and_shapes_are_implied_and_checked_when_stated(chain):
+    data = codec.encode(chain, input_shape=(1, 6, 6))
+    header = split_header(data)
+    metas = [t for sec in _sections(header) for t in sec["tensors"]]
+    assert metas and all("name" not in t and "shape" not in t for t in metas)
+    x = torch.randn(2, 1, 6, 6)
+    stated = copy.deepcopy(header)  # as older files state them
+    for m in stated["modules"]:
+        if m["section"]:
+            conv = nn.Conv2d(m["args"]["in_channels"], m["args"]["out_channels"], 3) \
+                if m["type"] == "Conv2d" else nn.Linear(m["args"]["in_features"],
+                                                        m["args"]["out_features"])
+            for t, name in zip(m["section"]["tensors"], ("weight", "bias")):
+                t.update(name=name, shape=list(getattr(conv, name).shape))
+    assert torch.equal(codec.decode(reseal(data, stated, codec.CHAIN_VERSION))(x), chain(x))
+    for field, value, match in [("name", "bias", "expected 'weight'"),
+                                ("shape", [8, 1, 3, 4], "shape does not match")]:
+        bad = copy.deepcopy(header)
+        _sections(bad)[0]["tensors"][0][field] = value
+        with pytest.raises(FormatError, match=match):
+            codec.decode(reseal(data, bad, codec.CHAIN_VERSION))
+
+
+class _Skip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + x
+
+
+def test_a_graph_node_without_inputs_reads_the_node_before():
+    torch.manual_seed(0)
+    model = _Skip().eval()
+    data = codec.encode(model, input_shape=(4,), layout="graph")
+    header = split_header(data)
+    stated = [n.get("inputs") for n in header["nodes"]]
+    assert stated[:3] == [None, None, None] and stated[-1] is not None  # a, relu, b; add
+    x = torch.randn(3, 4)
+    assert torch.equal(codec.decode(data)(x), model(x))
+    explicit = copy.deepcopy(header)
+    for i, n in enumerate(explicit["nodes"]):
+        n.setdefault("inputs", [i - 1])
+    assert torch.equal(codec.decode(reseal(data, explicit, codec.GRAPH_VERSION))(x), model(x))
+    rewired = copy.deepcopy(header)
+    rewired["nodes"][-1]["inputs"] = [2, 2]  # b(...) + b(...): another network, not refused
+    assert not torch.equal(codec.decode(reseal(data, rewired, codec.GRAPH_VERSION))(x), model(x))

@@ -240,6 +240,8 @@ def _check_section(value: Any, layer: _Layer, slots: list[fm.TensorSlot], where:
         raise FormatError(f"{where}.tensors lists {len(tensors)} tensors; {layer.kind} carries "
                           f"{[s.name for s in slots]}")
     for j, (meta, slot) in enumerate(zip(tensors, slots)):
+        if isinstance(meta, dict):  # the name and shape are the slot's unless stated
+            meta = {"name": slot.name, "shape": list(slot.shape), **meta}
         used += math.prod(slot.shape)
         if used > max_elements:  # refused before any allocation
             raise FormatError(f"{where}: the file claims at least {used} tensor elements, more "
@@ -317,8 +319,9 @@ def _allowed_ops() -> str:
 
 
 def _check_inputs(entry: dict, i: int, n: int, arity: tuple[int, int], where: str) -> tuple:
-    """A node's input indices: earlier nodes or the model's input (-1), as many as it takes."""
-    inputs = fs.get_list(entry, "inputs", where, ops.MAX_INPUTS)
+    """A node's input indices: earlier nodes or the model's input (-1), as many as it takes;
+    without ``inputs``, the node before it (node 0: the model's input)."""
+    inputs = fs.get_list(entry, "inputs", where, ops.MAX_INPUTS) if "inputs" in entry else [i - 1]
     lo, hi = arity
     if not lo <= len(inputs) <= hi:
         takes = f"{lo}" if lo == hi else f"{lo} to {hi}"
@@ -341,7 +344,7 @@ def _check_node(entry: Any, i: int, n: int, shapes: list, input_shape: tuple[int
                 used: int, max_elements: int) -> tuple[_Layer, tuple[int, ...], int]:
     """One checked node, its output shape and the running element count."""
     where = f"node {i}"
-    fs.fields(entry, where, ["op", "args", "inputs", "quant", "section"])
+    fs.fields(entry, where, ["op", "args", "quant", "section"], ["inputs"])
     op = entry["op"]
     if not isinstance(op, str) or (op not in fm.SPECS and op not in ops.OPS):
         raise FormatError(f"{where}: op {reprlib.repr(op)[:40]} is not allowed; allowed: "
@@ -569,9 +572,9 @@ def _encode_module(module: nn.Module, where: str,
     slots = spec.tensors(checked)
     quant = _quant_of(module, any(s.quantizable for s in slots), where)
     metas, blobs = [], []
-    for slot in slots:
+    for slot in slots:  # the name and shape follow from the layer's type and arguments
         meta, blob = _encode_tensor(module, slot, quant, where)
-        metas.append(meta)
+        metas.append({k: v for k, v in meta.items() if k not in ("name", "shape")})
         blobs.append(blob)
     section, stored = None, None
     if slots:
@@ -611,14 +614,16 @@ def _encode_graph(net: GraphNet, sources: list[str],
     nodes, sections = [], []
     for i, (step, source) in enumerate(zip(net.steps, sources)):
         if step.op in ops.OPS:
-            nodes.append({"op": step.op, "args": dict(step.args), "inputs": list(step.inputs),
-                          "quant": None, "section": None})
-            continue
-        entry, stored = _encode_module(net.layer(i), f"node {i}, {source}", level)
-        nodes.append({"op": entry["type"], "args": entry["args"], "inputs": list(step.inputs),
-                      "quant": entry["quant"], "section": entry["section"]})
-        if stored is not None:
-            sections.append(stored)
+            nodes.append({"op": step.op, "args": dict(step.args), "quant": None,
+                          "section": None})
+        else:
+            entry, stored = _encode_module(net.layer(i), f"node {i}, {source}", level)
+            nodes.append({"op": entry["type"], "args": entry["args"], "quant": entry["quant"],
+                          "section": entry["section"]})
+            if stored is not None:
+                sections.append(stored)
+        if list(step.inputs) != [i - 1]:  # the node before: implied
+            nodes[-1]["inputs"] = list(step.inputs)
     return nodes, sections
 
 
