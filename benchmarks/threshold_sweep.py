@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -44,7 +45,8 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
           width: float | None = None, bits_search: str = "fit", prune_search: str = "off",
           prune_tolerance: float = 0.1,
           float_bits: int = FLOAT_BITS,
-          bits_tolerance: float | None = None) -> tuple[list[dict], dict]:
+          bits_tolerance: float | None = None,
+          fixed: dict[str, float] | None = None) -> tuple[list[dict], dict]:
     """One row per threshold: errors (validation, test, before quantization), rates, bytes;
     with ``finetune_epochs``, the same of the fine-tuned model under "finetuned" (distilled
     from ``teacher`` when given). ``only``: a glob of layer names whose threshold is swept;
@@ -54,7 +56,8 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
     nonzero weights, "fit-macs": fewest nonzero multiplications). ``float_bits``: the
     magnitude bits of the biases' and norms' grids (kwh.compress.floats). ``bits_tolerance``:
     the validation error (points) the guarded bits may cost (kwh.compress's default when
-    None)."""
+    None). ``fixed``: {GLOB: threshold} for layers held at a threshold of their own along the
+    sweep (they win over the swept one)."""
     if width is not None:  # a run of a resized reference net: its structure comes from here
         cfg0 = json.loads((checkpoint_path(run).parent / "config.json").read_text())
         template = make_net(cfg0["model"], width)
@@ -80,10 +83,19 @@ def sweep(run: str, thresholds: list[float], files: Path | None = None, finetune
     if tdata.validation is None:
         raise SystemExit(f"{run}: the run held out no validation split to choose on")
     val, test = batch_loader(tdata.validation, 1000), batch_loader(tdata.test, 1000)
+    held = {}
+    for glob, value in (fixed or {}).items():
+        names = [n for n, m in loaded.model.named_modules()
+                 if isinstance(m, BayesLayer) and fnmatch.fnmatchcase(n, glob)]
+        if not names:
+            raise SystemExit(f"--set {glob}={value:g} matches no Bayesian layer of {run}")
+        held.update(dict.fromkeys(names, value))
     guard = {} if bits_tolerance is None else dict(bits_tolerance=bits_tolerance)
     rows = []
     for t in thresholds:
         by_layer = dict(threshold=t) if swept is None else dict(thresholds=dict.fromkeys(swept, t))
+        if held:
+            by_layer["thresholds"] = {**by_layer.get("thresholds", {}), **held}
         small = kwh.compress(loaded.model, CompressConfig(input_shape=tdata.input_shape,
                                                           bits_search=bits_search,
                                                           prune_search=prune_search,
@@ -186,6 +198,9 @@ def main(argv=None) -> int:
                    help="the validation error the guarded bits may cost (kwh.compress's "
                         f"bits_tolerance; default {CompressConfig().bits_tolerance:g}); the "
                         "fine-tuning on the grids may win it back")
+    p.add_argument("--set", action="append", default=[], metavar="GLOB=T",
+                   help="hold the layers matching GLOB at log-alpha threshold T in every row "
+                        "(wins over the swept threshold; repeatable), e.g. 'layer1.*=0'")
     p.add_argument("--only", default=None, metavar="GLOB",
                    help="sweep only the layers whose names match GLOB (e.g. '*.attn.out'); the "
                         "others keep their posterior's threshold")
@@ -194,6 +209,16 @@ def main(argv=None) -> int:
         p.error("--finetune-epochs must be >= 0 and --finetune-lr positive")
     if a.finetune_teacher and not a.finetune_epochs:
         p.error("--finetune-teacher goes with --finetune-epochs N")
+    fixed = {}
+    for item in a.set:
+        glob, _, value = item.rpartition("=")
+        try:
+            t = float(value)
+        except ValueError:
+            t = math.nan
+        if not glob or not math.isfinite(t):
+            p.error(f"--set {item!r}: give GLOB=THRESHOLD, e.g. 'layer1.*=0'")
+        fixed[glob] = t
     teacher = load_model(a.finetune_teacher).model if a.finetune_teacher else None
     torch.set_num_threads(a.threads)
     out = Path(a.out)
@@ -201,7 +226,8 @@ def main(argv=None) -> int:
     files.mkdir(parents=True, exist_ok=True)
     rows, cfg = sweep(a.run, sorted(a.thresholds), files, a.finetune_epochs, a.finetune_lr,
                       Path(f"{out}_runs"), a.only, teacher, a.width, a.bits_search,
-                      a.prune_search, a.prune_tolerance, a.float_bits, a.bits_tolerance)
+                      a.prune_search, a.prune_tolerance, a.float_bits, a.bits_tolerance,
+                      fixed)
     ft = "finetuned" if a.finetune_epochs else None
     chosen = None if a.match_val_error is None else pick(rows, a.match_val_error, ft)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -225,6 +251,8 @@ def main(argv=None) -> int:
           "the title); file: the .kwh file's bytes, and without its summary (bare)." +
           (f" The threshold is that of the layers matching `{a.only}` only; the others keep "
            "their posterior's." if a.only else "") +
+          (" Held in every row: " + ", ".join(f"`{g}` at {t:g}" for g, t in fixed.items()) +
+           "." if fixed else "") +
           (f" Fine-tuned: {a.finetune_epochs} epochs at lr {a.finetune_lr:g} (Adam, decayed "
            "linearly to 0) on the run's training split, weights on their fixed-point grids, "
            "pruned weights held at zero (kwh.app.finetune); same architecture and bits." +

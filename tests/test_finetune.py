@@ -247,6 +247,22 @@ def test_threshold_sweep_passes_the_bits_tolerance(tiny_run):
     assert all(b1 <= b0 for b0, b1 in zip(*bits)) and sum(bits[1]) < sum(bits[0])
 
 
+def test_threshold_sweep_holds_the_layers_set(tiny_run):
+    """--set GLOB=T: those layers stay at T in every row, the others follow the sweep."""
+    from benchmarks import threshold_sweep
+
+    with pytest.raises(SystemExit, match="matches no Bayesian layer"):
+        threshold_sweep.sweep(str(tiny_run), [3.0], fixed={"*.attn.out": 0.0})
+    rows, _ = threshold_sweep.sweep(str(tiny_run), [-2.0, 3.0], fixed={"5": 3.0})
+    at3, _ = threshold_sweep.sweep(str(tiny_run), [3.0])
+    at_2, _ = threshold_sweep.sweep(str(tiny_run), [-2.0])
+    assert rows[1]["nonzero_pct"] == at3[0]["nonzero_pct"]  # 3 everywhere either way
+    # at -2 with the last Linear held at 3: fewer weights than 3 everywhere, more than -2
+    assert at_2[0]["nonzero_pct"] < rows[0]["nonzero_pct"] < at3[0]["nonzero_pct"]
+    with pytest.raises(SystemExit):
+        threshold_sweep.main([str(tiny_run), "--thresholds", "3", "--set", "5", "--out", "x"])
+
+
 def test_threshold_sweep_only_moves_the_matching_layers(tiny_run, tmp_path):
     """--only GLOB: the swept threshold reaches the matching layers alone; the others keep
     their posterior's threshold, so their kept weights do not change along the sweep."""
