@@ -67,3 +67,44 @@ def test_a_deployment_copy_leaves_the_summary_out_and_runs_the_same(tmp_path):
     with pytest.raises(ValueError, match="summary=.* is invalid"):
         kwh.save(small, tmp_path / "bad.kwh", summary="no")
     assert not (tmp_path / "bad.kwh").exists()
+
+
+def test_the_dense_original_of_a_loaded_resnet_file_is_rebuilt_from_its_summary(tmp_path):
+    """kwh energy on a compressed ResNet file needs no --dense: the loaded GraphNet rebuilt at
+    the summary's original shapes has the dense model's layers (BatchNorm folded) and
+    multiplications; a summary whose counts disagree is refused, never priced."""
+    import copy
+
+    from kwh.energy.sources import dense_reference
+    from kwh.errors import ModelError
+
+    model = _bayesian_resnet("group-horseshoe")  # width 4: no reference model has its shapes
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    small = kwh.compress(model, example_inputs=x)
+    path = tmp_path / "resnet.kwh"
+    kwh.save(small, path)
+    loaded = kwh.load(path)
+    s = loaded.kwh_summary
+    assert s["architecture"] != s["architecture_original"]
+    dense, label = dense_reference(s, None, loaded)
+    assert "summary's shapes" in label
+    convs = lambda m: [tuple(c.weight.shape) for c in m.modules()  # noqa: E731
+                       if isinstance(c, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert convs(dense) == convs(resnet20(width=4))
+    macs = {}
+    hooks = [c.register_forward_hook(lambda c, a, o: macs.__setitem__(c, o[0].numel()
+                                                                       * c.weight[0].numel()))
+             for c in dense.modules() if isinstance(c, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        assert dense(x).shape == (8, 10)
+    for h in hooks:
+        h.remove()
+    assert sum(macs.values()) == s["macs_original"]
+    bad = copy.deepcopy(s)
+    bad["layers"][3]["macs_original"] += 1
+    with pytest.raises(ModelError, match="multiplications, its summary"):
+        dense_reference(bad, None, loaded)
+    bad = copy.deepcopy(s)
+    bad["layers"][3]["shape_original"][1] += 1  # its input no longer fits the layer before
+    with pytest.raises(ModelError, match="does not run.*--dense NAME"):
+        dense_reference(bad, None, loaded)

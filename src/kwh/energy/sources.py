@@ -12,7 +12,8 @@ from kwh.errors import ModelError
 from kwh.modules import SelectInputs
 from kwh.models import MODELS, build
 
-__all__ = ["dense_reference", "dense_of_weights_mode", "input_shape_for", "DATA_SHAPES"]
+__all__ = ["dense_reference", "dense_of_weights_mode", "dense_from_layers", "input_shape_for",
+           "DATA_SHAPES"]
 
 DATA_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -67,6 +68,73 @@ def dense_from_chain(model: nn.Module, summary: dict) -> nn.Module:
     return nn.Sequential(*out).eval()
 
 
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def dense_from_layers(model: nn.Module, summary: dict) -> nn.Module:
+    """The dense original of a compressed model of any wiring (a kwh.format.GraphNet loaded
+    from a file, a traced graph): a copy with each Linear/Conv2d, in module order, back at the
+    summary's original shape (same kernel, stride, padding, dilation) and input selections
+    replaced by identities. Checked, else a ModelError: it runs on one example of the summary's
+    input shape, and each rebuilt layer's multiplications equal the summary's
+    ``macs_original`` for it. BatchNorm folded into a layer at compression stays folded (its
+    per-channel scale and shift are not priced). Weights are random: priced by shape."""
+    layers, shape = summary["layers"], summary.get("input_shape")
+    if not shape:
+        raise ModelError("the summary records no input shape to check the dense original on")
+    dense = copy.deepcopy(model).eval()
+    for name, m in list(dense.named_modules()):
+        if isinstance(m, SelectInputs):
+            _set_module(dense, name, nn.Identity())
+    weighted = [(n, m) for n, m in dense.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if len(weighted) != len(layers):
+        raise ModelError(f"the model has {len(weighted)} Linear/Conv2d layers, its summary "
+                         f"{len(layers)}")
+    rebuilt = {}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for (name, m), entry in zip(weighted, layers):
+            o, i, *kernel = (int(d) for d in entry["shape_original"])
+            if isinstance(m, nn.Conv2d):
+                if m.groups != 1 or len(kernel) != 2:
+                    raise ModelError(f"layer {entry.get('name', name)}: a grouped convolution's "
+                                     "original cannot be rebuilt from its shape alone")
+                new = nn.Conv2d(i, o, tuple(kernel), stride=m.stride, padding=m.padding,
+                                dilation=m.dilation, bias=True)
+            else:
+                if kernel:
+                    raise ModelError(f"layer {entry.get('name', name)}: original shape "
+                                     f"{entry['shape_original']} is not a Linear layer's")
+                new = nn.Linear(i, o, bias=True)
+            _set_module(dense, name, new)
+            rebuilt[new] = entry
+    counted = {}
+
+    def hook(module, args, out):
+        per_output = module.weight[0].numel()
+        counted[module] = out[0].numel() * per_output  # one example: out[0]
+
+    handles = [m.register_forward_hook(hook) for m in rebuilt]
+    try:
+        with torch.no_grad():
+            dense(torch.zeros(1, *(int(d) for d in shape)))
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise ModelError(f"the model rebuilt at its summary's original shapes does not run "
+                         f"({str(err).splitlines()[0][:200]})") from None
+    finally:
+        for h in handles:
+            h.remove()
+    for module, entry in rebuilt.items():
+        want = entry.get("macs_original")
+        if want is not None and counted.get(module) != want:
+            raise ModelError(f"layer {entry.get('name', '?')} rebuilt at its original shape "
+                             f"makes {counted.get(module)} multiplications, its summary "
+                             f"{want}")
+    return dense
+
+
 def dense_of_weights_mode(model: nn.Module) -> nn.Module:
     """The dense original of a weight-only compression (its architecture unchanged): a copy
     without the kwh attributes, so every layer is priced as dense fp32."""
@@ -109,8 +177,15 @@ def dense_reference(summary: dict | None, name: str | None = None,
             return candidate, label
     if model is not None and isinstance(model, nn.Sequential):
         return dense_from_chain(model, summary), "the file's dense original (its summary's shapes)"
-    raise ModelError(f"the summary's original layer shapes {want} match no reference model; "
-                     f"give --dense NAME (one of: {', '.join(MODELS)})")
+    why = ""
+    if model is not None:
+        try:
+            return (dense_from_layers(model, summary),
+                    "the file's dense original (its summary's shapes, BatchNorm folded)")
+        except ModelError as err:
+            why = f" and the model cannot be rebuilt at them: {err}"
+    raise ModelError(f"the summary's original layer shapes {want} match no reference model"
+                     f"{why}; give --dense NAME (one of: {', '.join(MODELS)})")
 
 
 def input_shape_for(data: str | None, summary: dict | None, model: nn.Module,
