@@ -889,9 +889,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, input_shape: Any = None,
     restored as ``model.kwh_input_normalization``; by default that attribute when present.
     summary: False leaves the compression summary (``model.kwh_summary``: architecture, bits,
     rates, errors, the dense original's sizes) out of the file: a deployment copy, smaller by
-    the summary's compressed size (1.8 KB of a ResNet-20's 8.5 KB file), that loads and runs the same but
-    whose ``kwh inspect``, ``kwh energy`` and ``kwh report`` have no record of the dense
-    original or the compression (energy then needs ``--dense``).
+    the summary's compressed size (1.8 KB of a ResNet-20's 8.5 KB file), that loads and runs
+    the same but whose ``kwh inspect``, ``kwh energy`` and ``kwh report`` have no record of the
+    dense original or the compression (energy then needs ``--dense``).
     """
     data = encode(model, input_shape=input_shape, level=level, layout=layout,
                   input_normalization=input_normalization, summary=summary)
