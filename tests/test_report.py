@@ -134,6 +134,21 @@ def test_report_is_about_the_model_in_hand(kwh_file, monkeypatch):
     assert "Of the dense original: not in the file; give --dense-accuracy" in comparison
 
 
+def test_report_quotes_the_fine_tuned_error_of_a_fine_tuned_file(kwh_file, tmp_path):
+    """A file whose model was fine-tuned after compression (its summary's
+    eval["error_after_finetune"]) is that model: the report quotes that error, not the one
+    measured before fine-tuning."""
+    small = kwh.load(kwh_file)
+    ev = small.kwh_summary["eval"]
+    ev["error_after_finetune"] = ev["error_after_quantization"] / 2 + 0.0123
+    path = tmp_path / "tuned.kwh"
+    kwh.save(small, path)
+    html = build_report(load_model(str(path)))
+    tuned, before = 100 * ev["error_after_finetune"], 100 * ev["error_after_quantization"]
+    overview = section(html, "overview")
+    assert f"Test error: {tuned:.2f}% after fine-tuning ({before:.2f}% before it" in overview
+
+
 def test_rates_and_bits_say_what_they_count(kwh_file):
     html = build_report(load_model(str(kwh_file)))
     s = kwh.load(kwh_file).kwh_summary

@@ -74,6 +74,12 @@ def _recorded_error(summary: dict | None) -> tuple[float, str] | None:
     ev = (summary or {}).get("eval")
     if not ev:
         return None
+    if ev.get("error_after_finetune") is not None:  # the file holds the fine-tuned model
+        return ev["error_after_finetune"], (
+            f"{100 * ev['error_after_finetune']:.2f}% after fine-tuning "
+            f"({100 * ev['error_after_quantization']:.2f}% before it, after quantization), "
+            f"recorded in the file (measured on {ev['examples']:,} test examples; --data "
+            "measures it again)")
     return ev["error_after_quantization"], (
         f"{100 * ev['error_after_quantization']:.2f}% after quantization, "
         f"{100 * ev['error_before_quantization']:.2f}% before, recorded in the file (kwh "
@@ -91,8 +97,11 @@ def _errors(comp, summary: dict | None, recorded: tuple[float, str] | None, hint
         text = f"{100 * (1 - acc):.2f}% ({mine.accuracy_note})"
         ev = (summary or {}).get("eval")
         if ev:
-            text += (f"; the file records {100 * ev['error_after_quantization']:.2f}% on "
-                     f"{ev['examples']:,} test examples")
+            tuned = ev.get("error_after_finetune")
+            recorded_error = ev["error_after_quantization"] if tuned is None else tuned
+            text += (f"; the file records {100 * recorded_error:.2f}% on "
+                     f"{ev['examples']:,} test examples"
+                     + ("" if tuned is None else " (after fine-tuning)"))
         error = (100 * (1 - acc), text)
     elif reference:
         error = (None, mine.accuracy_note)
