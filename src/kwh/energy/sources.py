@@ -36,6 +36,17 @@ def _candidates(summary: dict):
                                                       in_channels=shape[0])
 
 
+def _at_shape(m: nn.Linear | nn.Conv2d, shape: tuple[int, ...]) -> nn.Module:
+    """A fresh Linear / Conv2d like ``m`` (kernel, stride, padding, dilation) at weight shape
+    ``shape``, with a bias."""
+    if isinstance(m, nn.Conv2d):
+        o, i, *kernel = shape
+        return nn.Conv2d(i, o, tuple(kernel), stride=m.stride, padding=m.padding,
+                         dilation=m.dilation, bias=True)
+    o, i = shape
+    return nn.Linear(i, o, bias=True)
+
+
 def dense_from_chain(model: nn.Module, summary: dict) -> nn.Module:
     """The dense original of a compressed chain: each Linear/Conv2d back at the summary's
     original shape (same kernel, stride, padding, dilation), the input selection removed,
@@ -54,14 +65,8 @@ def dense_from_chain(model: nn.Module, summary: dict) -> nn.Module:
         for m in model:
             if isinstance(m, SelectInputs):
                 continue
-            if isinstance(m, nn.Conv2d):
-                o, i, *kernel = shapes[k]
-                out.append(nn.Conv2d(i, o, tuple(kernel), stride=m.stride, padding=m.padding,
-                                     dilation=m.dilation, bias=True))
-                k += 1
-            elif isinstance(m, nn.Linear):
-                o, i = shapes[k]
-                out.append(nn.Linear(i, o, bias=True))
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                out.append(_at_shape(m, shapes[k]))
                 k += 1
             else:
                 out.append(copy.deepcopy(m))
@@ -96,18 +101,14 @@ def dense_from_layers(model: nn.Module, summary: dict) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         for (name, m), entry in zip(weighted, layers):
-            o, i, *kernel = (int(d) for d in entry["shape_original"])
-            if isinstance(m, nn.Conv2d):
-                if m.groups != 1 or len(kernel) != 2:
-                    raise ModelError(f"layer {entry.get('name', name)}: a grouped convolution's "
-                                     "original cannot be rebuilt from its shape alone")
-                new = nn.Conv2d(i, o, tuple(kernel), stride=m.stride, padding=m.padding,
-                                dilation=m.dilation, bias=True)
-            else:
-                if kernel:
-                    raise ModelError(f"layer {entry.get('name', name)}: original shape "
-                                     f"{entry['shape_original']} is not a Linear layer's")
-                new = nn.Linear(i, o, bias=True)
+            original = tuple(int(d) for d in entry["shape_original"])
+            if len(original) != m.weight.dim():
+                raise ModelError(f"layer {entry.get('name', name)}: original shape "
+                                 f"{list(original)} is not a {type(m).__name__} layer's")
+            if isinstance(m, nn.Conv2d) and m.groups != 1:
+                raise ModelError(f"layer {entry.get('name', name)}: a grouped convolution's "
+                                 "original cannot be rebuilt from its shape alone")
+            new = _at_shape(m, original)
             _set_module(dense, name, new)
             rebuilt[new] = entry
     counted = {}

@@ -786,8 +786,9 @@ def _encode_state(model: nn.Module, level: int | None) -> tuple[list[dict], list
 
 def _encode_parts(model: nn.Module, input_shape: Any, level: int | None,
                   layout: str | None = None, input_normalization: Any = None,
-                  summary: bool = True) -> tuple[bytes, list[bytes]]:
-    """The preamble with the stored header, and the stored sections, of a model's file."""
+                  summary: bool = True, head: bool = True) -> tuple[bytes, list[bytes]]:
+    """The preamble with the stored header, and the stored sections, of a model's file
+    (``head=False``: the header checked but not compressed, b"" in its place)."""
     if level is not None and (type(level) is not int or not 1 <= level <= 22):
         raise ValueError(f"level={level!r} is invalid; zstd levels are integers 1..22")
     shape = _input_shape_of(model, input_shape)
@@ -835,6 +836,8 @@ def _encode_parts(model: nn.Module, input_shape: Any, level: int | None,
     if len(header_raw) > MAX_HEADER_BYTES:
         raise ModelError(f"the header takes {len(header_raw)} bytes, more than "
                          f"{MAX_HEADER_BYTES}; make kwh_summary smaller")
+    if not head:
+        return b"", sections
     codec, header_stored = _deflate_header(header_raw, level)
     return PREAMBLE.pack(MAGIC, version, codec, 0, len(header_stored), len(header_raw),
                          _crc(header_stored)) + header_stored, sections
@@ -908,7 +911,7 @@ def payload_bytes(model: nn.Module, *, input_shape: Any = None, level: int | Non
     statistics and any layer left uncompressed too). The whole file adds the 24-byte
     preamble, the header and the 32-byte SHA-256; ``len(encode(model))`` is its size.
     """
-    return sum(len(s) for s in _encode_parts(model, input_shape, level, layout)[1])
+    return sum(len(s) for s in _encode_parts(model, input_shape, level, layout, head=False)[1])
 
 
 # ------------------------------------------------------------------ load

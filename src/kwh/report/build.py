@@ -69,14 +69,22 @@ def _network(loaded: LoadedModel) -> str | None:
     return network_family(loaded.label) if loaded.path is None else None
 
 
+def _file_error(ev: dict) -> tuple[float, bool]:
+    """The recorded test error of the model the file holds, and whether it was fine-tuned
+    (then the error after fine-tuning, else the one after quantization)."""
+    tuned = ev.get("error_after_finetune")
+    return (ev["error_after_quantization"], False) if tuned is None else (tuned, True)
+
+
 def _recorded_error(summary: dict | None) -> tuple[float, str] | None:
     """(test error, where from) as kwh compress recorded it in the summary."""
     ev = (summary or {}).get("eval")
     if not ev:
         return None
-    if ev.get("error_after_finetune") is not None:  # the file holds the fine-tuned model
-        return ev["error_after_finetune"], (
-            f"{100 * ev['error_after_finetune']:.2f}% after fine-tuning "
+    error, tuned = _file_error(ev)
+    if tuned:
+        return error, (
+            f"{100 * error:.2f}% after fine-tuning "
             f"({100 * ev['error_after_quantization']:.2f}% before it, after quantization), "
             f"recorded in the file (measured on {ev['examples']:,} test examples; --data "
             "measures it again)")
@@ -97,11 +105,9 @@ def _errors(comp, summary: dict | None, recorded: tuple[float, str] | None, hint
         text = f"{100 * (1 - acc):.2f}% ({mine.accuracy_note})"
         ev = (summary or {}).get("eval")
         if ev:
-            tuned = ev.get("error_after_finetune")
-            recorded_error = ev["error_after_quantization"] if tuned is None else tuned
+            recorded_error, tuned = _file_error(ev)
             text += (f"; the file records {100 * recorded_error:.2f}% on "
-                     f"{ev['examples']:,} test examples"
-                     + ("" if tuned is None else " (after fine-tuning)"))
+                     f"{ev['examples']:,} test examples" + (" (after fine-tuning)" * tuned))
         error = (100 * (1 - acc), text)
     elif reference:
         error = (None, mine.accuracy_note)
